@@ -1,0 +1,548 @@
+"""Koopman / DMD fit of a parameter trajectory.
+
+Training is a dynamical system on the parameters, θ(t+1) = T(θ(t)). From the
+snapshot stack Θ = [θ_0 … θ_T] (stored row-wise, shape (T+1, N), N ≫ T) we fit
+the Koopman operator of the identity observable by exact dynamic mode
+decomposition (DMD) with the method of snapshots (Tu et al. 2014):
+
+  X = Θ[:-1], Y = Θ[1:] (as N×T matrices, columns = snapshots)
+  K = ΘΘᵀ ((T+1)×(T+1), float64)      XᵀX = K[:-1,:-1], XᵀY = K[:-1,1:]
+  XᵀX = V Σ² Vᵀ                        keep σ_i > rcond·σ_max
+  Ã = Σ⁻¹ Vᵀ (XᵀY) V Σ⁻¹,  Ã w_i = λ_i w_i
+  φ_i = (1/λ_i) Y V Σ⁻¹ w_i = Yᵀ c_i    (c_i = V Σ⁻¹ w_i / λ_i)
+  θ(t) ≈ Σ_i b_i λ_i^t φ_i
+
+Every N-sized product of the fit lives in K, which is accumulated in float64
+over column blocks of Θ, so the only N×T array ever held is Θ itself. Modes,
+predictions and predicted steps are one blocked pass Θᵀw each. All O(T³) work
+is jit-compiled in float64; only the non-symmetric eigenproblem, which JAX
+implements on CPU only, runs outside jit (`_eig_cpu`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, NamedTuple, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Path = tuple[str, ...]
+Select = Union[PyTree, Callable[[Path, Any], bool]]
+
+# Singular-value cutoff relative to σ_max. Float32 snapshots carry a relative
+# rounding error of 2⁻²⁴ ≈ 6e-8 per entry, so directions of X with
+# σ_i/σ_max below ~1e-7 are rounding noise; the float64 Gram resolves ratios
+# down to ~1e-8. 1e-6 keeps every direction at least ~10× above that noise
+# floor, so no noise direction enters Ã and produces a spurious eigenvalue.
+DEFAULT_RCOND = 1e-6
+
+# Columns of Θ per block in blocked passes: (T+1)·block float64 temporaries,
+# ~50 MB at T = 391, small against Θ yet large enough for efficient GEMMs.
+DEFAULT_BLOCK_SIZE = 16384
+
+MIN_SNAPSHOTS = 3
+
+
+# ---------------------------------------------------------------------------
+# Flattening the selected (prunable) part of a parameter pytree.
+
+
+class FlatSpec(NamedTuple):
+    """Where each selected leaf of a pytree lives in the flat vector θ ∈ R^N.
+
+    Static and hashable: `paths`, `shapes` and `offsets` of the selected leaves
+    in tree-flatten order, the tree structure and which leaves are selected.
+    """
+
+    treedef: Any
+    selected: tuple[bool, ...]
+    paths: tuple[Path, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    size: int
+
+
+def path_names(path: Sequence[Any]) -> Path:
+    """A jax key path as a tuple of plain strings, e.g. ('conv1', 'kernel')."""
+    names = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+        else:
+            names.append(str(key))
+    return tuple(names)
+
+
+def _selected_flags(params: PyTree, select: Select) -> tuple[bool, ...]:
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if callable(select):
+        return tuple(bool(select(path_names(p), leaf)) for p, leaf in leaves_with_path)
+    sel_leaves, sel_def = jax.tree_util.tree_flatten(select)
+    if sel_def != treedef:
+        raise ValueError(
+            "select pytree does not match params: "
+            f"params structure {treedef}, select structure {sel_def}"
+        )
+    return tuple(bool(np.all(np.asarray(s))) for s in sel_leaves)
+
+
+def flat_spec(params: PyTree, select: Select) -> FlatSpec:
+    """The FlatSpec of the leaves of `params` chosen by `select`.
+
+    Args:
+      params: a parameter pytree (arrays or ShapeDtypeStructs).
+      select: a bool pytree like params (True = selected leaf) or a filter
+        `fn(path: tuple[str, ...], leaf) -> bool`.
+    """
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flags = _selected_flags(params, select)
+    paths, shapes, offsets, size = [], [], [], 0
+    for (p, leaf), flag in zip(leaves_with_path, flags):
+        if flag:
+            paths.append(path_names(p))
+            shapes.append(tuple(int(d) for d in np.shape(leaf)))
+            offsets.append(size)
+            size += int(np.prod(np.shape(leaf), dtype=np.int64))
+    if size == 0:
+        raise ValueError("select chose no parameters: nothing to flatten")
+    return FlatSpec(treedef, flags, tuple(paths), tuple(shapes), tuple(offsets), size)
+
+
+def ravel_selected(params: PyTree, select: Select) -> tuple[jax.Array, FlatSpec]:
+    """θ: the selected leaves of `params` raveled and concatenated, and its spec.
+
+    Returns:
+      (flat, spec) with flat of shape (spec.size,) in tree-flatten order.
+    """
+    spec = flat_spec(params, select)
+    return ravel_with_spec(params, spec), spec
+
+
+def ravel_with_spec(params: PyTree, spec: FlatSpec) -> jax.Array:
+    """θ for a known spec (jit-friendly: the spec is static)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if treedef != spec.treedef:
+        raise ValueError(
+            f"params structure {treedef} does not match the spec's {spec.treedef}"
+        )
+    parts = [jnp.ravel(x) for x, s in zip(leaves, spec.selected) if s]
+    return jnp.concatenate(parts)
+
+
+def unravel_selected(flat: jax.Array, spec: FlatSpec, params: PyTree) -> PyTree:
+    """Inverse of `ravel_selected`: put θ back into the selected leaves.
+
+    Non-selected leaves are taken from `params`; selected leaves keep the dtype
+    of `flat`.
+    """
+    if flat.shape != (spec.size,):
+        raise ValueError(f"flat vector has shape {flat.shape}, spec needs ({spec.size},)")
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if treedef != spec.treedef:
+        raise ValueError(
+            f"params structure {treedef} does not match the spec's {spec.treedef}"
+        )
+    out, k = [], 0
+    for leaf, s in zip(leaves, spec.selected):
+        if s:
+            start, shape = spec.offsets[k], spec.shapes[k]
+            n = int(np.prod(shape, dtype=np.int64))
+            out.append(flat[start : start + n].reshape(shape))
+            k += 1
+        else:
+            out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def stack_snapshots(trajectory: Iterable[PyTree], select: Select) -> tuple[jax.Array, FlatSpec]:
+    """Θ of shape (T+1, N), float32, from a sequence of parameter pytrees."""
+    trajectory = list(trajectory)
+    if not trajectory:
+        raise ValueError("empty trajectory")
+    spec = flat_spec(trajectory[0], select)
+    rows = []
+    for t, params in enumerate(trajectory):
+        if jax.tree_util.tree_structure(params) != spec.treedef:
+            raise ValueError(f"snapshot {t} has a different pytree structure than snapshot 0")
+        rows.append(ravel_with_spec(params, spec).astype(jnp.float32))
+    return jnp.stack(rows), spec
+
+
+# ---------------------------------------------------------------------------
+# Blocked passes over the columns of Θ.
+
+
+def _check_snapshots(snapshots: Any) -> None:
+    if np.ndim(snapshots) != 2:
+        raise ValueError(
+            f"snapshots must be a (T+1, N) array, got shape {np.shape(snapshots)}"
+        )
+    if snapshots.shape[0] < MIN_SNAPSHOTS:
+        raise ValueError(
+            f"need at least {MIN_SNAPSHOTS} snapshots for a DMD fit "
+            f"(X and Y need 2 columns each), got {snapshots.shape[0]}"
+        )
+
+
+def _column_blocks(snapshots: Any, block_size: int):
+    """Yields (start, block) with every block padded to `block_size` columns.
+
+    Padding the last block with zero columns changes no Gram entry and keeps
+    one compiled shape. Works for jax arrays, numpy arrays and np.memmap.
+    """
+    n = snapshots.shape[1]
+    block_size = max(1, min(block_size, n))
+    for start in range(0, n, block_size):
+        block = snapshots[:, start : start + block_size]
+        width = block.shape[1]
+        if width < block_size:
+            block = jnp.pad(jnp.asarray(block), ((0, 0), (0, block_size - width)))
+        yield start, width, block
+
+
+@jax.jit
+def _gram_block(k: jax.Array, block: jax.Array) -> jax.Array:
+    b = block.astype(jnp.float64)
+    return k + jnp.dot(b, b.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def gram(snapshots: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
+    """K = ΘΘᵀ in float64, accumulated over column blocks of Θ.
+
+    Args:
+      snapshots: Θ, shape (T+1, N); a jax array, numpy array or np.memmap.
+      block_size: columns of Θ per block; temporaries are (T+1)×block_size.
+
+    Returns:
+      K, shape (T+1, T+1), float64.
+
+    Raises:
+      ValueError: too few snapshots, or NaN/Inf in Θ (detected from K's
+        diagonal, K_tt = ‖θ_t‖², so no extra pass over Θ is needed).
+    """
+    _check_snapshots(snapshots)
+    rows = snapshots.shape[0]
+    with jax.enable_x64(True):
+        k = jnp.zeros((rows, rows), jnp.float64)
+        for _, _, block in _column_blocks(snapshots, block_size):
+            k = _gram_block(k, block)
+        diag = np.asarray(jnp.diagonal(k))
+    bad = np.flatnonzero(~np.isfinite(diag))
+    if bad.size:
+        raise ValueError(
+            f"snapshots contain NaN or Inf (in snapshot rows {bad[:10].tolist()}"
+            f"{' …' if bad.size > 10 else ''})"
+        )
+    return k
+
+
+def segment_grams(
+    snapshots: Any, spec: FlatSpec, block_size: int = DEFAULT_BLOCK_SIZE
+) -> jax.Array:
+    """One Gram matrix per selected leaf (layer): K_l = Θ_l Θ_lᵀ, stacked (L, T+1, T+1).
+
+    Σ_l K_l = K, so the per-layer fits cost one global Gram's flops.
+    """
+    _check_snapshots(snapshots)
+    if snapshots.shape[1] != spec.size:
+        raise ValueError(f"snapshots have {snapshots.shape[1]} columns, spec has {spec.size}")
+    ends = list(spec.offsets[1:]) + [spec.size]
+    grams = [
+        gram(snapshots[:, start:end], block_size)
+        for start, end in zip(spec.offsets, ends)
+    ]
+    with jax.enable_x64(True):
+        return jnp.stack(grams)
+
+
+@jax.jit
+def _combine_block(block: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.dot(
+        block.astype(jnp.float64).T, weights, precision=jax.lax.Precision.HIGHEST
+    )
+
+
+def combine_snapshots(
+    snapshots: Any, weights: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE
+) -> jax.Array:
+    """Θᵀw for complex weights w of shape (T+1,) or (T+1, k), in float64 blocks.
+
+    Returns complex128 of shape (N,) or (N, k). Every mode, prediction and
+    predicted step is such a combination, so none needs a copy of Θ.
+    """
+    _check_snapshots(snapshots)
+    with jax.enable_x64(True):
+        w = jnp.asarray(weights, jnp.complex128)
+        squeeze = w.ndim == 1
+        w = w.reshape(w.shape[0], -1)
+        if w.shape[0] != snapshots.shape[0]:
+            raise ValueError(
+                f"weights have {w.shape[0]} rows, snapshots have {snapshots.shape[0]}"
+            )
+        k = w.shape[1]
+        w_real = jnp.concatenate([w.real, w.imag], axis=1)
+        parts = []
+        for _, width, block in _column_blocks(snapshots, block_size):
+            parts.append(_combine_block(block, w_real)[:width])
+        out = jnp.concatenate(parts)
+        out = out[:, :k] + 1j * out[:, k:]
+        return out[:, 0] if squeeze else out
+
+
+# ---------------------------------------------------------------------------
+# Exact DMD from the Gram matrix.
+
+
+class DMDFit(NamedTuple):
+    """Exact DMD of Θ by the method of snapshots.
+
+    Padded to T = (number of snapshots − 1) entries so fits of one window
+    length share a shape (and batch); `valid` marks the r real modes, the
+    rest are zeros.
+
+    Attributes:
+      eigenvalues: λ, (T,) complex128, sorted by |λ − 1| (closest first among
+        valid ones).
+      coefficients: C, (T+1, T) complex128; mode φ_i = Θᵀ C[:, i] (row 0 of C
+        is zero since exact modes are combinations of Y = Θ[1:]).
+      amplitudes: b, (T,) complex128, θ(t) ≈ Σ_i b_i λ_i^t φ_i.
+      singular_values: σ of X, (T,) float64, descending (all of them).
+      valid: (T,) bool, the r modes kept by the rank cutoff.
+    """
+
+    eigenvalues: jax.Array
+    coefficients: jax.Array
+    amplitudes: jax.Array
+    singular_values: jax.Array
+    valid: jax.Array
+
+    @property
+    def rank(self) -> jax.Array:
+        return jnp.sum(self.valid, axis=-1)
+
+
+@jax.jit
+def _reduced_operator(k: jax.Array, rcond: jax.Array):
+    """Ã = Σ⁻¹ Vᵀ (XᵀY) V Σ⁻¹ with dropped directions zeroed."""
+    kxx, kxy = k[:-1, :-1], k[:-1, 1:]
+    s2, v = jnp.linalg.eigh(kxx)
+    s2, v = s2[::-1], v[:, ::-1]
+    sigma = jnp.sqrt(jnp.maximum(s2, 0.0))
+    keep = sigma > rcond * sigma[0]
+    inv_sigma = jnp.where(keep, 1.0 / jnp.where(keep, sigma, 1.0), 0.0)
+    a = inv_sigma[:, None] * (v.T @ kxy @ v) * inv_sigma[None, :]
+    return a, v, sigma, keep, inv_sigma
+
+
+def _eig_cpu(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of a small non-symmetric matrix: `jnp.linalg.eig` exists on CPU only."""
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+        lam, w = jnp.linalg.eig(jax.device_put(a, cpu))
+    return np.asarray(lam), np.asarray(w)
+
+
+@functools.partial(jax.jit, static_argnames=("amplitudes",))
+def _assemble(k, v, inv_sigma, lam, w, valid, amplitudes: str):
+    """Mode coefficients C and amplitudes b, all from K (no N-sized work)."""
+    t = v.shape[0]
+    lam = jnp.where(valid, lam, 0.0)
+    safe = jnp.where(valid, lam, 1.0)
+    c = (v * inv_sigma[None, :]).astype(jnp.complex128) @ w / safe[None, :]
+    c = jnp.where(valid[None, :], c, 0.0)
+    c = jnp.concatenate([jnp.zeros((1, t), c.dtype), c])  # φ = Θᵀ C, Θ[0] unused
+    g = c.conj().T @ k @ c  # ΦᴴΦ
+    if amplitudes == "first":
+        # min_b ‖Φb − θ_0‖: (ΦᴴΦ) b = Φᴴθ_0.
+        p, q = g, c.conj().T @ k[:, 0]
+    else:
+        # min_b Σ_t ‖Φ diag(λ^t) b − θ_t‖² over all snapshots (Jovanović et al.).
+        powers = lam[None, :] ** jnp.arange(t + 1)[:, None]  # (T+1, T)
+        vand = powers.conj().T @ powers
+        p = g * vand
+        q = jnp.sum(powers.conj() * (c.conj().T @ k).T, axis=0)
+    mask2 = valid[:, None] & valid[None, :]
+    p = jnp.where(mask2, p, jnp.eye(t))
+    q = jnp.where(valid, q, 0.0)
+    b = jnp.linalg.lstsq(p, q, rcond=None)[0]
+    return c, jnp.where(valid, b, 0.0)
+
+
+def _validate_gram(k: Any) -> None:
+    if np.ndim(k) < 2 or k.shape[-1] != k.shape[-2]:
+        raise ValueError(f"Gram matrix must be square, got shape {np.shape(k)}")
+    if k.shape[-1] < MIN_SNAPSHOTS:
+        raise ValueError(
+            f"need at least {MIN_SNAPSHOTS} snapshots for a DMD fit, got {k.shape[-1]}"
+        )
+    if not np.all(np.isfinite(np.asarray(k))):
+        raise ValueError("Gram matrix contains NaN or Inf (NaN/Inf in the snapshots?)")
+
+
+def _check_rcond(rcond: float) -> None:
+    if not (np.isfinite(rcond) and 0.0 <= rcond < 1.0):
+        raise ValueError(f"rcond must be in [0, 1), got {rcond}")
+
+
+def _check_amplitudes(amplitudes: str) -> None:
+    if amplitudes not in ("first", "all"):
+        raise ValueError(f"amplitudes must be 'first' or 'all', got {amplitudes!r}")
+
+
+def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first") -> DMDFit:
+    """Exact DMD from the Gram matrix K = ΘΘᵀ (method of snapshots).
+
+    Args:
+      k: K, shape (T+1, T+1), from `gram`.
+      rcond: keep directions of X with σ_i > rcond·σ_max (see DEFAULT_RCOND).
+        Inverting the tiny σ of noise directions, as the reference code does,
+        injects spurious eigenvalues.
+      amplitudes: "first" fits b to θ_0 (Tu et al.); "all" fits b to every
+        snapshot in least squares (better predictions under noise).
+
+    Returns:
+      A DMDFit. Modes whose λ is 0 (the null space of Ã) are dropped: they do
+      not move any snapshot after t = 0.
+    """
+    _validate_gram(k)
+    _check_rcond(rcond)
+    _check_amplitudes(amplitudes)
+    with jax.enable_x64(True):
+        k = jnp.asarray(k, jnp.float64)
+        a, v, sigma, keep, inv_sigma = _reduced_operator(k, jnp.float64(rcond))
+        lam, w, valid = _eig_truncated(np.asarray(a), int(np.sum(keep)))
+        c, b = _assemble(k, v, inv_sigma, jnp.asarray(lam), jnp.asarray(w), jnp.asarray(valid), amplitudes)
+        order = _order_by_distance_to_one(lam, valid)
+        return DMDFit(
+            eigenvalues=jnp.asarray(lam)[order],
+            coefficients=c[:, order],
+            amplitudes=b[order],
+            singular_values=sigma,
+            valid=jnp.asarray(valid)[order],
+        )
+
+
+def _eig_truncated(a: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenpairs of the leading r×r block of Ã, zero-padded to Ã's size."""
+    t = a.shape[0]
+    lam = np.zeros(t, np.complex128)
+    w = np.zeros((t, t), np.complex128)
+    valid = np.zeros(t, bool)
+    if r > 0:
+        lam_r, w_r = _eig_cpu(a[:r, :r])
+        lam[:r], w[:r, :r] = lam_r, w_r
+        scale = max(np.max(np.abs(lam_r)), np.finfo(np.float64).tiny)
+        valid[:r] = np.abs(lam_r) > 1e-12 * scale
+    return lam, w, valid
+
+
+def _order_by_distance_to_one(lam: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    dist = np.where(valid, np.abs(lam - 1.0), np.inf)
+    return np.argsort(dist, kind="stable")
+
+
+def fit_dmd_batched(
+    grams: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first"
+) -> DMDFit:
+    """One exact DMD per stacked Gram matrix (e.g. one per layer), solved together.
+
+    The float64 reductions and mode assembly are vmapped over the batch; the
+    eigenproblems (CPU-only in JAX) run one per batch entry. Fields gain a
+    leading batch axis; entries are padded to T so they stack.
+    """
+    _validate_gram(grams)
+    _check_rcond(rcond)
+    _check_amplitudes(amplitudes)
+    if np.ndim(grams) != 3:
+        raise ValueError(f"grams must have shape (L, T+1, T+1), got {np.shape(grams)}")
+    with jax.enable_x64(True):
+        grams = jnp.asarray(grams, jnp.float64)
+        a, v, sigma, keep, inv_sigma = jax.vmap(_reduced_operator, in_axes=(0, None))(
+            grams, jnp.float64(rcond)
+        )
+        a, ranks = np.asarray(a), np.asarray(jnp.sum(keep, axis=1))
+        eigs = [_eig_truncated(a[i], int(ranks[i])) for i in range(a.shape[0])]
+        lam = np.stack([e[0] for e in eigs])
+        w = np.stack([e[1] for e in eigs])
+        valid = np.stack([e[2] for e in eigs])
+        assemble = jax.vmap(functools.partial(_assemble, amplitudes=amplitudes))
+        c, b = assemble(grams, v, inv_sigma, jnp.asarray(lam), jnp.asarray(w), jnp.asarray(valid))
+        order = np.stack([_order_by_distance_to_one(l, m) for l, m in zip(lam, valid)])
+        take = lambda x, axis: jnp.take_along_axis(x, jnp.asarray(order if axis == 1 else order[:, None, :]), axis=axis)
+        return DMDFit(
+            eigenvalues=take(jnp.asarray(lam), 1),
+            coefficients=take(c, 2),
+            amplitudes=take(b, 1),
+            singular_values=sigma,
+            valid=take(jnp.asarray(valid), 1),
+        )
+
+
+# ---------------------------------------------------------------------------
+# What the fit says about the trajectory.
+
+
+def fixed_point_index(fit: DMDFit) -> int:
+    """Index of the valid mode with λ closest to 1 (the fixed point θ approaches).
+
+    `fit_dmd` sorts modes by |λ − 1|, so this is 0 unless no mode is valid.
+    """
+    valid = np.asarray(fit.valid)
+    if valid.ndim != 1:
+        raise ValueError("fixed_point_index takes one fit; index a batched fit first")
+    if not valid.any():
+        raise ValueError("the fit has no valid mode (all singular values below rcond)")
+    dist = np.where(valid, np.abs(np.asarray(fit.eigenvalues) - 1.0), np.inf)
+    return int(np.argmin(dist))
+
+
+def modes(snapshots: Any, fit: DMDFit, index: Union[int, Sequence[int]]) -> jax.Array:
+    """Exact DMD modes φ_i = Θᵀ C[:, i]: complex128, (N,) for one index, (N, k) for several."""
+    with jax.enable_x64(True):
+        return combine_snapshots(snapshots, fit.coefficients[:, jnp.asarray(index)])
+
+
+def fixed_point_mode(snapshots: Any, fit: DMDFit) -> jax.Array:
+    """φ_1, the mode with λ closest to 1, scaled by its amplitude b_1 (complex128, (N,))."""
+    i = fixed_point_index(fit)
+    with jax.enable_x64(True):
+        return combine_snapshots(snapshots, fit.coefficients[:, i] * fit.amplitudes[i])
+
+
+def _time_weights(fit: DMDFit, t: float, step: bool) -> jax.Array:
+    lam = fit.eigenvalues
+    factor = fit.amplitudes * jnp.where(fit.valid, lam**t, 0.0)
+    if step:
+        factor = factor * (lam - 1.0)
+    return fit.coefficients @ factor
+
+
+def predict(snapshots: Any, fit: DMDFit, t: float) -> jax.Array:
+    """Koopman prediction θ(t) = Re Σ_i b_i λ_i^t φ_i, float64 (N,)."""
+    with jax.enable_x64(True):
+        return combine_snapshots(snapshots, _time_weights(fit, t, step=False)).real
+
+
+def predicted_step(snapshots: Any, fit: DMDFit, t: float) -> jax.Array:
+    """Predicted one-step change Δθ_K(t) = Re Σ_i b_i (λ_i − 1) λ_i^t φ_i, float64 (N,).
+
+    Under gradient descent θ(t+1) − θ(t) = −η∇L(θ(t)), so Δθ_K stands in for
+    −η∇L (KGP).
+    """
+    with jax.enable_x64(True):
+        return combine_snapshots(snapshots, _time_weights(fit, t, step=True)).real
+
+
+def fit_trajectory(
+    snapshots: Any,
+    rcond: float = DEFAULT_RCOND,
+    amplitudes: str = "first",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> DMDFit:
+    """`fit_dmd(gram(Θ))`: the whole fit from the snapshot stack."""
+    return fit_dmd(gram(snapshots, block_size), rcond=rcond, amplitudes=amplitudes)
