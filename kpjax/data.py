@@ -1,0 +1,686 @@
+"""Datasets as uint8 NumPy arrays, deterministic batches, and jitted preprocessing.
+
+Sources (see `load_dataset`):
+  * MNIST shipped inside the package (`kpjax/mnist_data/`, original IDX files,
+    CC BY-SA 3.0, Y. LeCun, C. Cortes, C. J. C. Burges): the default, no
+    network, no flags.
+  * The original archives a user downloaded, read from `data_dir`: the four
+    MNIST IDX files, CIFAR-10 `cifar-10-binary.tar.gz` or
+    `cifar-10-python.tar.gz`. Files are checked by sha256; a file whose hash
+    differs is used anyway, with an `UnverifiedDataWarning`.
+  * `download=True`: TFDS's download manager fetches, checksums and caches the
+    original archives (no TensorFlow needed), then the same parsers read them.
+  * `"synthetic"`: random images with a class-dependent mean, for smoke runs.
+
+Images stay uint8 NHWC on the host; `normalize` and `augment_cifar` are
+jitted JAX functions applied to each batch on the device.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import io
+import os
+import pickle
+import tarfile
+import warnings
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:  # NumPy >= 2 moved the array internals to numpy._core.
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+DATASET_NAMES = ("mnist", "cifar10", "synthetic")
+NUM_CLASSES = 10
+CIFAR_PAD = 4
+
+
+class Dataset(NamedTuple):
+    """Train and test splits as host arrays.
+
+    Attributes:
+      name: "mnist", "cifar10" or "synthetic".
+      train_images: uint8 (N, H, W, C).
+      train_labels: int32 (N,), values in [0, num_classes).
+      test_images: uint8 (M, H, W, C).
+      test_labels: int32 (M,).
+      num_classes: number of classes.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The requested dataset's files are not available on this machine."""
+
+
+class UnverifiedDataWarning(UserWarning):
+    """A data file's sha256 differs from the original's; it is used anyway."""
+
+
+class _Original(NamedTuple):
+    """An original download: where it lives and its archive checksum."""
+
+    filename: str
+    url: str
+    size: int
+    sha256: str
+
+
+# The original MNIST downloads (TFDS's mirror of yann.lecun.com; same bytes).
+_MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+_MNIST_ORIGINALS = {
+    "train_images": _Original(
+        "train-images-idx3-ubyte.gz", _MNIST_URL + "train-images-idx3-ubyte.gz",
+        9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "train_labels": _Original(
+        "train-labels-idx1-ubyte.gz", _MNIST_URL + "train-labels-idx1-ubyte.gz",
+        28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "test_images": _Original(
+        "t10k-images-idx3-ubyte.gz", _MNIST_URL + "t10k-images-idx3-ubyte.gz",
+        1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "test_labels": _Original(
+        "t10k-labels-idx1-ubyte.gz", _MNIST_URL + "t10k-labels-idx1-ubyte.gz",
+        4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+}
+# MNIST is verified on the uncompressed IDX bytes: they are the same for the
+# original downloads, the shipped files (recompressed) and unpacked copies.
+_MNIST_IDX_SHA256 = {
+    "train_images": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train_labels": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "test_images": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "test_labels": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_CIFAR10_BINARY = _Original(
+    "cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    170052171, "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd")
+_CIFAR10_PYTHON = _Original(
+    "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    170498071, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
+_CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST_BATCH = "test_batch"
+_CIFAR_SHAPE_CHW = (3, 32, 32)
+
+
+# ----------------------------------------------------------------------------
+# Public entry point.
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    **synthetic_options,
+) -> Dataset:
+    """Loads a dataset as uint8 NHWC images and int32 labels.
+
+    Args:
+      name: "mnist", "cifar10" or "synthetic".
+      data_dir: a directory holding the original downloads: for MNIST the four
+        IDX files (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
+        `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`), for
+        CIFAR-10 `cifar-10-binary.tar.gz` or `cifar-10-python.tar.gz`. With
+        `download=True` it is also where missing archives are downloaded to.
+        MNIST without `data_dir` (and without `download`) is read from the copy
+        shipped in the package.
+      download: fetch missing original archives with TFDS's download manager
+        (needs internet), into `data_dir` or else TFDS's `downloads` cache.
+      **synthetic_options: keyword arguments of `synthetic_dataset`; only for
+        name="synthetic".
+
+    Returns:
+      The `Dataset`.
+
+    Raises:
+      ValueError: unknown name, options for the wrong source, corrupt files.
+      DataNotFoundError: the files are not there; the message lists the ways to
+        provide them.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}.")
+    if name == "synthetic":
+        if data_dir is not None or download:
+            raise ValueError("The synthetic dataset takes no data_dir and no download.")
+        return synthetic_dataset(**synthetic_options)
+    if synthetic_options:
+        raise ValueError(
+            f"Options {sorted(synthetic_options)} only apply to name='synthetic'.")
+    if name == "mnist":
+        return _load_mnist(data_dir, download)
+    return _load_cifar10(data_dir, download)
+
+
+def _load_mnist(data_dir, download: bool) -> Dataset:
+    if data_dir is None and not download:
+        package_dir = importlib.resources.files("kpjax") / "mnist_data"
+        return _mnist_from_idx({
+            key: (f"kpjax/mnist_data/{orig.filename}",
+                  (package_dir / orig.filename).read_bytes())
+            for key, orig in _MNIST_ORIGINALS.items()})
+    paths = {}
+    missing = []
+    for key, orig in _MNIST_ORIGINALS.items():
+        found = _find_mnist_file(data_dir, orig.filename) if data_dir is not None else None
+        if found is None:
+            missing.append(key)
+        else:
+            paths[key] = found
+    if missing and download:
+        fetched = _download([_MNIST_ORIGINALS[key] for key in missing], data_dir)
+        paths.update({key: fetched[_MNIST_ORIGINALS[key].filename] for key in missing})
+    elif missing:
+        raise _not_found(
+            "mnist", data_dir,
+            [_MNIST_ORIGINALS[key].filename for key in missing],
+            "(gzipped or not)")
+    return _mnist_from_idx(
+        {key: (str(path), Path(path).read_bytes()) for key, path in paths.items()})
+
+
+def _find_mnist_file(data_dir, gz_name: str) -> Path | None:
+    for candidate in (gz_name, gz_name.removesuffix(".gz")):
+        path = Path(data_dir) / candidate
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_cifar10(data_dir, download: bool) -> Dataset:
+    if data_dir is not None:
+        for original, read in ((_CIFAR10_BINARY, _read_cifar10_binary),
+                               (_CIFAR10_PYTHON, _read_cifar10_python)):
+            path = Path(data_dir) / original.filename
+            if path.is_file():
+                return read(path)
+    if not download:
+        raise _not_found("cifar10", data_dir,
+                         [_CIFAR10_BINARY.filename, _CIFAR10_PYTHON.filename], "(either)")
+    fetched = _download([_CIFAR10_BINARY], data_dir)
+    return _read_cifar10_binary(fetched[_CIFAR10_BINARY.filename])
+
+
+def _not_found(name: str, data_dir, filenames: list[str], note: str) -> DataNotFoundError:
+    where = f"in data_dir={str(data_dir)!r}" if data_dir is not None else "(no data_dir given)"
+    return DataNotFoundError(
+        f"No {name} data found {where}. Provide it one of these ways:\n"
+        f"  1. data_dir=<a directory holding the original downloads: "
+        f"{', '.join(filenames)} {note}> (flag --data_dir);\n"
+        f"  2. download=True on a machine with internet (flag --download): "
+        f"TFDS's download manager fetches and caches the originals;\n"
+        f"  3. name='synthetic' (flag --data=synthetic) for random images of the "
+        f"right shape with a learnable signal, for smoke runs.")
+
+
+def _download(originals: list[_Original], data_dir) -> dict[str, Path]:
+    """Fetches original archives with TFDS's download manager (cached, checksummed).
+
+    Returns:
+      {original filename: local path of the downloaded file}.
+    """
+    # Imported here: TFDS is only needed for downloading and costs import time.
+    import tensorflow_datasets as tfds
+
+    if data_dir is None:
+        download_dir = Path(tfds.core.constants.DATA_DIR) / "downloads"
+    else:
+        download_dir = Path(data_dir)
+    url_infos = {
+        orig.url: tfds.download.checksums.UrlInfo(
+            size=orig.size, checksum=orig.sha256, filename=orig.filename)
+        for orig in originals}
+    manager = tfds.download.DownloadManager(
+        download_dir=download_dir, url_infos=url_infos,
+        force_checksums_validation=True)
+    paths = manager.download({orig.filename: orig.url for orig in originals})
+    return {filename: Path(path) for filename, path in paths.items()}
+
+
+def _verify_sha256(content: bytes, expected: str, what: str) -> None:
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != expected:
+        warnings.warn(
+            f"{what}: sha256 {digest} differs from the original's {expected}; "
+            f"using it anyway.", UnverifiedDataWarning, stacklevel=4)
+
+
+# ----------------------------------------------------------------------------
+# MNIST: IDX files.
+
+_IDX_UINT8 = 0x08
+
+
+def parse_idx(content: bytes, what: str = "IDX data") -> np.ndarray:
+    """Parses an IDX file (the MNIST format) holding unsigned bytes.
+
+    Layout: 2 zero bytes, a type byte (0x08 = uint8), the number of dimensions
+    d, then d big-endian uint32 sizes, then the row-major data. Gzipped content
+    (magic 1f 8b) is decompressed first.
+
+    Args:
+      content: the file's bytes, gzipped or not.
+      what: a name for the data in error messages (e.g. the file's path).
+
+    Returns:
+      A uint8 array of the stored shape.
+
+    Raises:
+      ValueError: corrupt or truncated content, or a type other than uint8.
+    """
+    content = _gunzip_if_gzipped(content, what)
+    if len(content) < 4 or content[:2] != b"\x00\x00":
+        raise ValueError(
+            f"{what}: not an IDX file (magic number {content[:4].hex() or 'missing'}; "
+            f"expected 0000 then type and number of dimensions).")
+    dtype_code, ndim = content[2], content[3]
+    if dtype_code != _IDX_UINT8:
+        raise ValueError(
+            f"{what}: IDX data type 0x{dtype_code:02x} is not supported; expected 0x08 (uint8).")
+    if ndim == 0:
+        raise ValueError(f"{what}: IDX header declares 0 dimensions.")
+    header_size = 4 + 4 * ndim
+    if len(content) < header_size:
+        raise ValueError(f"{what}: truncated IDX header ({len(content)} bytes, "
+                         f"{header_size} needed for {ndim} dimensions).")
+    shape = tuple(int(s) for s in np.frombuffer(content, ">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape))
+    found = len(content) - header_size
+    if found != expected:
+        problem = "truncated" if found < expected else "has trailing bytes"
+        raise ValueError(f"{what}: IDX data {problem}: shape {shape} needs {expected} "
+                         f"bytes, found {found}.")
+    return np.frombuffer(content, np.uint8, offset=header_size).reshape(shape).copy()
+
+
+def _gunzip_if_gzipped(content: bytes, what: str) -> bytes:
+    if content[:2] != b"\x1f\x8b":
+        return content
+    try:
+        return gzip.decompress(content)
+    except (EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{what}: corrupt or truncated gzip data ({e}).") from e
+
+
+def _mnist_from_idx(files: Mapping[str, tuple[str, bytes]]) -> Dataset:
+    """Builds the MNIST Dataset from {key: (description, raw file bytes)}."""
+    arrays = {}
+    for key, (what, content) in files.items():
+        content = _gunzip_if_gzipped(content, what)
+        _verify_sha256(content, _MNIST_IDX_SHA256[key], f"{what} (uncompressed)")
+        arrays[key] = parse_idx(content, what)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        what = files[f"{split}_images"][0]
+        if images.ndim != 3:
+            raise ValueError(f"{what}: expected images of shape (N, H, W), got {images.shape}.")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"MNIST {split}: {len(images)} images but labels of shape "
+                             f"{labels.shape}.")
+    return Dataset(
+        name="mnist",
+        train_images=arrays["train_images"][..., None],
+        train_labels=_checked_labels(arrays["train_labels"], "MNIST train labels"),
+        test_images=arrays["test_images"][..., None],
+        test_labels=_checked_labels(arrays["test_labels"], "MNIST test labels"),
+        num_classes=NUM_CLASSES)
+
+
+def _checked_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError(f"{what}: labels outside [0, {NUM_CLASSES}) "
+                         f"(min {labels.min()}, max {labels.max()}).")
+    return labels.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# CIFAR-10: the binary and the python archives.
+
+
+def _read_tar_members(path: Path, original: _Original, prefix: str,
+                      names: tuple[str, ...]) -> dict[str, bytes]:
+    """Reads named members of an original archive, verifying its sha256."""
+    content = path.read_bytes()
+    _verify_sha256(content, original.sha256, str(path))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as archive:
+            members = {m.name: m for m in archive.getmembers() if m.isfile()}
+            missing = [prefix + n for n in names if prefix + n not in members]
+            if missing:
+                raise ValueError(f"{path}: archive lacks {', '.join(missing)}.")
+            return {n: archive.extractfile(members[prefix + n]).read() for n in names}
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt or truncated archive ({e}).") from e
+
+
+def _cifar_dataset(batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> Dataset:
+    """Assembles the Dataset from {batch name: (CHW-flat uint8 images, labels)}."""
+
+    def split(names):
+        images = np.concatenate([batches[n][0] for n in names])
+        labels = np.concatenate([batches[n][1] for n in names])
+        images = images.reshape((-1, *_CIFAR_SHAPE_CHW)).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(images), _checked_labels(labels, "CIFAR-10 labels")
+
+    train_images, train_labels = split(_CIFAR_TRAIN_BATCHES)
+    test_images, test_labels = split((_CIFAR_TEST_BATCH,))
+    return Dataset("cifar10", train_images, train_labels, test_images, test_labels,
+                   NUM_CLASSES)
+
+
+def _read_cifar10_binary(path: Path) -> Dataset:
+    """Reads `cifar-10-binary.tar.gz`: records of 1 label byte + 3072 CHW bytes."""
+    names = tuple(n + ".bin" for n in (*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH))
+    raw = _read_tar_members(path, _CIFAR10_BINARY, "cifar-10-batches-bin/", names)
+    record_size = 1 + int(np.prod(_CIFAR_SHAPE_CHW))
+    batches = {}
+    for name, content in raw.items():
+        if len(content) % record_size:
+            raise ValueError(f"{path}: {name} has {len(content)} bytes, not a multiple of "
+                             f"the {record_size}-byte record size (truncated?).")
+        records = np.frombuffer(content, np.uint8).reshape(-1, record_size)
+        batches[name.removesuffix(".bin")] = (records[:, 1:], records[:, 0])
+    return _cifar_dataset(batches)
+
+
+def _read_cifar10_python(path: Path) -> Dataset:
+    """Reads `cifar-10-python.tar.gz`: pickled {b'data': (n, 3072), b'labels': [...]}."""
+    names = (*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH)
+    raw = _read_tar_members(path, _CIFAR10_PYTHON, "cifar-10-batches-py/", names)
+    batches = {}
+    for name, content in raw.items():
+        what = f"{path}: {name}"
+        try:
+            batch = restricted_unpickle(content)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            raise ValueError(f"{what}: cannot unpickle ({e}).") from e
+        if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+            keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"{what}: expected a dict with b'data' and b'labels', got {keys}.")
+        data = batch[b"data"]
+        labels = np.asarray(batch[b"labels"])
+        if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != int(np.prod(_CIFAR_SHAPE_CHW)) or len(labels) != len(data)):
+            raise ValueError(f"{what}: expected uint8 data of shape (n, 3072) and n labels, "
+                             f"got data {getattr(data, 'shape', type(data))}, "
+                             f"{len(labels)} labels.")
+        batches[name] = (data, labels)
+    return _cifar_dataset(batches)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that builds only builtin containers/scalars and NumPy arrays.
+
+    Pickled ndarrays call numpy's `_reconstruct`, `ndarray` and `dtype`; every
+    other global (os.system, builtins.eval, ...) is refused, so loading an
+    untrusted pickle cannot run code.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name}: only NumPy arrays, lists, "
+                f"dicts, strings and numbers are allowed.") from None
+
+
+def restricted_unpickle(content: bytes):
+    """Unpickles data that may hold only builtin values and NumPy arrays.
+
+    Python 2 strings come back as bytes (as in the original CIFAR-10 pickles).
+
+    Args:
+      content: the pickle's bytes.
+
+    Returns:
+      The unpickled object.
+
+    Raises:
+      pickle.UnpicklingError: the pickle references any other global.
+    """
+    return _ArrayUnpickler(io.BytesIO(content), encoding="bytes").load()
+
+
+# ----------------------------------------------------------------------------
+# Synthetic data.
+
+
+def synthetic_dataset(
+    image_shape: tuple[int, int, int] = (28, 28, 1),
+    num_train: int = 1024,
+    num_test: int = 256,
+    num_classes: int = NUM_CLASSES,
+    noise_std: float = 64.0,
+    seed: int = 0,
+) -> Dataset:
+    """Random uint8 images whose mean depends on the class: learnable, fast.
+
+    Each class c has a template T_c with pixels uniform in [0, 255]; an image of
+    class c is clip(round(T_c + noise_std * ε), 0, 255), ε ~ N(0, 1) per pixel.
+    Labels are balanced (k mod num_classes, shuffled).
+
+    Args:
+      image_shape: (H, W, C), e.g. (28, 28, 1) MNIST-like or (32, 32, 3) CIFAR-like.
+      num_train: number of training examples.
+      num_test: number of test examples.
+      num_classes: number of classes.
+      noise_std: standard deviation of the pixel noise, in uint8 units.
+      seed: the same seed gives the same dataset.
+
+    Returns:
+      The `Dataset`, named "synthetic".
+    """
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape}.")
+    if num_train < 1 or num_test < 1 or num_classes < 2 or noise_std < 0:
+        raise ValueError(
+            f"Need num_train, num_test >= 1, num_classes >= 2, noise_std >= 0; got "
+            f"{num_train}, {num_test}, {num_classes}, {noise_std}.")
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0.0, 255.0, size=(num_classes, *image_shape))
+
+    def split(size):
+        labels = rng.permutation(np.arange(size) % num_classes).astype(np.int32)
+        noise = rng.normal(0.0, noise_std, size=(size, *image_shape))
+        images = np.clip(np.rint(templates[labels] + noise), 0, 255).astype(np.uint8)
+        return images, labels
+
+    train_images, train_labels = split(num_train)
+    test_images, test_labels = split(num_test)
+    return Dataset("synthetic", train_images, train_labels, test_images, test_labels,
+                   num_classes)
+
+
+# ----------------------------------------------------------------------------
+# Batching (host, NumPy).
+
+
+def epoch_permutation(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch: a permutation fixed by (seed, epoch)."""
+    return np.random.default_rng((seed, epoch)).permutation(num_examples)
+
+
+def num_batches(num_examples: int, batch_size: int, *, drop_remainder: bool = False) -> int:
+    """How many batches `batches` yields for `num_examples` examples."""
+    _check_batch_size(batch_size)
+    if drop_remainder:
+        return num_examples // batch_size
+    return -(-num_examples // batch_size)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+
+
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    drop_remainder: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields one epoch of (images, labels) batches, on the host.
+
+    With shuffle, the order is `epoch_permutation(len(images), seed, epoch)`:
+    the same (seed, epoch) gives the same batches, and each epoch visits every
+    example once. As in PyTorch's DataLoader, the last batch may be smaller
+    unless drop_remainder (a smaller batch costs one extra jit compilation).
+
+    Args:
+      images: (N, ...) array, typically uint8 NHWC.
+      labels: (N,) array.
+      batch_size: examples per batch.
+      seed: shuffling seed.
+      epoch: epoch index; each epoch gets its own order.
+      shuffle: if False, examples come in stored order (seed/epoch unused).
+      drop_remainder: drop the last batch if it is smaller than batch_size.
+
+    Yields:
+      (images[idx], labels[idx]) for consecutive index blocks idx.
+    """
+    _check_batch_size(batch_size)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    num_examples = len(images)
+    order = (epoch_permutation(num_examples, seed=seed, epoch=epoch) if shuffle
+             else None)
+    for b in range(num_batches(num_examples, batch_size, drop_remainder=drop_remainder)):
+        if order is None:
+            block = slice(b * batch_size, (b + 1) * batch_size)
+        else:
+            block = order[b * batch_size:(b + 1) * batch_size]
+        yield images[block], labels[block]
+
+
+# ----------------------------------------------------------------------------
+# Normalization and augmentation (JAX, jitted).
+
+
+class Normalization(NamedTuple):
+    """Per-channel mean and std of pixel values scaled to [0, 1]."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# CIFAR-10 has two conventions in the paper's harness, and they differ:
+# "pretrained": the ImageNet statistics that the akamaster ResNet-20 (the
+#   ShrinkBench pretrained weights) was trained with; use it with those weights.
+# "shrinkbench": ShrinkBench's own CIFAR-10 loader statistics; ShrinkBench feeds
+#   the pretrained weights with these, i.e. slightly shifted inputs.
+# MNIST uses the usual (0.1307, 0.3081) in both.
+NORMALIZATIONS = {
+    ("mnist", "pretrained"): Normalization((0.1307,), (0.3081,)),
+    ("mnist", "shrinkbench"): Normalization((0.1307,), (0.3081,)),
+    ("cifar10", "pretrained"): Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ("cifar10", "shrinkbench"): Normalization((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
+}
+
+
+def get_normalization(dataset: str, variant: str = "pretrained") -> Normalization:
+    """The normalization constants of a dataset.
+
+    Args:
+      dataset: "mnist" or "cifar10" (for synthetic data, the dataset it mimics).
+      variant: "pretrained" (default; the statistics the ShrinkBench/akamaster
+        pretrained weights were trained with: ImageNet's for CIFAR-10) or
+        "shrinkbench" (ShrinkBench's CIFAR-10 loader: mean (0.491, 0.482, 0.447),
+        std (0.247, 0.243, 0.262)). The two differ for CIFAR-10 only.
+
+    Returns:
+      The `Normalization` (mean, std), per channel.
+    """
+    try:
+        return NORMALIZATIONS[(dataset, variant)]
+    except KeyError:
+        raise ValueError(
+            f"No normalization for dataset={dataset!r}, variant={variant!r}; known: "
+            f"{sorted(NORMALIZATIONS)}.") from None
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+    """Maps uint8 pixels to float32 (x / 255 - mean) / std, per channel.
+
+    Args:
+      images: (..., C) uint8 (or values in [0, 255]).
+      mean: C (or 1) channel means of pixels in [0, 1].
+      std: C (or 1) channel standard deviations.
+
+    Returns:
+      float32 array of the same shape.
+    """
+    num_channels = images.shape[-1]
+    for what, value in (("mean", mean), ("std", std)):
+        value = jnp.asarray(value)
+        if value.ndim > 1 or value.size not in (1, num_channels):
+            raise ValueError(f"{what} has {value.size} values; images have "
+                             f"{num_channels} channels.")
+    return _normalize(images, mean, std)
+
+
+@jax.jit
+def _normalize(images, mean, std):
+    scaled = images.astype(jnp.float32) / 255.0
+    return (scaled - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment_cifar(rng: jax.Array, images: jax.Array) -> jax.Array:
+    """CIFAR training augmentation: random 32x32 crop of the 4-padded image + flip.
+
+    Each example gets its own crop offset (uniform in [0, 8]^2 in the zero-padded
+    image, i.e. a shift by at most 4 pixels) and a horizontal flip with
+    probability 1/2 (torchvision's RandomCrop(32, padding=4) and
+    RandomHorizontalFlip). Padding is 0, which is black for uint8 input; apply it
+    before `normalize` to match torchvision.
+
+    Args:
+      rng: a PRNG key.
+      images: (N, H, W, C), uint8 or float.
+
+    Returns:
+      Augmented images, same shape and dtype.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"augment_cifar expects (N, H, W, C) images, got shape {images.shape}.")
+    return _augment_cifar(rng, images)
+
+
+@jax.jit
+def _augment_cifar(rng, images):
+    num, height, width, channels = images.shape
+    crop_rng, flip_rng = jax.random.split(rng)
+    offsets = jax.random.randint(crop_rng, (num, 2), 0, 2 * CIFAR_PAD + 1)
+    padded = jnp.pad(images, ((0, 0), (CIFAR_PAD, CIFAR_PAD), (CIFAR_PAD, CIFAR_PAD), (0, 0)))
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    cropped = jax.vmap(crop)(padded, offsets)
+    flip = jax.random.bernoulli(flip_rng, 0.5, (num,))
+    return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
