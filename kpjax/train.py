@@ -1,0 +1,442 @@
+"""Masked training and evaluation steps, and the snapshot recorder.
+
+Everything here takes a Flax-style ``apply_fn`` (``module.apply``) and a mask;
+nothing imports a particular model or dataset.
+
+``apply_fn(variables, x, train=bool, mutable=...)`` with ``variables`` =
+``{'params': θ}`` plus ``{'batch_stats': ...}`` for models with BatchNorm.
+Masks are bool pytrees shaped like the params (True = keep).
+
+The optimizer follows PyTorch's ``torch.optim.SGD`` (the recipes of the
+pretrained checkpoints and of ShrinkBench used it): weight decay is added to
+the gradient before momentum, g ← g + wd·θ; the momentum buffer is
+b ← μ·b + g; the step is −η·(g + μ·b) with Nesterov, −η·b without.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kpjax.koopman import ravel_selected
+
+PyTree = Any
+ApplyFn = Callable[..., Any]
+# (rng, images) -> images; runs inside the jitted step.
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+# images -> images; runs inside the jitted step, after augmentation.
+NormalizeFn = Callable[[jax.Array], jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from one step to the next.
+
+    Attributes:
+        step: int32 scalar, the number of optimizer steps taken.
+        params: the model parameters θ (pruned entries exactly zero).
+        batch_stats: BatchNorm running statistics; ``{}`` without BN.
+        opt_state: the optax state.
+        mask: bool pytree like ``params``; True = keep.
+        rng: PRNG key (uint32[2]) for data augmentation, split every step.
+    """
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    mask: PyTree
+    rng: jax.Array
+
+
+def full_mask(params: PyTree) -> PyTree:
+    """The mask keeping every parameter: all-True bool arrays like ``params``."""
+    return jax.tree_util.tree_map(
+        lambda p: jnp.ones(jnp.shape(p), bool), params)
+
+
+def _masked(tree: PyTree, mask: PyTree) -> PyTree:
+    # jnp.where rather than multiplication: 0·inf and 0·NaN are NaN, and a
+    # pruned weight must stay exactly 0 even when its gradient overflows.
+    return jax.tree_util.tree_map(
+        lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, mask)
+
+
+def create_train_state(
+    params: PyTree,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    *,
+    batch_stats: PyTree | None = None,
+    mask: PyTree | None = None,
+) -> TrainState:
+    """Builds the initial state; the mask is applied to ``params`` here.
+
+    Args:
+        params: model parameters θ.
+        tx: the optimizer (e.g. from `make_optimizer`).
+        rng: PRNG key (``jax.random.PRNGKey(seed)``) for augmentation.
+        batch_stats: BatchNorm statistics, or None for models without BN.
+        mask: bool pytree like ``params`` (True = keep); None keeps all.
+
+    Returns:
+        A `TrainState` at step 0 with masked params and fresh optimizer
+        state.
+    """
+    if mask is None:
+        mask = full_mask(params)
+    else:
+        mask_tree = jax.tree_util.tree_structure(mask)
+        params_tree = jax.tree_util.tree_structure(params)
+        if mask_tree != params_tree:
+            raise ValueError(
+                "mask must have the tree structure of params; got "
+                f"{mask_tree} vs {params_tree}")
+        mask = jax.tree_util.tree_map(
+            lambda m, p: jnp.broadcast_to(jnp.asarray(m, bool), jnp.shape(p)),
+            mask, params)
+    # The state owns copies of its arrays: the jitted step donates them, and
+    # must not delete the caller's params, batch stats or key.
+    params = _masked(params, mask)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=jax.tree_util.tree_map(jnp.array, batch_stats or {}),
+        opt_state=tx.init(params),
+        mask=mask,
+        rng=jnp.array(rng),
+    )
+
+
+def make_lr_schedule(
+    learning_rate: float,
+    boundaries: Sequence[int] = (),
+    decay: float = 0.1,
+) -> optax.Schedule:
+    """Piecewise-constant learning rate, ×``decay`` at each boundary.
+
+    The step with index t (t = number of updates already applied) uses
+    η·decay^#{b ≤ t}, as PyTorch's MultiStepLR with boundaries in steps
+    (epoch e → step e·steps_per_epoch).
+
+    Args:
+        learning_rate: the initial η.
+        boundaries: step indices at which η is multiplied by ``decay``.
+        decay: the factor (≥ 0).
+
+    Returns:
+        An optax schedule ``step -> η``.
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if decay < 0:
+        raise ValueError(f"lr decay factor must be >= 0, got {decay}")
+    if any(b < 0 for b in boundaries):
+        raise ValueError(
+            f"lr boundaries must be >= 0, got {list(boundaries)}")
+    scales: dict[int, float] = {}
+    for b in boundaries:  # a repeated boundary decays twice, as MultiStepLR
+        scales[int(b)] = scales.get(int(b), 1.0) * decay
+    return optax.piecewise_constant_schedule(learning_rate, scales or None)
+
+
+def make_optimizer(
+    learning_rate: float | optax.Schedule = 1e-3,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """SGD as ``torch.optim.SGD`` (defaults: ShrinkBench fine-tuning).
+
+    ShrinkBench fine-tuning: ``make_optimizer(1e-3)``.
+    ResNet-20 pretraining (DESIGN.md §4, 391 steps an epoch):
+    ``make_optimizer(make_lr_schedule(0.1, [100 * 391, 150 * 391]),
+    nesterov=False, weight_decay=1e-4)``.
+
+    Args:
+        learning_rate: η, a float or an optax schedule of the step.
+        momentum: μ; 0 gives plain SGD.
+        nesterov: Nesterov momentum (needs μ > 0, as in PyTorch).
+        weight_decay: L2 coefficient added to the gradient before momentum,
+            on every parameter (pruned ones are 0 and stay 0).
+
+    Returns:
+        An optax GradientTransformation.
+    """
+    if not callable(learning_rate) and learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if momentum < 0:
+        raise ValueError(f"momentum must be >= 0, got {momentum}")
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov momentum requires momentum > 0")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    sgd = optax.sgd(learning_rate, momentum=momentum or None,
+                    nesterov=nesterov)
+    if weight_decay == 0:
+        return sgd
+    return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
+
+
+def _forward(apply_fn, params, batch_stats, images, train):
+    """Logits and batch stats (updated in training mode when there are any)."""
+    if not batch_stats:
+        return apply_fn({"params": params}, images, train=train), batch_stats
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+        return apply_fn(variables, images, train=False), batch_stats
+    logits, updates = apply_fn(variables, images, train=True,
+                               mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _correct_topk(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """Per example, 1.0 if the label is among the k largest logits."""
+    _, top = jax.lax.top_k(logits, min(k, logits.shape[-1]))
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(
+    apply_fn: ApplyFn,
+    tx: optax.GradientTransformation,
+    *,
+    augment_fn: AugmentFn | None = None,
+    normalize_fn: NormalizeFn | None = None,
+    jit: bool = True,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+    """One masked SGD step on the mean cross-entropy of a batch.
+
+    Args:
+        apply_fn: the model's ``apply``.
+        tx: the optimizer.
+        augment_fn: optional ``(rng, images) -> images`` (random crop, flip).
+        normalize_fn: optional ``images -> images``, after augmentation.
+        jit: return the jitted step with ``state`` donated (True), or the
+            plain function, to compose inside another jit.
+
+    Returns:
+        ``train_step(state, images, labels) -> (state, metrics)``, metrics =
+        ``{'loss': mean cross-entropy, 'top1': batch accuracy}`` (device
+        scalars, from the forward pass before the update). The jitted step
+        donates ``state``: do not use it after the call.
+    """
+
+    def train_step(state: TrainState, images, labels):
+        rng, augment_rng = jax.random.split(state.rng)
+        if augment_fn is not None:
+            images = augment_fn(augment_rng, images)
+        if normalize_fn is not None:
+            images = normalize_fn(images)
+
+        def loss_fn(params):
+            logits, batch_stats = _forward(
+                apply_fn, params, state.batch_stats, images, train=True)
+            loss = _cross_entropy(logits, labels).mean()
+            return loss, (logits, batch_stats)
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        # Pruned weights must stay exactly zero. Masking the gradient keeps
+        # the pruned entries of the momentum buffer at zero (weight decay
+        # adds wd·0 there); masking the updates covers optimizers that mix
+        # coordinates; masking the new params makes exact zeros a guarantee
+        # rather than a consequence of the two (−0.0 and NaN·0 included).
+        grads = _masked(grads, state.mask)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = _masked(updates, state.mask)
+        params = _masked(optax.apply_updates(state.params, updates),
+                         state.mask)
+        new_state = TrainState(step=state.step + 1, params=params,
+                               batch_stats=batch_stats, opt_state=opt_state,
+                               mask=state.mask, rng=rng)
+        metrics = {"loss": loss,
+                   "top1": _correct_topk(logits, labels, 1).mean()}
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(
+    apply_fn: ApplyFn,
+    *,
+    normalize_fn: NormalizeFn | None = None,
+) -> Callable[..., Metrics]:
+    """Per-batch sums for example-weighted evaluation (BN in inference mode).
+
+    Args:
+        apply_fn: the model's ``apply``.
+        normalize_fn: optional ``images -> images``.
+
+    Returns:
+        jitted ``eval_step(params, batch_stats, images, labels) -> sums`` with
+        ``{'loss': Σ cross-entropy, 'top1': #correct, 'top5': #label in the
+        top 5, 'n': batch size}`` as float32 device scalars.
+    """
+
+    @jax.jit
+    def eval_step(params, batch_stats, images, labels):
+        if normalize_fn is not None:
+            images = normalize_fn(images)
+        logits, _ = _forward(apply_fn, params, batch_stats, images,
+                             train=False)
+        return {"loss": _cross_entropy(logits, labels).sum(),
+                "top1": _correct_topk(logits, labels, 1).sum(),
+                "top5": _correct_topk(logits, labels, 5).sum(),
+                "n": jnp.asarray(labels.shape[0], jnp.float32)}
+
+    return eval_step
+
+
+def evaluate(
+    eval_step: Callable[..., Metrics],
+    state: TrainState,
+    batches: Iterable[tuple[Any, Any]],
+) -> dict[str, float]:
+    """Loss and accuracies over all examples of ``batches``, by example.
+
+    The sums stay on the device until the end (one host transfer).
+
+    Args:
+        eval_step: from `make_eval_step`.
+        state: a `TrainState` (or anything with ``.params``,
+            ``.batch_stats``).
+        batches: iterable of ``(images, labels)``; the last batch may be
+            smaller.
+
+    Returns:
+        ``{'loss': Σ loss / n, 'top1': #correct / n, 'top5': #in top 5 / n,
+        'n': n}``.
+    """
+    totals = None
+    for images, labels in batches:
+        sums = eval_step(state.params, state.batch_stats, images, labels)
+        totals = sums if totals is None else jax.tree_util.tree_map(
+            jnp.add, totals, sums)
+    if totals is None:
+        raise ValueError("evaluate: the batch iterable is empty")
+    totals = jax.device_get(totals)
+    n = float(totals["n"])
+    return {"loss": float(totals["loss"]) / n,
+            "top1": float(totals["top1"]) / n,
+            "top5": float(totals["top5"]) / n,
+            "n": int(n)}
+
+
+def loss_and_grads(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    batch_stats: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    train: bool = True,
+) -> tuple[jax.Array, PyTree]:
+    """Mean cross-entropy L and ∂L/∂θ on one batch (gradient pruning).
+
+    ShrinkBench takes this gradient in training mode (BN normalizes with the
+    batch's statistics); the updated running statistics are discarded.
+
+    Args:
+        apply_fn: the model's ``apply``.
+        params: θ.
+        batch_stats: BN statistics, or ``{}``/None without BN.
+        images: one batch, already normalized.
+        labels: integer labels.
+        train: forward in training mode (ShrinkBench) or inference mode.
+
+    Returns:
+        ``(L, ∂L/∂θ)``, the gradient shaped like ``params``.
+    """
+
+    @jax.jit
+    def value_and_grad(params, batch_stats, images, labels):
+        def loss_fn(p):
+            logits, _ = _forward(apply_fn, p, batch_stats, images, train)
+            return _cross_entropy(logits, labels).mean()
+        return jax.value_and_grad(loss_fn)(params)
+
+    return value_and_grad(params, batch_stats or {}, images, labels)
+
+
+def make_recording_train_step(
+    train_step: Callable[..., tuple[TrainState, Metrics]],
+    select: Any,
+) -> Callable[..., tuple[TrainState, jax.Array, Metrics]]:
+    """Wraps a train step so it also writes the new θ into a snapshot buffer.
+
+    The write happens inside the jitted step with the buffer donated, so the
+    (T+1)×N buffer is updated in place on the device: no host round-trip
+    and no copy of the buffer per step.
+
+    Args:
+        train_step: from `make_train_step` (jitted or not).
+        select: which params to record, as for
+            `kpjax.koopman.ravel_selected`.
+
+    Returns:
+        jitted ``step(state, images, labels, snapshots, index) ->
+        (state, snapshots, metrics)`` that sets row ``index`` of
+        ``snapshots`` to the raveled selected params after the step;
+        ``state`` and ``snapshots`` are donated.
+    """
+
+    def recording_step(state, images, labels, snapshots, index):
+        state, metrics = train_step(state, images, labels)
+        flat, _ = ravel_selected(state.params, select)
+        snapshots = snapshots.at[index].set(flat.astype(snapshots.dtype))
+        return state, snapshots, metrics
+
+    return jax.jit(recording_step, donate_argnums=(0, 3))
+
+
+@jax.jit
+def _with_first_row(snapshots: jax.Array, flat: jax.Array) -> jax.Array:
+    return snapshots.at[0].set(flat.astype(snapshots.dtype))
+
+
+def record_trajectory(
+    recording_step: Callable[..., tuple[TrainState, jax.Array, Metrics]],
+    state: TrainState,
+    batches: Iterable[tuple[Any, Any]],
+    num_steps: int,
+    select: Any,
+) -> tuple[TrainState, jax.Array]:
+    """Trains ``num_steps`` steps and returns the snapshot matrix Θ.
+
+    Args:
+        recording_step: from `make_recording_train_step` (same ``select``).
+        state: the state before the first step (donated).
+        batches: iterable of ``(images, labels)``, at least ``num_steps``.
+        num_steps: T.
+        select: which params to record, as for
+            `kpjax.koopman.ravel_selected`.
+
+    Returns:
+        ``(state, Θ)``, Θ a float32 (T+1)×N device array: row 0 holds θ
+        before the first step, row t the params after step t.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    flat0, _ = ravel_selected(state.params, select)
+    snapshots = _with_first_row(
+        jnp.zeros((num_steps + 1, flat0.size), jnp.float32), flat0)
+    batch_iter = iter(batches)
+    for t in range(1, num_steps + 1):
+        try:
+            images, labels = next(batch_iter)
+        except StopIteration:
+            raise ValueError(
+                f"record_trajectory: the batches ran out after {t - 1} of "
+                f"{num_steps} steps") from None
+        state, snapshots, _ = recording_step(
+            state, images, labels, snapshots, jnp.int32(t))
+    return state, snapshots
