@@ -423,7 +423,7 @@ def test_synthetic_shapes_and_determinism(image_shape):
 def test_synthetic_signal_is_learnable():
     # Nearest class mean (estimated on train) classifies the test set well.
     ds = data.synthetic_dataset((8, 8, 1), num_train=400, num_test=200, num_classes=4,
-                                noise_std=96.0)
+                                noise=128)
     x_train = ds.train_images.reshape(400, -1).astype(np.float64)
     x_test = ds.test_images.reshape(200, -1).astype(np.float64)
     means = np.stack([x_train[ds.train_labels == c].mean(0) for c in range(4)])
@@ -431,11 +431,22 @@ def test_synthetic_signal_is_learnable():
     assert np.mean(distances.argmin(1) == ds.test_labels) > 0.9
 
 
+def test_synthetic_without_noise_is_one_template_per_class():
+    ds = data.synthetic_dataset((4, 4, 3), num_train=30, num_test=10, num_classes=3, noise=0)
+    for c in range(3):
+        images = np.concatenate([ds.train_images[ds.train_labels == c],
+                                 ds.test_images[ds.test_labels == c]])
+        assert (images == images[0]).all()
+    assert len({ds.train_images[ds.train_labels == c][0].tobytes() for c in range(3)}) == 3
+
+
 def test_synthetic_rejects_bad_options():
     with pytest.raises(ValueError, match="image_shape"):
         data.synthetic_dataset((28, 28))
     with pytest.raises(ValueError, match="num_classes"):
         data.synthetic_dataset(num_classes=1)
+    with pytest.raises(ValueError, match="noise"):
+        data.synthetic_dataset(noise=300)
 
 
 # ----------------------------------------------------------------------------
