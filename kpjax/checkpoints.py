@@ -1,0 +1,154 @@
+"""Save and restore whole training states with orbax.
+
+A checkpoint directory holds one subdirectory per saved step, each with two
+items: ``state`` — the full `kpjax.train.TrainState` (params, batch stats,
+optimizer state, step, RNG key, mask) as an orbax PyTree checkpoint — and
+``meta``, a small JSON dict (e.g. the epoch and the position in it, so a run
+can resume mid-epoch). Orbax writes each step to a temporary directory and
+renames it when complete, so a run killed while saving leaves the previous
+checkpoints intact.
+
+Saving is synchronous: the train step donates its state buffers, and an
+asynchronous save could still be reading them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+_STATE = "state"
+_META = "meta"
+
+
+def checkpoint_manager(
+    directory: str | os.PathLike,
+    *,
+    max_to_keep: int | None = 3,
+) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager for saving, creating ``directory`` if needed.
+
+    Use it as a context manager (or call ``close()``).
+
+    Args:
+        directory: where the step subdirectories go.
+        max_to_keep: how many recent checkpoints to keep (None: all).
+
+    Returns:
+        The manager, for `save_checkpoint`.
+    """
+    if max_to_keep is not None and max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(os.fspath(directory), options=options)
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager,
+    state: PyTree,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Saves ``state`` (and JSON ``metadata``) under its own step number.
+
+    Args:
+        manager: from `checkpoint_manager`.
+        state: a `TrainState` (any pytree with an integer ``step`` field).
+        metadata: JSON-serializable dict stored beside the state.
+
+    Returns:
+        The step saved. Saving a step that already exists is an error.
+    """
+    step = int(jax.device_get(state.step))
+    if step in manager.all_steps():
+        raise ValueError(
+            f"a checkpoint for step {step} already exists in {manager.directory}")
+    manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(state),
+            _META: ocp.args.JsonSave(dict(metadata or {})),
+        }),
+        force=True,
+    )
+    manager.wait_until_finished()
+    return step
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """The newest complete checkpoint step in ``directory``; None if none.
+
+    A missing or empty directory gives None (nothing to resume from);
+    incomplete saves (temporary directories of a killed run) are ignored.
+    """
+    if not os.path.isdir(directory):
+        return None
+    steps = ocp.utils.checkpoint_steps(os.fspath(directory))
+    return max(steps) if steps else None
+
+
+def restore_checkpoint(
+    directory: str | os.PathLike,
+    template: PyTree,
+    step: int | None = None,
+) -> tuple[PyTree, dict[str, Any]]:
+    """Restores a state into the structure, shapes and dtypes of ``template``.
+
+    Args:
+        directory: a checkpoint directory written by `save_checkpoint`.
+        template: a state of the same structure (concrete arrays or
+            ``jax.ShapeDtypeStruct`` leaves, e.g. from ``jax.eval_shape``);
+            its values are not used.
+        step: which step to restore; None restores the latest.
+
+    Returns:
+        ``(state, metadata)``: the restored state (same pytree type as
+        ``template``) and the JSON metadata saved with it.
+
+    Raises:
+        FileNotFoundError: no directory, no checkpoint, or no such step.
+        ValueError: the checkpoint is corrupt or does not match ``template``.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    steps = ocp.utils.checkpoint_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints in {directory}")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise FileNotFoundError(
+            f"no checkpoint for step {step} in {directory}; "
+            f"found steps {sorted(steps)}")
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    options = ocp.CheckpointManagerOptions(
+        create=False, read_only=True, enable_async_checkpointing=False)
+    try:
+        with ocp.CheckpointManager(directory, options=options) as manager:
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardRestore(abstract),
+                _META: ocp.args.JsonRestore(),
+            }))
+    except Exception as e:  # orbax/tensorstore raise many types; name the file
+        reason = str(e).strip().splitlines()[0][:300] if str(e) else ""
+        raise ValueError(
+            f"cannot restore step {step} from {directory}: the checkpoint is "
+            f"corrupt or does not match the template state "
+            f"({type(e).__name__}: {reason})") from e
+    state = restored[_STATE]
+    if (jax.tree_util.tree_structure(state)
+            != jax.tree_util.tree_structure(template)):
+        raise ValueError(
+            f"checkpoint step {step} in {directory} does not match the "
+            "template state's structure")
+    return state, dict(restored[_META] or {})

@@ -1,0 +1,143 @@
+"""Tests for kpjax.checkpoints: round trip, resume after a kill, bad dirs."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kpjax import checkpoints, train
+
+
+class TinyConvBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), use_bias=False, name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         name="bn1")(x)
+        return nn.Dense(3, name="linear")(nn.relu(x).mean(axis=(1, 2)))
+
+
+MODEL = TinyConvBN()
+TX = train.make_optimizer(train.make_lr_schedule(0.1, [5]), momentum=0.9,
+                          nesterov=True, weight_decay=1e-3)
+
+
+def initial_state(seed=0):
+    variables = MODEL.init(jax.random.PRNGKey(seed),
+                           jnp.zeros((1, 6, 6, 1)), train=False)
+    params = variables["params"]
+    mask = jax.tree_util.tree_map(lambda p: np.ones(p.shape, bool), params)
+    mask["conv1"]["kernel"] = np.arange(36).reshape(3, 3, 1, 4) % 3 != 0
+    return train.create_train_state(
+        params, TX, jax.random.PRNGKey(seed + 1),
+        batch_stats=variables["batch_stats"], mask=mask)
+
+
+def batch(step):
+    """The batch for a given step: resuming needs a function of the step."""
+    rng = np.random.default_rng(step)
+    return (rng.normal(size=(8, 6, 6, 1)).astype(np.float32),
+            rng.integers(0, 3, size=8).astype(np.int32))
+
+
+def add_noise(rng, images):  # exercises the RNG key in the state
+    return images + 0.1 * jax.random.normal(rng, images.shape)
+
+
+STEP = train.make_train_step(MODEL.apply, TX, augment_fn=add_noise)
+
+
+def leaves_equal(a, b):
+    a, b = jax.device_get(a), jax.device_get(b)
+    if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):
+        return False
+    return all(np.array_equal(x, y) for x, y in
+               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_round_trip_restores_every_field(tmp_path):
+    state = initial_state()
+    for t in range(3):
+        state, _ = STEP(state, *batch(t))
+    expected = jax.device_get(state)
+    with checkpoints.checkpoint_manager(tmp_path) as manager:
+        assert checkpoints.save_checkpoint(
+            manager, state, {"epoch": 1, "batch": 2}) == 3
+    assert checkpoints.latest_step(tmp_path) == 3
+    restored, meta = checkpoints.restore_checkpoint(tmp_path, initial_state(5))
+    assert isinstance(restored, train.TrainState)
+    assert meta == {"epoch": 1, "batch": 2}
+    assert leaves_equal(restored, expected)
+    assert restored.mask["conv1"]["kernel"].dtype == jnp.bool_
+    # A template of ShapeDtypeStructs works as well.
+    abstract = jax.eval_shape(initial_state)
+    restored, _ = checkpoints.restore_checkpoint(tmp_path, abstract)
+    assert leaves_equal(restored, expected)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    total, every, killed_at = 10, 3, 7
+
+    state = initial_state()
+    for t in range(total):
+        state, _ = STEP(state, *batch(t))
+    uninterrupted = jax.device_get(state)
+
+    state = initial_state()
+    with checkpoints.checkpoint_manager(tmp_path, max_to_keep=2) as manager:
+        for t in range(killed_at):
+            state, _ = STEP(state, *batch(t))
+            if int(state.step) % every == 0:
+                checkpoints.save_checkpoint(manager, state)
+    del state  # the "kill": everything in memory is lost
+    assert checkpoints.latest_step(tmp_path) == 6
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [3, 6]
+
+    state, _ = checkpoints.restore_checkpoint(tmp_path, initial_state(9))
+    for t in range(int(state.step), total):
+        state, _ = STEP(state, *batch(t))
+    assert int(state.step) == total
+    assert leaves_equal(state, uninterrupted)
+
+
+def test_missing_directory_and_empty_directory(tmp_path):
+    assert checkpoints.latest_step(tmp_path / "nope") is None
+    assert checkpoints.latest_step(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="not found"):
+        checkpoints.restore_checkpoint(tmp_path / "nope", initial_state())
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        checkpoints.restore_checkpoint(tmp_path, initial_state())
+
+
+def test_missing_step_and_duplicate_save(tmp_path):
+    state = initial_state()
+    with checkpoints.checkpoint_manager(tmp_path) as manager:
+        checkpoints.save_checkpoint(manager, state)
+        with pytest.raises(ValueError, match="already exists"):
+            checkpoints.save_checkpoint(manager, state)
+    with pytest.raises(FileNotFoundError, match="step 4"):
+        checkpoints.restore_checkpoint(tmp_path, state, step=4)
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    with checkpoints.checkpoint_manager(tmp_path) as manager:
+        checkpoints.save_checkpoint(manager, initial_state())
+    for root, _, files in os.walk(tmp_path / "0" / "state"):
+        for name in files:
+            if os.path.basename(root) == "d":  # the array data files
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        checkpoints.restore_checkpoint(tmp_path, initial_state())
+
+
+def test_template_mismatch_gives_clear_error(tmp_path):
+    with checkpoints.checkpoint_manager(tmp_path) as manager:
+        checkpoints.save_checkpoint(manager, initial_state(),
+                                    {"epoch": 0})
+    other = initial_state()._replace(batch_stats={})
+    with pytest.raises(ValueError, match="template"):
+        checkpoints.restore_checkpoint(tmp_path, other)
