@@ -190,17 +190,42 @@ def write_cifar_binary(path: Path, batches) -> None:
     write_tar_gz(path, members)
 
 
-def cifar_pickle(images, labels, numpy_module="numpy.core.multiarray") -> bytes:
-    """A batch pickle like the original (Python 2 era: numpy.core.multiarray)."""
+def py2_cifar_pickle(images, labels) -> bytes:
+    """A batch pickle as in the original archive: protocol 2 written by Python 2.
+
+    Python 2 strings are SHORT_BINSTRING/BINSTRING opcodes (bytes when loaded
+    with encoding="bytes"), and the array is rebuilt by
+    numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype.
+    """
+    flat = images.reshape(len(images), -1)
+    n, d = flat.shape
+    dtype = (b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+             b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+             b"(K\x01M" + struct.pack("<H", n) + b"M" + struct.pack("<H", d) + b"\x86"
+             + dtype + b"\x89T" + struct.pack("<I", flat.size) + flat.tobytes() + b"tb")
+    label_list = b"](" + b"".join(b"K" + bytes([int(v)]) for v in labels) + b"e"
+    return (b"\x80\x02}(U\x04data" + array + b"U\x06labels" + label_list
+            + b"U\x0bbatch_labelU\x04tinyu.")
+
+
+def py3_cifar_pickle(images, labels, numpy_module) -> bytes:
+    """A batch pickle written by Python 3 / NumPy 2, naming `numpy_module`."""
     batch = {b"batch_label": b"tiny", b"labels": [int(v) for v in labels],
              b"data": images.reshape(len(images), -1), b"filenames": [b"x.png"] * len(labels)}
     content = pickle.dumps(batch, protocol=3)
     return content.replace(b"numpy._core.multiarray\n", numpy_module.encode() + b"\n")
 
 
-def write_cifar_python(path: Path, batches, numpy_module="numpy.core.multiarray") -> None:
+def cifar_pickle(images, labels, style: str) -> bytes:
+    if style == "python2":
+        return py2_cifar_pickle(images, labels)
+    return py3_cifar_pickle(images, labels, style)
+
+
+def write_cifar_python(path: Path, batches, style="python2") -> None:
     write_tar_gz(path, {
-        f"cifar-10-batches-py/{name}": cifar_pickle(images, labels, numpy_module)
+        f"cifar-10-batches-py/{name}": cifar_pickle(images, labels, style)
         for name, (images, labels) in batches.items()
     })
 
@@ -229,10 +254,10 @@ def test_cifar_binary_archive_read_back_exactly(tmp_path):
     assert ds.test_images[1, 5, 7, 2] == images[1].reshape(-1)[2 * 1024 + 5 * 32 + 7]
 
 
-@pytest.mark.parametrize("numpy_module", ["numpy.core.multiarray", "numpy._core.multiarray"])
-def test_cifar_python_archive_read_back_exactly(tmp_path, numpy_module):
+@pytest.mark.parametrize("style", ["python2", "numpy.core.multiarray", "numpy._core.multiarray"])
+def test_cifar_python_archive_read_back_exactly(tmp_path, style):
     batches = tiny_cifar_batches()
-    write_cifar_python(tmp_path / "cifar-10-python.tar.gz", batches, numpy_module)
+    write_cifar_python(tmp_path / "cifar-10-python.tar.gz", batches, style)
     with pytest.warns(data.UnverifiedDataWarning, match="cifar-10-python.tar.gz"):
         ds = data.load_dataset("cifar10", data_dir=tmp_path)
     assert_cifar_matches(ds, batches)
