@@ -1,0 +1,379 @@
+"""Pruning scores, masks and the method registry.
+
+Conventions follow ShrinkBench (the paper's harness):
+- prunable parameters are the kernels and biases of conv and dense layers,
+  never BatchNorm; the classifier can be included or excluded;
+- the target is a compression ratio c = total / nonzero parameters, where the
+  total counts every parameter (unprunable ones too);
+- global pruning uses one threshold over all prunable scores, layerwise
+  pruning one per tensor.
+
+Scores are pytrees like the params (only prunable leaves matter); masks are
+bool pytrees like the params, True = keep, all-True on unprunable leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kpjax import koopman
+
+PyTree = Any
+
+_PRUNABLE_LEAVES = ("kernel", "bias")
+
+
+def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
+    ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    if ta != tb:
+        raise ValueError(f"{what}: pytrees have different structure:\n  {ta}\n  {tb}")
+
+
+def _paths_and_leaves(tree: PyTree) -> list[tuple[koopman.Path, Any]]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(koopman.path_names(p), leaf) for p, leaf in leaves]
+
+
+# ---------------------------------------------------------------------------
+# Which parameters are prunable.
+
+
+def prunable(
+    params: PyTree, include_classifier: bool = True, classifier: Optional[str] = None
+) -> PyTree:
+    """ShrinkBench's prunable set as a bool pytree like `params`.
+
+    A leaf is prunable when it is the `kernel` or `bias` of a module that owns
+    a `kernel` (conv or dense); BatchNorm owns `scale`/`bias`, no kernel, so it
+    is never prunable. The paper prunes the classifier too (default); pass
+    include_classifier=False and its module name to exclude it.
+    """
+    if not include_classifier and not classifier:
+        raise ValueError("include_classifier=False needs the classifier's module name")
+    entries = _paths_and_leaves(params)
+    owners = {path[:-1] for path, _ in entries if path and path[-1] == "kernel"}
+    if not include_classifier and not any(o and o[-1] == classifier for o in owners):
+        raise ValueError(
+            f"classifier {classifier!r} is not a conv/dense module of params; modules: "
+            f"{sorted('/'.join(o) for o in owners)}"
+        )
+    flags = []
+    for path, _ in entries:
+        owner = path[:-1]
+        ok = bool(path) and path[-1] in _PRUNABLE_LEAVES and owner in owners
+        if ok and not include_classifier and owner and owner[-1] == classifier:
+            ok = False
+        flags.append(ok)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flags)
+
+
+# ---------------------------------------------------------------------------
+# Scores.
+
+
+def magnitude_scores(params: PyTree) -> PyTree:
+    """|θ| (global magnitude pruning, GMP)."""
+    return jax.tree_util.tree_map(jnp.abs, params)
+
+
+def gradient_scores(params: PyTree, grads: PyTree) -> PyTree:
+    """|θ ⊙ ∂L/∂θ| (gradient pruning; ShrinkBench uses one training batch)."""
+    _check_same_structure(params, grads, "gradient_scores(params, grads)")
+    return jax.tree_util.tree_map(lambda p, g: jnp.abs(p * g), params, grads)
+
+
+def random_scores(params: PyTree, rng: jax.Array) -> PyTree:
+    """I.i.d. uniform scores: random pruning, the baseline every method must beat."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(rng, len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.uniform(k, jnp.shape(x)) for k, x in zip(keys, leaves)]
+    )
+
+
+def _flat_scores_to_tree(flat: jax.Array, spec: koopman.FlatSpec, params: PyTree) -> PyTree:
+    zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
+    return koopman.unravel_selected(flat.astype(jnp.float32), spec, zeros)
+
+
+def kmp_scores(
+    snapshots: Any, fit: koopman.DMDFit, spec: koopman.FlatSpec, params: PyTree
+) -> PyTree:
+    """Koopman magnitude pruning: |b_1 φ_1|, the mode with λ closest to 1.
+
+    The modulus (not the real part, as in the reference code) makes the score
+    independent of the eigenvector's phase; for a real λ_1 they agree. At
+    convergence b_1 φ_1 = θ*, so KMP ≡ GMP.
+    """
+    phi = koopman.fixed_point_mode(snapshots, fit)
+    with jax.enable_x64(True):
+        flat = jnp.abs(phi).astype(jnp.float32)
+    return _flat_scores_to_tree(flat, spec, params)
+
+
+def kgp_scores(
+    snapshots: Any, fit: koopman.DMDFit, spec: koopman.FlatSpec, params: PyTree
+) -> PyTree:
+    """Koopman gradient pruning: |θ(t2) ⊙ Δθ_K(t2)| at the window's last snapshot.
+
+    Δθ_K(t) = Σ_i b_i (λ_i − 1) λ_i^t φ_i is the Koopman-predicted step, which
+    under gradient descent equals −η∇L; so KGP ≡ gradient pruning up to the
+    global scale η. (The paper's code never released KGP; this is the
+    definition of DESIGN.md §1.)
+    """
+    t2 = snapshots.shape[0] - 1
+    step = koopman.predicted_step(snapshots, fit, t2)
+    with jax.enable_x64(True):
+        theta = jnp.asarray(snapshots[t2]).astype(jnp.float64)
+        flat = jnp.abs(theta * step).astype(jnp.float32)
+    return _flat_scores_to_tree(flat, spec, params)
+
+
+def layer_kmp_scores(
+    snapshots: Any, spec: koopman.FlatSpec, params: PyTree, rcond: float = koopman.DEFAULT_RCOND
+) -> PyTree:
+    """KMP with one Koopman fit per layer (tensor), fitted together (batched).
+
+    Each tensor gets its own fixed-point mode |b_1^(l) φ_1^(l)|; use with a
+    layerwise mask, since per-layer modes share no common scale.
+    """
+    fits = koopman.fit_dmd_batched(koopman.segment_grams(snapshots, spec), rcond=rcond)
+    ends = list(spec.offsets[1:]) + [spec.size]
+    parts = []
+    for layer, (start, end) in enumerate(zip(spec.offsets, ends)):
+        fit = jax.tree_util.tree_map(lambda x: x[layer], fits)
+        phi = koopman.fixed_point_mode(snapshots[:, start:end], fit)
+        with jax.enable_x64(True):
+            parts.append(jnp.abs(phi).astype(jnp.float32))
+    return _flat_scores_to_tree(jnp.concatenate(parts), spec, params)
+
+
+# ---------------------------------------------------------------------------
+# Compression targets and masks.
+
+
+def count_params(params: PyTree) -> int:
+    """Total number of parameters (every leaf)."""
+    return int(sum(np.prod(np.shape(x), dtype=np.int64) for x in jax.tree_util.tree_leaves(params)))
+
+
+def _count_selected(params: PyTree, select: PyTree) -> int:
+    return int(
+        sum(
+            np.prod(np.shape(x), dtype=np.int64)
+            for x, s in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(select))
+            if s
+        )
+    )
+
+
+def keep_fraction(compression: float, total: int, prunable_count: int) -> float:
+    """Fraction f of prunable parameters to keep for compression c = total / nonzero.
+
+    f = (total / prunable)·(1/c − 1) + 1 (unprunable parameters stay dense).
+
+    Raises:
+      ValueError: c < 1 or not finite, or c beyond what pruning every prunable
+        parameter can reach (total / (total − prunable)).
+    """
+    c = float(compression)
+    if not np.isfinite(c) or c < 1.0:
+        raise ValueError(f"compression ratio must be a finite number >= 1, got {compression}")
+    if prunable_count <= 0:
+        raise ValueError("no prunable parameters")
+    f = (total / prunable_count) * (1.0 / c - 1.0) + 1.0
+    if f <= 0.0:
+        limit = total / max(total - prunable_count, 1)
+        raise ValueError(
+            f"compression {c} is impossible: {total - prunable_count} of {total} parameters "
+            f"are not prunable, so compression is at most {limit:.4g}"
+        )
+    return f
+
+
+def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
+    """Keep the k largest scores; ties keep the lower flat index.
+
+    Sorting by (−score, index) with a stable sort makes the kept count exactly
+    k whatever the ties, and the choice deterministic.
+    """
+    order = jnp.argsort(-scores, stable=True)
+    keep = jnp.zeros(scores.shape, bool)
+    return keep.at[order[:k]].set(True)
+
+
+def _validate_scores(scores: PyTree, select: PyTree) -> None:
+    _check_same_structure(scores, select, "scores and the prunable selection")
+    for (path, s), sel in zip(_paths_and_leaves(scores), jax.tree_util.tree_leaves(select)):
+        if sel and not bool(jnp.all(jnp.isfinite(s))):
+            raise ValueError(f"scores of {'/'.join(path)} contain NaN or Inf")
+
+
+def global_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
+    """One threshold over all prunable scores: keep round(f·n) largest |scores|.
+
+    Args:
+      scores: pytree like params.
+      select: bool pytree, the prunable leaves (e.g. from `prunable`).
+      fraction: f in (0, 1], from `keep_fraction`.
+    """
+    _validate_scores(scores, select)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+    spec = koopman.flat_spec(scores, select)
+    flat = koopman.ravel_with_spec(scores, spec)
+    k = int(round(fraction * spec.size))
+    keep = _top_k_mask(jnp.abs(flat.astype(jnp.float32)), k)
+    ones = jax.tree_util.tree_map(lambda x: jnp.ones(jnp.shape(x), bool), scores)
+    return koopman.unravel_selected(keep, spec, ones)
+
+
+def layerwise_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
+    """One threshold per prunable tensor: keep round(f·size) largest |scores| of each."""
+    _validate_scores(scores, select)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+
+    def one(s, sel):
+        if not sel:
+            return jnp.ones(jnp.shape(s), bool)
+        flat = jnp.abs(jnp.ravel(s).astype(jnp.float32))
+        return _top_k_mask(flat, int(round(fraction * flat.size))).reshape(jnp.shape(s))
+
+    return jax.tree_util.tree_map(one, scores, select)
+
+
+def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
+    """θ ⊙ m: pruned entries set to exactly zero."""
+    _check_same_structure(params, mask, "apply_mask(params, mask)")
+    return jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
+
+
+def compression_ratio(params: PyTree, mask: Optional[PyTree] = None) -> float:
+    """ShrinkBench's compression: total parameters / nonzero parameters of θ ⊙ m."""
+    if mask is not None:
+        params = apply_mask(params, mask)
+    leaves = jax.tree_util.tree_leaves(params)
+    nonzero = sum(int(jnp.count_nonzero(x)) for x in leaves)
+    return count_params(params) / max(nonzero, 1)
+
+
+def mask_compression(mask: PyTree) -> float:
+    """total / kept entries of a mask (the target a mask was built for)."""
+    leaves = jax.tree_util.tree_leaves(mask)
+    total = sum(int(np.size(m)) for m in leaves)
+    kept = sum(int(jnp.sum(m)) for m in leaves)
+    return total / max(kept, 1)
+
+
+# ---------------------------------------------------------------------------
+# Method registry.
+
+
+class PruneInputs(NamedTuple):
+    """Everything a score function may use; methods take what they need.
+
+    Attributes:
+      params: θ, the parameters to prune (after the trajectory, if any).
+      select: bool pytree of prunable leaves.
+      grads: ∂L/∂θ on one batch (gradient pruning).
+      snapshots: Θ, (T+1, N) over the leaves of `spec`.
+      spec: FlatSpec of Θ's columns.
+      fit: the DMD fit of Θ (fitted on demand when missing).
+      rng: PRNG key (random pruning).
+    """
+
+    params: PyTree
+    select: PyTree
+    grads: Optional[PyTree] = None
+    snapshots: Any = None
+    spec: Optional[koopman.FlatSpec] = None
+    fit: Optional[koopman.DMDFit] = None
+    rng: Optional[jax.Array] = None
+
+
+class PruningMethod(NamedTuple):
+    """A registered method: a score function and the mask it is used with."""
+
+    score_fn: Callable[[PruneInputs], PyTree]
+    mask_fn: Callable[[PyTree, PyTree, float], PyTree]
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+
+def _need(inputs: PruneInputs, field: str, method: str) -> Any:
+    value = getattr(inputs, field)
+    if value is None:
+        raise ValueError(f"method {method!r} needs PruneInputs.{field}")
+    return value
+
+
+def _trajectory(inputs: PruneInputs, method: str):
+    snapshots = _need(inputs, "snapshots", method)
+    spec = _need(inputs, "spec", method)
+    sel_spec = koopman.flat_spec(inputs.params, inputs.select)
+    missing = set(sel_spec.paths) - set(spec.paths)
+    if missing:
+        raise ValueError(
+            f"method {method!r}: prunable leaves not in the trajectory: "
+            f"{sorted('/'.join(p) for p in missing)}"
+        )
+    fit = inputs.fit if inputs.fit is not None else koopman.fit_trajectory(snapshots)
+    return snapshots, fit, spec
+
+
+METHODS: dict[str, PruningMethod] = {}
+
+
+def register_method(name: str, method: PruningMethod) -> None:
+    """Adds a method to the registry (experiments pick methods by these names)."""
+    METHODS[name] = method
+
+
+def get_method(name: str) -> PruningMethod:
+    """The registered method `name`; ValueError listing the known ones otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown pruning method {name!r}; known: {sorted(METHODS)}") from None
+
+
+def prune(name: str, inputs: PruneInputs, compression: float) -> PyTree:
+    """The mask of method `name` at compression ratio c (total / nonzero)."""
+    method = get_method(name)
+    _check_same_structure(inputs.params, inputs.select, "params and select")
+    fraction = keep_fraction(
+        compression, count_params(inputs.params), _count_selected(inputs.params, inputs.select)
+    )
+    return method.mask_fn(method.score_fn(inputs), inputs.select, fraction)
+
+
+register_method("gmp", PruningMethod(
+    lambda i: magnitude_scores(i.params), global_mask, (),
+    "global magnitude pruning: |θ|, one threshold"))
+register_method("layer_mag", PruningMethod(
+    lambda i: magnitude_scores(i.params), layerwise_mask, (),
+    "layerwise magnitude pruning: |θ|, one threshold per tensor"))
+register_method("grad", PruningMethod(
+    lambda i: gradient_scores(i.params, _need(i, "grads", "grad")), global_mask, ("grads",),
+    "global gradient pruning: |θ ⊙ ∂L/∂θ|"))
+register_method("layer_grad", PruningMethod(
+    lambda i: gradient_scores(i.params, _need(i, "grads", "layer_grad")), layerwise_mask,
+    ("grads",), "layerwise gradient pruning"))
+register_method("random", PruningMethod(
+    lambda i: random_scores(i.params, _need(i, "rng", "random")), global_mask, ("rng",),
+    "uniformly random global pruning"))
+register_method("kmp", PruningMethod(
+    lambda i: kmp_scores(*_trajectory(i, "kmp"), i.params), global_mask, ("trajectory",),
+    "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1"))
+register_method("kgp", PruningMethod(
+    lambda i: kgp_scores(*_trajectory(i, "kgp"), i.params), global_mask, ("trajectory",),
+    "Koopman gradient pruning: |θ(t₂) ⊙ Δθ_K(t₂)|"))
+register_method("layer_kmp", PruningMethod(
+    lambda i: layer_kmp_scores(_need(i, "snapshots", "layer_kmp"), _need(i, "spec", "layer_kmp"), i.params),
+    layerwise_mask, ("trajectory",),
+    "KMP with one Koopman fit per tensor, layerwise masks"))

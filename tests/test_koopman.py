@@ -1,0 +1,192 @@
+"""Tests of kpjax.koopman against dynamics with known spectra."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kpjax import koopman
+from oracles import damped_rotation, quadratic_gd
+
+
+def _params():
+    return {
+        "conv": {"kernel": jnp.arange(24.0).reshape(2, 3, 4), "bias": jnp.arange(4.0)},
+        "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+    }
+
+
+def test_ravel_unravel_roundtrip_with_filter_and_bool_tree():
+    params = _params()
+    by_filter = lambda path, leaf: path[0] == "conv"
+    flat, spec = koopman.ravel_selected(params, by_filter)
+    assert flat.shape == (28,) and spec.size == 28
+    assert spec.paths == (("conv", "bias"), ("conv", "kernel"))
+    select = {"conv": {"kernel": True, "bias": True}, "bn": {"scale": False, "bias": False}}
+    flat2, spec2 = koopman.ravel_selected(params, select)
+    np.testing.assert_array_equal(flat, flat2)
+    assert spec == spec2
+    back = koopman.unravel_selected(flat * 2, spec, params)
+    np.testing.assert_array_equal(back["conv"]["kernel"], params["conv"]["kernel"] * 2)
+    np.testing.assert_array_equal(back["bn"]["scale"], params["bn"]["scale"])
+
+
+def test_ravel_is_jittable_with_static_spec():
+    params = _params()
+    _, spec = koopman.ravel_selected(params, lambda p, x: p[-1] == "kernel")
+    jitted = jax.jit(koopman.ravel_with_spec, static_argnums=1)
+    np.testing.assert_array_equal(jitted(params, spec), jnp.ravel(params["conv"]["kernel"]))
+
+
+def test_mismatched_pytrees_raise():
+    params = _params()
+    _, spec = koopman.ravel_selected(params, lambda p, x: True)
+    with pytest.raises(ValueError, match="structure"):
+        koopman.ravel_with_spec({"conv": params["conv"]}, spec)
+    with pytest.raises(ValueError, match="select pytree does not match"):
+        koopman.ravel_selected(params, {"conv": {"kernel": True, "bias": True}})
+    with pytest.raises(ValueError, match="different pytree structure"):
+        koopman.stack_snapshots([params, {"conv": params["conv"]}], lambda p, x: True)
+
+
+def test_gram_blocked_equals_float64_product_for_any_block_size():
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(7, 1001)).astype(np.float32)
+    expected = theta.astype(np.float64) @ theta.astype(np.float64).T
+    for block in (1, 64, 333, 1001, 5000):
+        k = koopman.gram(jnp.asarray(theta), block_size=block)
+        assert k.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(k), expected, rtol=1e-12)
+
+
+def test_gram_reads_numpy_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    theta = rng.normal(size=(5, 300)).astype(np.float32)
+    mm = np.lib.format.open_memmap(tmp_path / "theta.npy", mode="w+", dtype=np.float32, shape=theta.shape)
+    mm[:] = theta
+    k = koopman.gram(mm, block_size=128)
+    np.testing.assert_allclose(np.asarray(k), theta.astype(np.float64) @ theta.astype(np.float64).T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("amplitudes", ["first", "all"])
+def test_quadratic_gd_recovers_fixed_point_and_rates(amplitudes):
+    oracle = quadratic_gd()
+    theta = jnp.asarray(oracle.snapshots, jnp.float32)
+    fit = koopman.fit_trajectory(theta, amplitudes=amplitudes)
+    lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+    assert int(fit.rank) == 4
+    assert koopman.fixed_point_index(fit) == 0
+    assert abs(lam[0] - 1.0) < 1e-5
+    expected = np.sort(1.0 - oracle.eta * oracle.excited_h)
+    np.testing.assert_allclose(np.sort(lam[1:].real), expected, atol=1e-4)
+    np.testing.assert_allclose(lam.imag, 0.0, atol=1e-6)
+    # b₁φ₁ is θ* itself, not only proportional to it.
+    phi = np.asarray(koopman.fixed_point_mode(theta, fit))
+    np.testing.assert_allclose(phi.real, oracle.theta_star, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(phi.imag, 0.0, atol=1e-6)
+
+
+def test_predictions_reproduce_the_trajectory_and_its_steps():
+    oracle = quadratic_gd()
+    theta = jnp.asarray(oracle.snapshots, jnp.float32)
+    fit = koopman.fit_trajectory(theta)
+    for t in (0, 7, 30):
+        np.testing.assert_allclose(np.asarray(koopman.predict(theta, fit, t)), oracle.snapshots[t], atol=1e-4)
+    last = oracle.snapshots[-1]
+    step = np.asarray(koopman.predicted_step(theta, fit, 30))
+    np.testing.assert_allclose(step, -oracle.eta * oracle.grad(last), atol=1e-5)
+
+
+def test_damped_rotation_gives_complex_conjugate_pair():
+    snapshots, true_lam = damped_rotation()
+    fit = koopman.fit_trajectory(jnp.asarray(snapshots, jnp.float32))
+    lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+    assert int(fit.rank) == 3
+    assert abs(lam[0] - 1.0) < 1e-5
+    rest = lam[1:]
+    np.testing.assert_allclose(np.sort_complex(rest), np.sort_complex(true_lam), atol=1e-4)
+    assert abs(rest[0] - rest[1].conjugate()) < 1e-6
+
+
+def _reference_exact_dmd(theta: np.ndarray, rank: int):
+    """Exact DMD by full SVD of X (Tu et al. 2014), independent of kpjax."""
+    x, y = theta[:-1].T, theta[1:].T
+    u, s, vh = np.linalg.svd(x, full_matrices=False)
+    u, s, v = u[:, :rank], s[:rank], vh[:rank].conj().T
+    a_tilde = u.conj().T @ y @ v / s
+    lam, w = np.linalg.eig(a_tilde)
+    phi = (y @ v / s) @ w / lam
+    return lam, phi
+
+
+def test_gram_fit_matches_full_svd_exact_dmd_on_low_rank_data():
+    rng = np.random.default_rng(3)
+    rank, n, t = 6, 400, 15
+    theta = (rng.normal(size=(t + 1, rank)) @ rng.normal(size=(rank, n))).astype(np.float32)
+    fit = koopman.fit_trajectory(jnp.asarray(theta))
+    valid = np.asarray(fit.valid)
+    assert valid.sum() == rank
+    lam_ref, phi_ref = _reference_exact_dmd(theta.astype(np.float64), rank)
+    lam = np.asarray(fit.eigenvalues)[valid]
+    phi = np.asarray(koopman.modes(jnp.asarray(theta), fit, np.flatnonzero(valid)))
+    for i, l in enumerate(lam):
+        j = int(np.argmin(np.abs(lam_ref - l)))
+        assert abs(lam_ref[j] - l) < 1e-6 * max(1.0, abs(l))
+        cos = abs(np.vdot(phi[:, i], phi_ref[:, j])) / (np.linalg.norm(phi[:, i]) * np.linalg.norm(phi_ref[:, j]))
+        assert cos > 1 - 1e-6
+
+
+def test_batched_fit_equals_separate_fits():
+    a = quadratic_gd(seed=0).snapshots
+    b = quadratic_gd(seed=5, excited_h=(0.5, 2.5)).snapshots
+    grams = jnp.stack([koopman.gram(jnp.asarray(a, jnp.float32)), koopman.gram(jnp.asarray(b, jnp.float32))])
+    batched = koopman.fit_dmd_batched(grams)
+    for i, theta in enumerate((a, b)):
+        single = koopman.fit_dmd(grams[i])
+        np.testing.assert_allclose(np.asarray(batched.eigenvalues[i]), np.asarray(single.eigenvalues), atol=1e-9)
+        np.testing.assert_array_equal(np.asarray(batched.valid[i]), np.asarray(single.valid))
+    assert list(np.asarray(batched.rank)) == [4, 3]
+
+
+def test_segment_grams_sum_to_the_global_gram():
+    params = _params()
+    rng = np.random.default_rng(2)
+    traj = [jax.tree_util.tree_map(lambda x: x + rng.normal(size=x.shape), params) for _ in range(5)]
+    theta, spec = koopman.stack_snapshots(traj, lambda p, x: True)
+    grams = koopman.segment_grams(theta, spec, block_size=7)
+    assert grams.shape == (4, 5, 5)
+    np.testing.assert_allclose(np.asarray(grams).sum(0), np.asarray(koopman.gram(theta)), rtol=1e-12)
+
+
+def test_rank_cutoff_drops_noise_directions():
+    oracle = quadratic_gd()
+    theta = oracle.snapshots.astype(np.float32)
+    fit_cut = koopman.fit_trajectory(jnp.asarray(theta), rcond=1e-3)
+    fit_all = koopman.fit_trajectory(jnp.asarray(theta), rcond=0.0)
+    assert int(fit_cut.rank) < 4 < int(fit_all.rank)
+    # The fixed point survives a cutoff that drops a fast-decaying direction.
+    assert abs(complex(fit_cut.eigenvalues[0]) - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_snapshots_raises(bad):
+    theta = np.ones((5, 10), np.float32)
+    theta[3, 4] = bad
+    with pytest.raises(ValueError, match=r"NaN or Inf.*\[3\]"):
+        koopman.fit_trajectory(jnp.asarray(theta))
+
+
+def test_too_few_snapshots_and_bad_arguments_raise():
+    with pytest.raises(ValueError, match="at least 3 snapshots"):
+        koopman.gram(jnp.ones((2, 10)))
+    with pytest.raises(ValueError, match="at least 3 snapshots"):
+        koopman.fit_dmd(np.eye(2))
+    with pytest.raises(ValueError, match=r"\(T\+1, N\)"):
+        koopman.gram(jnp.ones(10))
+    k = koopman.gram(jnp.asarray(quadratic_gd().snapshots, jnp.float32))
+    with pytest.raises(ValueError, match="rcond"):
+        koopman.fit_dmd(k, rcond=1.5)
+    with pytest.raises(ValueError, match="amplitudes"):
+        koopman.fit_dmd(k, amplitudes="best")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        koopman.fit_dmd(np.full((4, 4), np.nan))
