@@ -319,6 +319,18 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    (pickle.dumps([1, 2], protocol=3), "expected a dict"),
+    (pickle.dumps({b"data": [1], b"labels": [0]}, protocol=3), "expected uint8 data"),
+    (b"\x80\x03}q\x00(", "cannot unpickle"),
+])
+def test_cifar_python_bad_batch_is_a_clear_error(tmp_path, content, message):
+    write_tar_gz(tmp_path / "cifar-10-python.tar.gz",
+                 {f"cifar-10-batches-py/{name}": content for name in CIFAR_BATCHES})
+    with pytest.warns(data.UnverifiedDataWarning), pytest.raises(ValueError, match=message):
+        data.load_dataset("cifar10", data_dir=tmp_path)
+
+
 def test_restricted_unpickler_refuses_builtins_eval():
     payload = b"cbuiltins\neval\n(S'1+1'\ntR."
     with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
