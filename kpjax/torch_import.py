@@ -1,0 +1,623 @@
+"""Import PyTorch checkpoints into Flax variables without PyTorch.
+
+Reading (`load_torch_file`) understands both formats `torch.save` writes and
+executes nothing from the file: a restricted unpickler rebuilds only tensors,
+their storages and `collections.OrderedDict`, and refuses every other global
+(`os.system`, arbitrary classes, ...) with `UnsafeCheckpointError`.
+
+**The legacy format** (`torch.save(..., _use_new_zipfile_serialization=False)`
+and every file written before torch 1.6, e.g. ShrinkBench's `mnistnet.pt` and
+akamaster's `resnet20-12fca82f.th`) is a plain byte stream:
+
+1. five pickles, one after the other:
+   the magic number 0x1950a86a20f9469cfc6c; the protocol version 1001; a
+   system-info dict (`little_endian`, `type_sizes`; informational); the saved
+   object; the list of storage keys, in the order their data follows;
+2. for each key of that list, the storage's element count as a little-endian
+   int64, then its elements, raw and little-endian.
+
+Inside the object pickle a tensor is a call
+`torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+backward_hooks)` (`_rebuild_tensor(storage, offset, size, stride)` in files
+from torch < 0.4), with offset and strides counted in elements. The storage
+argument is a persistent id, the tuple
+`('storage', torch.<T>Storage, key, location, numel, view)` where the class
+names the element type (`FloatStorage` = float32, `LongStorage` = int64, ...),
+location is the device it was saved from (ignored: everything loads on the
+host) and `view` is None or `(view_key, offset, size)` for a slice of the
+storage `key`. Tensors sharing a storage share its key.
+
+**The zip format** (torch >= 1.6 default) is a zip archive with one top-level
+folder (its name is arbitrary, usually `archive`) holding `data.pkl` (the
+saved object, pickled as above but with 5-tuple persistent ids
+`('storage', torch.<T>Storage, key, location, numel)`), one record
+`data/<key>` per storage with its raw bytes, and optionally `byteorder`
+(`little` or `big`, the byte order of those raw bytes; little when absent)
+and `version`.
+
+Mapping (`state_dict_to_variables`, `import_torch_checkpoint`) turns a
+PyTorch state dict into Flax variables for a `kpjax.models` model whose
+submodule names mirror the PyTorch ones (`layer1.0.conv1` -> `layer1_0/conv1`):
+conv weights OIHW -> HWIO kernels, dense weights (out, in) -> (in, out)
+kernels, BatchNorm weight/bias -> params scale/bias, running_mean/running_var
+-> batch_stats mean/var (num_batches_tracked is dropped), and the rows of a
+dense layer that reads a flattened conv map are permuted from PyTorch's
+C, H, W flatten order to Flax's H, W, C.
+"""
+
+import collections
+from collections.abc import Callable, Mapping
+import io
+import math
+import os
+import pickle
+import sys
+from typing import Any, NamedTuple
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kpjax.models import get_model
+
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL_VERSION = 1001
+
+# torch.<name>Storage -> element type. Storage bytes are little-endian unless
+# a zip archive's byteorder record says otherwise.
+STORAGE_DTYPES: dict[str, np.dtype] = {
+    "DoubleStorage": np.dtype(np.float64),
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(jnp.bfloat16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+    "ComplexFloatStorage": np.dtype(np.complex64),
+    "ComplexDoubleStorage": np.dtype(np.complex128),
+}
+
+# Dense layers that read a flattened conv feature map, per model:
+# dense name -> name of the conv whose output (after pooling) is flattened.
+FLATTENED_CONV_INPUTS: dict[str, dict[str, str]] = {
+    "mnistnet": {"fc1": "conv2"},
+    "mnistnet_tiny": {"fc1": "conv2"},
+}
+
+
+class TorchCheckpointError(ValueError):
+    """A file that is not a readable PyTorch checkpoint (corrupt, truncated, ...)."""
+
+
+class UnsafeCheckpointError(TorchCheckpointError):
+    """A checkpoint whose pickle asks for a global the restricted reader refuses."""
+
+
+class _StorageType(NamedTuple):
+    """Stands in for a `torch.<T>Storage` class named in a pickle."""
+
+    name: str
+    dtype: np.dtype
+
+
+class _Storage(NamedTuple):
+    """A storage's elements (1-D, native byte order).
+
+    `elements` is None while only the layout of a legacy file is being read
+    (its raw data follows the pickle that references it).
+    """
+
+    elements: np.ndarray | None
+    dtype: np.dtype
+    numel: int
+
+
+class _StorageRef(NamedTuple):
+    """What a persistent id says about a storage."""
+
+    key: str
+    dtype: np.dtype
+    numel: int
+    view: tuple[int, int] | None  # (offset, numel) of a slice, legacy files only
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_int_tuple(x: Any) -> bool:
+    return isinstance(x, tuple) and all(_is_int(v) for v in x)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles tensors, storages, OrderedDicts and plain data; nothing else.
+
+    Storages come from `load_storage(ref)`; tensors become numpy arrays.
+    """
+
+    def __init__(self, stream: io.BytesIO, path: str,
+                 load_storage: Callable[[_StorageRef], _Storage] | None,
+                 legacy: bool):
+        super().__init__(stream)
+        self._path = path
+        self._load_storage = load_storage
+        self._legacy = legacy
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch._utils":
+            if name == "_rebuild_tensor_v2":
+                return self._rebuild_tensor_v2
+            if name == "_rebuild_tensor":
+                return self._rebuild_tensor
+            if name == "_rebuild_parameter":
+                return self._rebuild_parameter
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name, STORAGE_DTYPES[name])
+        raise UnsafeCheckpointError(
+            f"{self._path}: refusing to load global '{module}.{name}': the "
+            "restricted reader only rebuilds tensors (torch._utils._rebuild_tensor[_v2], "
+            "_rebuild_parameter), torch.<T>Storage and collections.OrderedDict")
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        ref = self._parse_persistent_id(pid)
+        if self._load_storage is None:
+            raise TorchCheckpointError(
+                f"{self._path}: unexpected storage reference {ref.key!r} in a "
+                "record that holds no tensors")
+        storage = self._load_storage(ref)
+        if ref.view is None:
+            return storage
+        offset, numel = ref.view
+        if storage.elements is not None:
+            storage = storage._replace(elements=storage.elements[offset:offset + numel])
+        return storage._replace(numel=numel)
+
+    def _parse_persistent_id(self, pid: Any) -> _StorageRef:
+        size = 6 if self._legacy else 5
+        if not (isinstance(pid, tuple) and len(pid) == size and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and _is_int(pid[4]) and pid[4] >= 0):
+            raise TorchCheckpointError(
+                f"{self._path}: malformed storage id {pid!r}; expected "
+                "('storage', torch.<T>Storage, key, location, numel"
+                + (", view)" if self._legacy else ")"))
+        _, storage_type, key, _, numel = pid[:5]
+        view = None
+        if self._legacy and pid[5] is not None:
+            view_info = pid[5]
+            if not (isinstance(view_info, tuple) and len(view_info) == 3
+                    and _is_int(view_info[1]) and _is_int(view_info[2])
+                    and 0 <= view_info[1] and 0 <= view_info[2]
+                    and view_info[1] + view_info[2] <= numel):
+                raise TorchCheckpointError(
+                    f"{self._path}: malformed view {view_info!r} of storage {key!r} "
+                    f"({numel} elements); expected (view_key, offset, size) inside it")
+            view = (view_info[1], view_info[2])
+        return _StorageRef(key, storage_type.dtype, numel, view)
+
+    def _rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any,
+                        stride: Any) -> np.ndarray | None:
+        if not isinstance(storage, _Storage):
+            raise TorchCheckpointError(
+                f"{self._path}: tensor built from {type(storage).__name__}, "
+                "expected a storage reference")
+        if not (_is_int(storage_offset) and storage_offset >= 0 and _is_int_tuple(size)
+                and _is_int_tuple(stride) and len(size) == len(stride)
+                and all(v >= 0 for v in size + stride)):
+            raise TorchCheckpointError(
+                f"{self._path}: malformed tensor layout offset={storage_offset!r} "
+                f"size={size!r} stride={stride!r}")
+        if 0 in size:
+            return np.empty(size, storage.dtype)
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.numel:
+            raise TorchCheckpointError(
+                f"{self._path}: tensor of size {size}, stride {stride}, offset "
+                f"{storage_offset} reaches element {last} of a storage of "
+                f"{storage.numel} elements")
+        if storage.elements is None:
+            return None
+        view = np.lib.stride_tricks.as_strided(
+            storage.elements[storage_offset:], shape=size,
+            strides=tuple(s * storage.dtype.itemsize for s in stride), writeable=False)
+        return view.copy()
+
+    def _rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any,
+                           stride: Any, requires_grad: Any, backward_hooks: Any,
+                           metadata: Any = None) -> np.ndarray | None:
+        del requires_grad, backward_hooks  # autograd state has no numpy meaning
+        if metadata:
+            raise TorchCheckpointError(
+                f"{self._path}: tensor metadata {metadata!r} is not supported")
+        return self._rebuild_tensor(storage, storage_offset, size, stride)
+
+    def _rebuild_parameter(self, data: Any, requires_grad: Any,
+                           backward_hooks: Any) -> Any:
+        del requires_grad, backward_hooks
+        return data
+
+
+def _native_elements(buffer: bytes, dtype: np.dtype, count: int, offset: int,
+                     byteorder: str) -> np.ndarray:
+    """`count` elements of `dtype` stored at `offset` in `byteorder` ('little'/'big')."""
+    elements = np.frombuffer(buffer, dtype, count, offset)
+    # byteswap, not a non-native dtype: ml_dtypes' bfloat16 has no byte order.
+    return elements if byteorder == sys.byteorder else elements.byteswap()
+
+
+def _unpickle(stream: io.BytesIO, path: str, record: str,
+              load_storage: Callable[[_StorageRef], _Storage] | None = None,
+              legacy: bool = True) -> Any:
+    """Reads one pickle from `stream`, turning any failure into a clear error."""
+    start = stream.tell()
+    try:
+        return _RestrictedUnpickler(stream, path, load_storage, legacy).load()
+    except TorchCheckpointError:
+        raise
+    except Exception as e:  # corrupt bytes surface as many exception types
+        raise TorchCheckpointError(
+            f"{path}: corrupt or truncated {record} (pickle at byte {start}): "
+            f"{type(e).__name__}: {e}") from e
+
+
+def _load_legacy(data: bytes, path: str) -> Any:
+    stream = io.BytesIO(data)
+    magic = _unpickle(stream, path, "magic number")
+    if magic != LEGACY_MAGIC_NUMBER:
+        raise TorchCheckpointError(
+            f"{path}: not a PyTorch checkpoint: neither a zip archive nor a legacy "
+            f"torch.save stream (magic number {magic!r}, expected "
+            f"{LEGACY_MAGIC_NUMBER:#x})")
+    version = _unpickle(stream, path, "protocol version")
+    if version != LEGACY_PROTOCOL_VERSION:
+        raise TorchCheckpointError(
+            f"{path}: unsupported legacy protocol version {version!r}, "
+            f"expected {LEGACY_PROTOCOL_VERSION}")
+    if not isinstance(_unpickle(stream, path, "system info"), dict):
+        raise TorchCheckpointError(f"{path}: the system-info record is not a dict")
+
+    # The storages' raw bytes follow the object pickle, so the object is read
+    # twice: once to learn which storages it references (dtype, size), then,
+    # with their bytes located, to build the tensors.
+    object_start = stream.tell()
+    refs: dict[str, _StorageRef] = {}
+
+    def record_storage(ref: _StorageRef) -> _Storage:
+        known = refs.setdefault(ref.key, ref)
+        if (known.dtype, known.numel) != (ref.dtype, ref.numel):
+            raise TorchCheckpointError(
+                f"{path}: storage {ref.key!r} referenced as both {known.numel} x "
+                f"{known.dtype} and {ref.numel} x {ref.dtype}")
+        return _Storage(None, ref.dtype, ref.numel)
+
+    _unpickle(stream, path, "saved object", record_storage)
+    keys = _unpickle(stream, path, "storage key list")
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise TorchCheckpointError(f"{path}: the storage key record is not a list of str")
+    if sorted(keys) != sorted(refs):
+        raise TorchCheckpointError(
+            f"{path}: storage key list {sorted(keys)} does not match the storages "
+            f"the saved object references {sorted(refs)}")
+
+    elements: dict[str, np.ndarray] = {}
+    offset = stream.tell()
+    for i, key in enumerate(keys):
+        ref = refs[key]
+        nbytes = ref.numel * ref.dtype.itemsize
+        what = f"storage {i + 1}/{len(keys)} (key {key!r}, {ref.numel} x {ref.dtype})"
+        if offset + 8 + nbytes > len(data):
+            raise TorchCheckpointError(
+                f"{path}: truncated: {what} needs {8 + nbytes} bytes at byte "
+                f"{offset}, the file has {max(len(data) - offset, 0)} left")
+        count = int.from_bytes(data[offset:offset + 8], "little", signed=True)
+        if count != ref.numel:
+            raise TorchCheckpointError(
+                f"{path}: corrupt: {what} has element count {count} in its header "
+                f"at byte {offset}, expected {ref.numel}")
+        elements[key] = _native_elements(data, ref.dtype, ref.numel, offset + 8, "little")
+        offset += 8 + nbytes
+
+    stream.seek(object_start)
+    return _unpickle(
+        stream, path, "saved object",
+        lambda ref: _Storage(elements[ref.key], ref.dtype, ref.numel))
+
+
+def _load_zip(archive: zipfile.ZipFile, path: str) -> Any:
+    pickles = [n for n in archive.namelist()
+               if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise TorchCheckpointError(
+            f"{path}: a zip checkpoint must hold exactly one <folder>/data.pkl, "
+            f"found {pickles or 'none'}")
+    prefix = pickles[0][:-len("data.pkl")]
+    names = set(archive.namelist())
+    byteorder = "little"
+    if prefix + "byteorder" in names:
+        byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
+        if byteorder not in ("little", "big"):
+            raise TorchCheckpointError(
+                f"{path}: byteorder record says {byteorder!r}, expected 'little' or 'big'")
+    cache: dict[str, _Storage] = {}
+
+    def read_storage(ref: _StorageRef) -> _Storage:
+        if ref.key in cache:
+            storage = cache[ref.key]
+            if (storage.dtype, storage.numel) != (ref.dtype, ref.numel):
+                raise TorchCheckpointError(
+                    f"{path}: storage {ref.key!r} referenced as both {storage.numel} x "
+                    f"{storage.dtype} and {ref.numel} x {ref.dtype}")
+            return storage
+        record = f"{prefix}data/{ref.key}"
+        if record not in names:
+            raise TorchCheckpointError(f"{path}: missing storage record {record!r}")
+        raw = archive.read(record)
+        if len(raw) != ref.numel * ref.dtype.itemsize:
+            raise TorchCheckpointError(
+                f"{path}: storage record {record!r} has {len(raw)} bytes, expected "
+                f"{ref.numel} x {ref.dtype} = {ref.numel * ref.dtype.itemsize}")
+        cache[ref.key] = _Storage(
+            _native_elements(raw, ref.dtype, ref.numel, 0, byteorder), ref.dtype, ref.numel)
+        return cache[ref.key]
+
+    return _unpickle(io.BytesIO(archive.read(pickles[0])), path, "data.pkl",
+                     read_storage, legacy=False)
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """Reads a file written by `torch.save` without PyTorch and without running its code.
+
+    Args:
+        path: a zip-format (torch >= 1.6) or legacy-format checkpoint.
+
+    Returns:
+        The saved object with tensors as numpy arrays (dtype, shape and
+        element order as in PyTorch; each array owns its memory) inside
+        dicts, OrderedDicts, lists, tuples, numbers and strings.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        UnsafeCheckpointError: if the pickle names a global other than those
+            needed to rebuild tensors (a ValueError).
+        TorchCheckpointError: if the file is corrupt, truncated or not a
+            checkpoint (a ValueError naming the file and what was expected).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                return _load_zip(archive, path)
+        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
+            raise TorchCheckpointError(f"{path}: corrupt zip checkpoint: {e}") from e
+    return _load_legacy(data, path)
+
+
+def state_dict_from(obj: Any) -> dict[str, np.ndarray]:
+    """Finds the state dict in a loaded checkpoint.
+
+    Accepts a bare state dict or a dict wrapping one under 'state_dict' or
+    'model_state_dict' (as training scripts save them, with epoch, accuracy,
+    optimizer state beside it), and drops the 'module.' prefix that
+    `torch.nn.DataParallel` adds to every key.
+
+    Args:
+        obj: what `load_torch_file` returned.
+
+    Returns:
+        {PyTorch parameter name: array}, in the checkpoint's order.
+
+    Raises:
+        ValueError: if no mapping of names to arrays is found.
+    """
+    if isinstance(obj, Mapping):
+        for wrapper_key in ("state_dict", "model_state_dict"):
+            if isinstance(obj.get(wrapper_key), Mapping):
+                obj = obj[wrapper_key]
+                break
+    if not (isinstance(obj, Mapping) and obj
+            and all(isinstance(k, str) and isinstance(v, np.ndarray)
+                    for k, v in obj.items())):
+        what = (f"a mapping with keys {list(obj)[:10]}" if isinstance(obj, Mapping)
+                else type(obj).__name__)
+        raise ValueError(
+            "expected a state dict ({name: tensor}) or a dict holding one under "
+            f"'state_dict' or 'model_state_dict', got {what}")
+    if all(k.startswith("module.") for k in obj):
+        return {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+class _Target(NamedTuple):
+    """Where a PyTorch tensor goes in the Flax variables, and how it is transformed."""
+
+    path: tuple[str, ...]  # (collection, module..., leaf)
+    transform: Callable[[np.ndarray], np.ndarray]
+
+
+def _flax_module_path(torch_module: str) -> tuple[str, ...]:
+    """'layer1.0.conv1' -> ('layer1_0', 'conv1'): indices join the container name."""
+    parts: list[str] = []
+    for part in torch_module.split("."):
+        if part.isdigit() and parts:
+            parts[-1] = f"{parts[-1]}_{part}"
+        else:
+            parts.append(part)
+    return tuple(parts)
+
+
+def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        if not isinstance(tree, Mapping) or name not in tree:
+            return None
+        tree = tree[name]
+    return tree
+
+
+def _kernel_transform(chw: tuple[int, int, int] | None) -> Callable[[np.ndarray], np.ndarray]:
+    def transform(w: np.ndarray) -> np.ndarray:
+        if w.ndim == 4:  # conv (O, I, H, W) -> (H, W, I, O)
+            return w.transpose(2, 3, 1, 0)
+        if w.ndim == 2 and chw is not None and w.shape[1] == math.prod(chw):
+            # Rows of the Flax kernel are indexed (h, w, c), PyTorch's columns (c, h, w).
+            return w.reshape(w.shape[0], *chw).transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+        if w.ndim == 2:  # dense (out, in) -> (in, out)
+            return w.T
+        return w  # a shape mismatch, reported by the caller
+
+    return transform
+
+
+def _keep(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _flattened_chw(model_name: str, params: Mapping[str, Any],
+                   dense: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of the feature map that dense layer `dense` reads flattened."""
+    conv = FLATTENED_CONV_INPUTS.get(model_name, {}).get(dense)
+    conv_kernel = _subtree(params, (conv, "kernel")) if conv else None
+    dense_kernel = _subtree(params, (dense, "kernel"))
+    if conv_kernel is None or dense_kernel is None:
+        return None
+    channels = conv_kernel.shape[-1]
+    side = math.isqrt(dense_kernel.shape[0] // channels)
+    if side * side * channels != dense_kernel.shape[0]:
+        raise ValueError(
+            f"{model_name}: {dense} reads {dense_kernel.shape[0]} features, not a "
+            f"square map of {conv}'s {channels} channels")
+    return channels, side, side
+
+
+def _target(torch_name: str, model_name: str, template: Mapping[str, Any]) -> _Target | None:
+    """The Flax destination of one state-dict entry, None if the model has none."""
+    torch_module, _, leaf = torch_name.rpartition(".")
+    module = _flax_module_path(torch_module)
+    params = template.get("params", {})
+    module_params = _subtree(params, module)
+    module_stats = _subtree(template.get("batch_stats", {}), module)
+    if not isinstance(module_params, Mapping):
+        return None
+    if "kernel" in module_params:
+        chw = _flattened_chw(model_name, params, module[0]) if len(module) == 1 else None
+        leaves = {"weight": ("params", "kernel", _kernel_transform(chw)),
+                  "bias": ("params", "bias", _keep)}
+    elif "scale" in module_params and isinstance(module_stats, Mapping):
+        leaves = {"weight": ("params", "scale", _keep), "bias": ("params", "bias", _keep),
+                  "running_mean": ("batch_stats", "mean", _keep),
+                  "running_var": ("batch_stats", "var", _keep)}
+    else:
+        return None
+    if leaf not in leaves:
+        return None
+    collection, flax_leaf, transform = leaves[leaf]
+    return _Target((collection, *module, flax_leaf), transform)
+
+
+def _is_batch_norm_counter(torch_name: str, template: Mapping[str, Any]) -> bool:
+    torch_module, _, leaf = torch_name.rpartition(".")
+    stats = _subtree(template.get("batch_stats", {}), _flax_module_path(torch_module))
+    return leaf == "num_batches_tracked" and isinstance(stats, Mapping)
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _abbreviated(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], model_name: str,
+                            template_variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Converts a PyTorch state dict to Flax variables shaped like a template.
+
+    Args:
+        state_dict: {PyTorch name: array} in PyTorch layout, e.g. from
+            `state_dict_from(load_torch_file(path))`.
+        model_name: the `kpjax.models` name; selects the fc1 row permutation
+            of MnistNet-like models (`FLATTENED_CONV_INPUTS`).
+        template_variables: variables of the target model (arrays or
+            `jax.ShapeDtypeStruct`s, e.g. from `jax.eval_shape` of `init`);
+            only shapes and dtypes are used.
+
+    Returns:
+        Variables with the template's structure ('params', and 'batch_stats'
+        if the template has it), as jax arrays of the template's dtypes.
+
+    Raises:
+        ValueError: listing the template variables the state dict does not
+            provide, the state-dict entries the model has no place for, and
+            the shape mismatches (after the layout change), if any.
+    """
+    values: dict[str, np.ndarray] = {}
+    unexpected, mismatched, mismatched_targets = [], [], set()
+    for torch_name, tensor in state_dict.items():
+        target = _target(torch_name, model_name, template_variables)
+        if target is None:
+            if not _is_batch_norm_counter(torch_name, template_variables):
+                unexpected.append(torch_name)
+            continue
+        leaf = _subtree(template_variables, target.path)
+        if leaf is None or isinstance(leaf, Mapping):
+            unexpected.append(torch_name)
+            continue
+        value = target.transform(np.asarray(tensor))
+        flax_name = "/".join(target.path)
+        if value.shape != tuple(leaf.shape):
+            mismatched.append(
+                f"{torch_name} {tuple(np.shape(tensor))} -> {flax_name} expects "
+                f"{tuple(leaf.shape)} (got {value.shape} after the layout change)")
+            mismatched_targets.add(flax_name)
+            continue
+        values[flax_name] = value
+
+    template_paths = [_path_str(p) for p, _ in
+                      jax.tree_util.tree_flatten_with_path(template_variables)[0]]
+    missing = [p for p in template_paths
+               if p not in values and p not in mismatched_targets]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"state dict does not fit model {model_name!r}:\n"
+            f"  missing ({len(missing)}): {_abbreviated(missing)}\n"
+            f"  unexpected ({len(unexpected)}): {_abbreviated(unexpected)}\n"
+            f"  shape mismatches ({len(mismatched)}): {_abbreviated(mismatched)}")
+    return jax.tree_util.tree_map_with_path(
+        lambda p, leaf: jnp.asarray(values[_path_str(p)], dtype=leaf.dtype),
+        template_variables)
+
+
+def import_torch_checkpoint(path: str | os.PathLike, model_name: str,
+                            num_classes: int = 10) -> dict[str, Any]:
+    """Loads a PyTorch checkpoint as Flax variables of a `kpjax.models` model.
+
+    Args:
+        path: checkpoint file (legacy or zip `torch.save` format) holding a
+            state dict, bare or under 'state_dict', keys optionally prefixed
+            'module.'.
+        model_name: a `kpjax.models.get_model` name, e.g. "mnistnet", "resnet20".
+        num_classes: classifier outputs of the model.
+
+    Returns:
+        {'params': ...} plus {'batch_stats': ...} for models with BatchNorm,
+        ready for `module.apply`.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: for an unreadable or unsafe file, or a state dict of
+            another architecture (missing/unexpected keys, shape mismatches).
+    """
+    spec = get_model(model_name, num_classes)
+    template = jax.eval_shape(
+        lambda: spec.module.init(jax.random.PRNGKey(0),
+                                 jnp.zeros((1, *spec.input_shape)), train=False))
+    return state_dict_to_variables(state_dict_from(load_torch_file(path)),
+                                   model_name, template)
