@@ -391,7 +391,9 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     with open(path, "rb") as f:
         data = f.read()
-    if zipfile.is_zipfile(io.BytesIO(data)):
+    # As torch does, tell the formats apart by the first bytes (a zip local
+    # file header); the raw floats of a legacy file may contain anything.
+    if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 return _load_zip(archive, path)

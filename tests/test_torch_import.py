@@ -42,7 +42,9 @@ class FakeTensor(NamedTuple):
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
-    parameter: bool = False
+    # How torch.save pickles it: "v2" (torch >= 0.4), "v1" (older: no autograd
+    # arguments) or "parameter" (an nn.Parameter around a v2 tensor).
+    kind: str = "v2"
 
     def numpy(self) -> np.ndarray:
         if 0 in self.size:
@@ -71,7 +73,7 @@ def fake_torch_modules():
     """Stand-ins for torch and torch._utils, so that pickle emits their GLOBALs."""
     torch_module = types.ModuleType("torch")
     utils_module = types.ModuleType("torch._utils")
-    for name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter"):
         def function(*args):
             raise AssertionError("never called")
         function.__module__, function.__name__, function.__qualname__ = (
@@ -107,13 +109,14 @@ class TorchLikePickler(pickle.Pickler):
     def reducer_override(self, obj: Any):
         if not isinstance(obj, FakeTensor):
             return NotImplemented
-        tensor_args = (obj.storage, obj.offset, obj.size, obj.stride, False,
-                       collections.OrderedDict())
-        rebuilt = (self.utils_module._rebuild_tensor_v2, tensor_args)
-        if obj.parameter:
+        layout = (obj.storage, obj.offset, obj.size, obj.stride)
+        if obj.kind == "v1":
+            return (self.utils_module._rebuild_tensor, layout)
+        if obj.kind == "parameter":
             return (self.utils_module._rebuild_parameter,
-                    (obj._replace(parameter=False), True, collections.OrderedDict()))
-        return rebuilt
+                    (obj._replace(kind="v2"), True, collections.OrderedDict()))
+        return (self.utils_module._rebuild_tensor_v2,
+                (*layout, False, collections.OrderedDict()))
 
     def persistent_id(self, obj: Any):
         if not isinstance(obj, FakeStorage):
@@ -220,9 +223,7 @@ def mixed_checkpoint() -> dict[str, Any]:
     """Tensors of many dtypes and layouts (shared storages, strides, offsets)."""
     rng = np.random.default_rng(0)
     shared = FakeStorage("shared", rng.standard_normal(24).astype(np.float32))
-    return {
-        "epoch": 7, "arch": "test", "best": 91.5, "flags": [True, None, (1, "x")],
-        "state_dict": collections.OrderedDict([
+    state_dict = collections.OrderedDict([
             ("matrix", FakeTensor(shared, 0, (4, 6), (6, 1))),
             ("transposed", FakeTensor(shared, 0, (6, 4), (1, 6))),
             ("strided", FakeTensor(shared, 3, (5,), (4,))),
@@ -237,9 +238,13 @@ def mixed_checkpoint() -> dict[str, Any]:
             ("uint8", tensor("u8", np.array([0, 255, 7], np.uint8))),
             ("bool", tensor("b", np.array([True, False, True]))),
             ("complex", tensor("c64", np.array([1 + 2j, -3j], np.complex64))),
-            ("parameter", tensor("p", np.ones((2, 2), np.float32))._replace(parameter=True)),
-        ]),
-    }
+            ("parameter", tensor("p", np.ones((2, 2), np.float32))._replace(kind="parameter")),
+            ("old_style", tensor("v1", np.arange(4, dtype=np.float32))._replace(kind="v1")),
+    ])
+    # Module.state_dict() attaches module versions as an attribute (pickled via BUILD).
+    state_dict._metadata = collections.OrderedDict([("", {"version": 1})])
+    return {"epoch": 7, "arch": "test", "best": 91.5, "flags": [True, None, (1, "x")],
+            "state_dict": state_dict}
 
 
 # ---------------------------------------------------------------------------
@@ -360,6 +365,7 @@ def test_round_trip_of_torch_like_files_is_exact(tmp_path, fmt):
             "zip-no-byteorder": lambda: zip_bytes(obj, None)}[fmt]()
     loaded = torch_import.load_torch_file(write(tmp_path, "ckpt.pt", data))
     assert_same(loaded, as_numpy(obj))
+    assert loaded["state_dict"]._metadata == {"": {"version": 1}}
     arrays = loaded["state_dict"]
     assert arrays["transposed"].dtype.isnative and arrays["transposed"].flags.owndata
     assert not np.shares_memory(arrays["matrix"], arrays["transposed"])
