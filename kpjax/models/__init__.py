@@ -1,0 +1,91 @@
+"""Models by name: MnistNet and the CIFAR ResNets, with tiny test variants.
+
+`get_model(name)` returns a `ModelSpec`; every module is called as
+`module.apply(variables, x, train=...)` with NHWC float32 inputs, and
+`module.init(rng, x, train=False)` gives {'params'} (+ {'batch_stats'} for
+ResNets). Parameter names mirror the PyTorch state dicts of the pretrained
+checkpoints.
+"""
+
+from collections.abc import Callable
+import functools
+from typing import Literal, NamedTuple
+
+from flax import linen as nn
+
+from kpjax.models.mnistnet import MnistNet
+from kpjax.models.resnet import BasicBlock, ResNet, shortcut_option_a
+
+
+class ModelSpec(NamedTuple):
+    """A model and what a caller needs to feed and prune it.
+
+    Attributes:
+        name: registry name, e.g. "resnet20".
+        module: the Flax module.
+        input_shape: one example's shape (H, W, C).
+        classifier: name of the final dense submodule ('fc2' or 'linear').
+        dataset: the dataset the model is built for.
+    """
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, int, int]
+    classifier: str
+    dataset: Literal["mnist", "cifar10"]
+
+
+_MNIST_SHAPE = (28, 28, 1)
+_CIFAR_SHAPE = (32, 32, 3)
+
+
+def _mnistnet(name: str, num_classes: int, **widths: int) -> ModelSpec:
+    return ModelSpec(name, MnistNet(num_classes=num_classes, **widths),
+                     _MNIST_SHAPE, "fc2", "mnist")
+
+
+def _resnet(name: str, num_classes: int, num_blocks: int,
+            widths: tuple[int, ...] = (16, 32, 64)) -> ModelSpec:
+    return ModelSpec(name, ResNet(num_blocks, widths, num_classes),
+                     _CIFAR_SHAPE, "linear", "cifar10")
+
+
+# name -> (name, num_classes) -> ModelSpec.
+MODELS: dict[str, Callable[[str, int], ModelSpec]] = {
+    "mnistnet": _mnistnet,
+    "mnistnet_tiny": functools.partial(
+        _mnistnet, conv1_features=4, conv2_features=8, fc1_features=16),
+    "resnet20": functools.partial(_resnet, num_blocks=3),
+    "resnet32": functools.partial(_resnet, num_blocks=5),
+    "resnet44": functools.partial(_resnet, num_blocks=7),
+    "resnet56": functools.partial(_resnet, num_blocks=9),
+    "resnet_tiny": functools.partial(_resnet, num_blocks=1, widths=(4, 8, 16)),
+}
+
+
+def get_model(name: str, num_classes: int = 10) -> ModelSpec:
+    """Looks up a model by name.
+
+    Args:
+        name: one of `MODELS` ("mnistnet", "resnet20", "resnet32", "resnet44",
+            "resnet56", "mnistnet_tiny", "resnet_tiny").
+        num_classes: outputs of the classifier.
+
+    Returns:
+        The model's `ModelSpec`.
+
+    Raises:
+        ValueError: for an unknown name or num_classes < 1.
+    """
+    if name not in MODELS:
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return MODELS[name](name, num_classes)
+
+
+__all__ = [
+    "MODELS", "BasicBlock", "MnistNet", "ModelSpec", "ResNet", "get_model",
+    "shortcut_option_a",
+]
