@@ -146,6 +146,8 @@ def test_unknown_name_lists_known_models():
 def test_bad_num_classes():
     with pytest.raises(ValueError, match="num_classes"):
         get_model("mnistnet", num_classes=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        get_model("mnistnet", num_classes=True)
 
 
 def test_shortcut_identity_when_shape_kept():

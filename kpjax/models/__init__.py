@@ -80,7 +80,7 @@ def get_model(name: str, num_classes: int = 10) -> ModelSpec:
     if name not in MODELS:
         raise ValueError(
             f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return MODELS[name](name, num_classes)
 
