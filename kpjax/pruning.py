@@ -342,14 +342,37 @@ def get_method(name: str) -> PruningMethod:
         raise ValueError(f"unknown pruning method {name!r}; known: {sorted(METHODS)}") from None
 
 
+def method_scores(name: str, inputs: PruneInputs) -> PyTree:
+    """Scores of method `name` (pytree like params); reusable across compressions."""
+    return get_method(name).score_fn(inputs)
+
+
+def method_mask(
+    name: str, scores: PyTree, params: PyTree, select: PyTree, compression: float
+) -> PyTree:
+    """The mask of method `name` from its scores at compression c (total / nonzero)."""
+    method = get_method(name)
+    _check_same_structure(params, select, "params and select")
+    fraction = keep_fraction(compression, count_params(params), _count_selected(params, select))
+    return method.mask_fn(scores, select, fraction)
+
+
 def prune(name: str, inputs: PruneInputs, compression: float) -> PyTree:
     """The mask of method `name` at compression ratio c (total / nonzero)."""
-    method = get_method(name)
-    _check_same_structure(inputs.params, inputs.select, "params and select")
-    fraction = keep_fraction(
-        compression, count_params(inputs.params), _count_selected(inputs.params, inputs.select)
+    return method_mask(
+        name, method_scores(name, inputs), inputs.params, inputs.select, compression
     )
-    return method.mask_fn(method.score_fn(inputs), inputs.select, fraction)
+
+
+def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
+    """|A ∩ B| / |A ∪ B| of the kept prunable parameters of two masks."""
+    _check_same_structure(a, b, "mask_jaccard(a, b)")
+    inter = union = 0
+    for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
+        if s:
+            inter += int(jnp.sum(x & y))
+            union += int(jnp.sum(x | y))
+    return inter / union if union else 1.0
 
 
 register_method("gmp", PruningMethod(

@@ -206,3 +206,22 @@ def test_random_is_reproducible_per_key():
     m3 = pruning.prune("random", pruning.PruneInputs(params, select, rng=jax.random.key(2)), 4.0)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(m1), jax.tree_util.tree_leaves(m2)))
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(m1), jax.tree_util.tree_leaves(m3)))
+
+
+def test_mask_jaccard_hand_computed():
+    a = {"w": jnp.array([True, True, False, False]), "bn": jnp.array([True])}
+    b = {"w": jnp.array([True, False, True, False]), "bn": jnp.array([True])}
+    select = {"w": True, "bn": False}
+    assert pruning.mask_jaccard(a, b, select) == pytest.approx(1 / 3)
+    assert pruning.mask_jaccard(a, a, select) == 1.0
+
+
+def test_scores_are_reusable_across_compressions():
+    params = _model_params()
+    select = pruning.prunable(params)
+    inputs = pruning.PruneInputs(params, select)
+    scores = pruning.method_scores("gmp", inputs)
+    for c in (2.0, 8.0):
+        via_scores = pruning.method_mask("gmp", scores, params, select, c)
+        direct = pruning.prune("gmp", inputs, c)
+        assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(via_scores), jax.tree_util.tree_leaves(direct)))
