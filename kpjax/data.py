@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import importlib.resources
 import io
+import itertools
 import os
 import pickle
 import tarfile
@@ -585,6 +586,34 @@ def batches(
         else:
             block = order[b * batch_size:(b + 1) * batch_size]
         yield images[block], labels[block]
+
+
+def batch_stream(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    drop_remainder: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Training batches over consecutive epochs, from global step `start_step` on.
+
+    Step s is batch s mod B of epoch s // B (B batches an epoch), so a run
+    resumed at step s sees exactly the batches an uninterrupted run would.
+    Never ends; take what you need with `itertools.islice`.
+    """
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    per_epoch = num_batches(len(images), batch_size, drop_remainder=drop_remainder)
+    if per_epoch == 0:
+        raise ValueError(f"{len(images)} examples make no batch of {batch_size}.")
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        epoch_batches = batches(images, labels, batch_size, seed=seed, epoch=epoch,
+                                drop_remainder=drop_remainder)
+        yield from itertools.islice(epoch_batches, skip, None)
+        epoch, skip = epoch + 1, 0
 
 
 # ----------------------------------------------------------------------------

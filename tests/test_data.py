@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import importlib.resources
 import io
+import itertools
 import pickle
 import struct
 import tarfile
@@ -626,3 +627,19 @@ def test_augment_marked_pixel_moves_by_at_most_4_or_flips():
     dys, dxs = zip(*shifts)
     assert set(dys) == set(range(-4, 5)) and set(dxs) == set(range(-4, 5))
     assert 0.4 < np.mean(flips) < 0.6
+
+
+def test_batch_stream_resumes_at_any_global_step():
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    labels = np.arange(10, dtype=np.int32)
+    full = list(itertools.islice(data.batch_stream(images, labels, 4, seed=3), 9))
+    # 3 batches an epoch (4, 4, 2): every epoch visits each example once.
+    for e in range(3):
+        seen = np.concatenate([b[1] for b in full[3 * e:3 * e + 3]])
+        assert sorted(seen) == list(range(10))
+    for start in (0, 2, 3, 7):
+        resumed = list(itertools.islice(data.batch_stream(images, labels, 4, seed=3, start_step=start), 9 - start))
+        for (a, la), (b, lb) in zip(full[start:], resumed):
+            np.testing.assert_array_equal(la, lb)
+    with pytest.raises(ValueError, match="start_step"):
+        next(data.batch_stream(images, labels, 4, seed=0, start_step=-1))
