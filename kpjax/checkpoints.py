@@ -152,3 +152,48 @@ def restore_checkpoint(
             f"checkpoint step {step} in {directory} does not match the "
             "template state's structure")
     return state, dict(restored[_META] or {})
+
+
+def restore_variables(
+    directory: str | os.PathLike,
+    template: PyTree,
+    step: int | None = None,
+) -> dict[str, PyTree]:
+    """Only the model variables ({'params', 'batch_stats'?}) of a saved TrainState.
+
+    Reads the checkpoint without knowing the optimizer it was trained with, so
+    a model trained by `experiments.train` can seed any other run.
+
+    Args:
+        directory: a checkpoint directory written by `save_checkpoint`.
+        template: the model's variables (arrays or ShapeDtypeStructs), e.g.
+            ``jax.eval_shape(module.init, ...)``; checked against the file.
+        step: which step; None restores the latest.
+
+    Raises:
+        FileNotFoundError: no directory or no checkpoint.
+        ValueError: corrupt, or the variables' names/shapes do not match.
+    """
+    directory = os.fspath(directory)
+    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints in {directory}")
+    step = max(steps) if step is None else step
+    options = ocp.CheckpointManagerOptions(
+        create=False, read_only=True, enable_async_checkpointing=False)
+    try:
+        with ocp.CheckpointManager(directory, options=options) as manager:
+            raw = manager.restore(step, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardRestore()}))[_STATE]
+    except Exception as e:  # orbax/tensorstore raise many types; name the file
+        raise ValueError(
+            f"cannot restore step {step} from {directory}: "
+            f"{type(e).__name__}: {str(e)[:300]}") from e
+    variables = {k: raw.get(k) for k in template}
+    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), template)
+    got = jax.tree_util.tree_map(lambda x: tuple(x.shape), variables)
+    if want != got:
+        raise ValueError(
+            f"checkpoint in {directory} holds variables of another model:\n"
+            f"  expected {want}\n  found    {got}")
+    return variables

@@ -141,3 +141,19 @@ def test_template_mismatch_gives_clear_error(tmp_path):
     other = initial_state()._replace(batch_stats={})
     with pytest.raises(ValueError, match="template"):
         checkpoints.restore_checkpoint(tmp_path, other)
+
+
+def test_restore_variables_reads_params_without_the_optimizer(tmp_path):
+    import optax
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)}}
+    state = train.create_train_state(params, optax.adam(1e-3), jax.random.PRNGKey(0))
+    with checkpoints.checkpoint_manager(tmp_path / "ck") as manager:
+        checkpoints.save_checkpoint(manager, state)
+    template = {"params": jax.tree_util.tree_map(jnp.zeros_like, params)}
+    restored = checkpoints.restore_variables(tmp_path / "ck", template)
+    np.testing.assert_array_equal(restored["params"]["dense"]["kernel"], params["dense"]["kernel"])
+    wrong = {"params": {"dense": {"kernel": jnp.zeros((3, 3)), "bias": jnp.zeros(3)}}}
+    with pytest.raises(ValueError, match="another model"):
+        checkpoints.restore_variables(tmp_path / "ck", wrong)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        checkpoints.restore_variables(tmp_path / "missing", template)
