@@ -95,7 +95,8 @@ def random_scores(params: PyTree, rng: jax.Array) -> PyTree:
     )
 
 
-def _flat_scores_to_tree(flat: jax.Array, spec: koopman.FlatSpec, params: PyTree) -> PyTree:
+def scores_from_flat(flat: jax.Array, spec: koopman.FlatSpec, params: PyTree) -> PyTree:
+    """A score vector over `spec`'s leaves as a pytree like params (zeros elsewhere)."""
     zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
     return koopman.unravel_selected(flat.astype(jnp.float32), spec, zeros)
 
@@ -112,7 +113,7 @@ def kmp_scores(
     phi = koopman.fixed_point_mode(snapshots, fit)
     with jax.enable_x64(True):
         flat = jnp.abs(phi).astype(jnp.float32)
-    return _flat_scores_to_tree(flat, spec, params)
+    return scores_from_flat(flat, spec, params)
 
 
 def kgp_scores(
@@ -130,7 +131,7 @@ def kgp_scores(
     with jax.enable_x64(True):
         theta = jnp.asarray(snapshots[t2]).astype(jnp.float64)
         flat = jnp.abs(theta * step).astype(jnp.float32)
-    return _flat_scores_to_tree(flat, spec, params)
+    return scores_from_flat(flat, spec, params)
 
 
 def layer_kmp_scores(
@@ -149,7 +150,7 @@ def layer_kmp_scores(
         phi = koopman.fixed_point_mode(snapshots[:, start:end], fit)
         with jax.enable_x64(True):
             parts.append(jnp.abs(phi).astype(jnp.float32))
-    return _flat_scores_to_tree(jnp.concatenate(parts), spec, params)
+    return scores_from_flat(jnp.concatenate(parts), spec, params)
 
 
 # ---------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def create_train_state(
                 "mask must have the tree structure of params; got "
                 f"{mask_tree} vs {params_tree}")
         mask = jax.tree_util.tree_map(
-            lambda m, p: jnp.broadcast_to(jnp.asarray(m, bool), jnp.shape(p)),
+            lambda m, p: jnp.array(jnp.broadcast_to(jnp.asarray(m, bool), jnp.shape(p))),
             mask, params)
     # The state owns copies of its arrays: the jitted step donates them, and
     # must not delete the caller's params, batch stats or key.

@@ -1,0 +1,131 @@
+"""Result files of the experiments: atomic writes, resumable tables, summaries.
+
+Every file is written to a temporary file in the same directory and renamed
+over the target, so a killed run never leaves a half-written file. A table
+is keyed by its cell columns; a rerun skips the cells already present.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def atomic_write_bytes(path: str, content: bytes) -> None:
+    """Writes `content` to `path` via a temporary file and an atomic rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class ResultTable:
+    """Rows of one experiment, saved as `<stem>.json` and `<stem>.csv`.
+
+    Args:
+      workdir: the directory of the files.
+      key: the columns that identify a cell (e.g. model, method, compression,
+        seed); rows of one cell (its phases) are added together.
+      stem: file name without extension.
+    """
+
+    def __init__(self, workdir: str, key: Sequence[str], stem: str = "results"):
+        self.json_path = os.path.join(workdir, f"{stem}.json")
+        self.csv_path = os.path.join(workdir, f"{stem}.csv")
+        self.key = tuple(key)
+        self.rows: list[Row] = []
+        if os.path.exists(self.json_path):
+            try:
+                with open(self.json_path) as f:
+                    self.rows = json.load(f)["rows"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{self.json_path} is not a results file of this tool ({e}); "
+                    "move it away or use another --workdir") from None
+
+    def cell(self, row: Row) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def done(self, **cell: Any) -> bool:
+        """Whether rows of this cell are already in the table."""
+        wanted = tuple(cell[k] for k in self.key)
+        return any(self.cell(r) == wanted for r in self.rows)
+
+    def add(self, rows: Iterable[Row]) -> None:
+        """Adds one cell's rows and rewrites both files atomically."""
+        self.rows.extend(rows)
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.json_path, {"rows": self.rows})
+        atomic_write_text(self.csv_path, rows_to_csv(self.rows))
+
+
+def rows_to_csv(rows: Sequence[Row]) -> str:
+    columns: list[str] = []
+    for r in rows:
+        columns.extend(c for c in r if c not in columns)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def group_mean_std(
+    rows: Sequence[Row], by: Sequence[str], value: str
+) -> dict[tuple, tuple[float, float, int]]:
+    """{group: (mean, std, count)} of `value` over the rows of each group."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get(value) is None:
+            continue
+        groups.setdefault(tuple(r[k] for k in by), []).append(float(r[value]))
+    return {g: (*mean_std(v), len(v)) for g, v in groups.items()}
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def fmt_pm(stats: tuple[float, float, int] | None, scale: float = 100.0, digits: int = 2) -> str:
+    if stats is None:
+        return "–"
+    mean, std, n = stats
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if n > 1 else f"{mean * scale:.{digits}f}"
