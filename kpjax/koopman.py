@@ -46,6 +46,12 @@ DEFAULT_BLOCK_SIZE = 4096
 
 MIN_SNAPSHOTS = 3
 
+# Bytes a blocked pass needs per entry of a (T+1)×block panel of Θ, measured
+# with XLA's compiled memory analysis (tests/test_koopman.py): the block as
+# passed (≤ 8 bytes), its float64 cast (8) and, for Θᵀw with up to T complex
+# weights, the (block, 2T) float64 output (≤ 16 per panel entry).
+_BYTES_PER_PANEL_ENTRY = 32
+
 
 # ---------------------------------------------------------------------------
 # Flattening the selected (prunable) part of a parameter pytree.
@@ -206,6 +212,41 @@ def _column_blocks(snapshots: Any, block_size: int):
         yield start, width, block
 
 
+def block_size_for_budget(num_snapshots: int, memory_budget: int) -> int:
+    """Columns per block so that a blocked pass's temporaries fit in a budget.
+
+    Peak memory of `gram` and `combine_snapshots` beyond Θ itself (which may be
+    on disk) and their N-sized output is then bounded by `memory_budget`,
+    whatever N: (T+1)·block panel entries at 32 bytes each plus three float64
+    (T+1)×(T+1) Gram buffers. Capped at DEFAULT_BLOCK_SIZE, which is faster
+    than larger blocks (BUILD_NOTES.md), so a generous budget changes nothing.
+
+    Args:
+      num_snapshots: T+1, the rows of Θ.
+      memory_budget: bytes for the temporaries of one block.
+
+    Returns:
+      block_size ≥ 1.
+
+    Raises:
+      ValueError: the budget does not hold the Gram buffers and one column.
+    """
+    fixed = 3 * 8 * num_snapshots**2
+    per_column = _BYTES_PER_PANEL_ENTRY * num_snapshots
+    if num_snapshots < 1 or memory_budget < fixed + per_column:
+        raise ValueError(
+            f"memory_budget {memory_budget} B is too small for {num_snapshots} snapshots: "
+            f"need at least {fixed + per_column} B (three float64 Gram buffers and one column)"
+        )
+    return int(min(DEFAULT_BLOCK_SIZE, (memory_budget - fixed) // per_column))
+
+
+def _resolve_block_size(snapshots: Any, block_size: int, memory_budget: int | None) -> int:
+    if memory_budget is None:
+        return block_size
+    return min(block_size, block_size_for_budget(snapshots.shape[0], memory_budget))
+
+
 @jax.jit
 def _gram_block(k: jax.Array, block: jax.Array) -> jax.Array:
     # K is symmetric: with the rows split in halves, three products
@@ -219,12 +260,19 @@ def _gram_block(k: jax.Array, block: jax.Array) -> jax.Array:
     return k + jnp.block([[dot(b1, b1.T), k12], [k12.T, dot(b2, b2.T)]])
 
 
-def gram(snapshots: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
+def gram(
+    snapshots: Any, block_size: int = DEFAULT_BLOCK_SIZE, memory_budget: int | None = None
+) -> jax.Array:
     """K = ΘΘᵀ in float64, accumulated over column blocks of Θ.
 
     Args:
-      snapshots: Θ, shape (T+1, N); a jax array, numpy array or np.memmap.
+      snapshots: Θ, shape (T+1, N); a jax array, numpy array, np.memmap or
+        any array-like with `shape` and 2-d slicing (e.g.
+        `kpjax.trajectory_store.TrajectoryStore`). float32, float16 and
+        bfloat16 are cast to float64 block by block.
       block_size: columns of Θ per block; temporaries are (T+1)×block_size.
+      memory_budget: optional bytes for the temporaries; lowers block_size
+        to `block_size_for_budget(T+1, memory_budget)` if that is smaller.
 
     Returns:
       K, shape (T+1, T+1), float64.
@@ -234,6 +282,7 @@ def gram(snapshots: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
         diagonal, K_tt = ‖θ_t‖², so no extra pass over Θ is needed).
     """
     _check_snapshots(snapshots)
+    block_size = _resolve_block_size(snapshots, block_size, memory_budget)
     rows = snapshots.shape[0]
     with jax.enable_x64(True):
         k = jnp.zeros((rows, rows), jnp.float64)
@@ -276,14 +325,20 @@ def _combine_block(block: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def combine_snapshots(
-    snapshots: Any, weights: jax.Array, block_size: int = DEFAULT_BLOCK_SIZE
+    snapshots: Any,
+    weights: jax.Array,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    memory_budget: int | None = None,
 ) -> jax.Array:
     """Θᵀw for complex weights w of shape (T+1,) or (T+1, k), in float64 blocks.
 
     Returns complex128 of shape (N,) or (N, k). Every mode, prediction and
     predicted step is such a combination, so none needs a copy of Θ.
+    `block_size` and `memory_budget` as for `gram` (the budget bounds the
+    temporaries, not the N-sized result).
     """
     _check_snapshots(snapshots)
+    block_size = _resolve_block_size(snapshots, block_size, memory_budget)
     with jax.enable_x64(True):
         w = jnp.asarray(weights, jnp.complex128)
         squeeze = w.ndim == 1
@@ -551,6 +606,9 @@ def fit_trajectory(
     rcond: float = DEFAULT_RCOND,
     amplitudes: str = "first",
     block_size: int = DEFAULT_BLOCK_SIZE,
+    memory_budget: int | None = None,
 ) -> DMDFit:
     """`fit_dmd(gram(Θ))`: the whole fit from the snapshot stack."""
-    return fit_dmd(gram(snapshots, block_size), rcond=rcond, amplitudes=amplitudes)
+    return fit_dmd(
+        gram(snapshots, block_size, memory_budget), rcond=rcond, amplitudes=amplitudes
+    )

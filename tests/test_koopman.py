@@ -190,3 +190,52 @@ def test_too_few_snapshots_and_bad_arguments_raise():
         koopman.fit_dmd(k, amplitudes="best")
     with pytest.raises(ValueError, match="NaN or Inf"):
         koopman.fit_dmd(np.full((4, 4), np.nan))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+def test_gram_and_combine_cast_low_precision_blocks_to_float64(dtype):
+    import ml_dtypes
+
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    theta = np.random.default_rng(2).normal(size=(6, 700)).astype(dtype)
+    exact = theta.astype(np.float64)
+    k = koopman.gram(theta, block_size=256)  # last block padded
+    np.testing.assert_allclose(np.asarray(k), exact @ exact.T, rtol=1e-12)
+    w = np.arange(6.0) - 2j
+    np.testing.assert_allclose(
+        np.asarray(koopman.combine_snapshots(theta, w, block_size=256)), exact.T @ w, rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("rows", [5, 40, 392])
+@pytest.mark.parametrize("budget", [2**20, 2**23, 2**26])
+def test_block_size_for_budget_bounds_compiled_temporaries(rows, budget):
+    if budget < 3 * 8 * rows**2 + 32 * rows:
+        with pytest.raises(ValueError, match="too small"):
+            koopman.block_size_for_budget(rows, budget)
+        return
+    block = koopman.block_size_for_budget(rows, budget)
+    assert 1 <= block <= koopman.DEFAULT_BLOCK_SIZE
+    with jax.enable_x64(True):
+        k = jax.ShapeDtypeStruct((rows, rows), jnp.float64)
+        w = jax.ShapeDtypeStruct((rows, 2 * (rows - 1)), jnp.float64)  # all T modes, complex
+        for dtype in (jnp.float32, jnp.float16):
+            panel = jax.ShapeDtypeStruct((rows, block), dtype)
+            for compiled in (
+                koopman._gram_block.lower(k, panel).compile(),
+                koopman._combine_block.lower(panel, w).compile(),
+            ):
+                mem = compiled.memory_analysis()
+                used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                assert used <= budget
+
+
+def test_memory_budget_lowers_the_block_size_but_not_the_result():
+    theta = np.random.default_rng(3).normal(size=(5, 3000)).astype(np.float32)
+    budget = 3 * 8 * 25 + 32 * 5 * 100  # 100 columns a block
+    assert koopman.block_size_for_budget(5, budget) == 100
+    np.testing.assert_allclose(
+        np.asarray(koopman.gram(theta, memory_budget=budget)),
+        np.asarray(koopman.gram(theta)),
+        rtol=1e-12,
+    )
