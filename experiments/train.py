@@ -173,7 +173,8 @@ def main(argv):
                               weight_decay=FLAGS.weight_decay)
 
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(FLAGS.seed))
-    variables = spec.module.init(
+    # Jitted: op by op, the random initializers compile one by one (slow on CPU).
+    variables = jax.jit(spec.module.init, static_argnames="train")(
         init_rng, np.zeros((1, *spec.input_shape), np.float32), train=False)
     state = train.create_train_state(
         variables["params"], tx, train_rng,

@@ -306,3 +306,22 @@ def test_record_trajectory_errors_when_batches_run_out():
     state = train.create_train_state(params, tx, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="ran out after 2 of 5"):
         train.record_trajectory(recording, state, batches(2), 5, is_weight)
+
+
+def test_recording_step_updates_the_donated_buffer_in_place():
+    model = TinyMLP()
+    params, _ = init(model)
+    tx = train.make_optimizer(0.05)
+    recording = train.make_recording_train_step(
+        train.make_train_step(model.apply, tx, jit=False), is_weight)
+    state = train.create_train_state(params, tx, jax.random.PRNGKey(0))
+    n = ravel_selected(params, is_weight)[0].size
+    buffer = jnp.full((3, n), -1.0, jnp.float32)
+    (images, labels), = batches(1)
+    state, new_buffer, _ = recording(state, images, labels, buffer,
+                                     jnp.int32(2))
+    assert buffer.is_deleted()  # donated: no copy of the (T+1)×N buffer
+    new_buffer = np.asarray(new_buffer)
+    np.testing.assert_array_equal(new_buffer[:2], -1.0)
+    np.testing.assert_array_equal(
+        new_buffer[2], np.asarray(ravel_selected(state.params, is_weight)[0]))
