@@ -325,3 +325,17 @@ def test_recording_step_updates_the_donated_buffer_in_place():
     np.testing.assert_array_equal(new_buffer[:2], -1.0)
     np.testing.assert_array_equal(
         new_buffer[2], np.asarray(ravel_selected(state.params, is_weight)[0]))
+
+
+def test_donating_steps_leave_the_callers_arrays_alive():
+    model = TinyConvBN()
+    params, batch_stats = init(model)
+    mask = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, bool), params)
+    rng = jax.random.PRNGKey(0)
+    tx = train.make_optimizer(0.05)
+    state = train.create_train_state(params, tx, rng, batch_stats=batch_stats,
+                                     mask=mask)
+    step = train.make_train_step(model.apply, tx)
+    state, _ = step(state, *batches(1)[0])
+    for tree in (params, batch_stats, mask, rng):
+        assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(tree))
