@@ -96,6 +96,13 @@ def latest_step(directory: str | os.PathLike) -> int | None:
     return max(steps) if steps else None
 
 
+def saved_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of the complete checkpoints in ``directory`` (none if missing)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(ocp.utils.checkpoint_steps(os.fspath(directory)))
+
+
 def restore_checkpoint(
     directory: str | os.PathLike,
     template: PyTree,

@@ -1,0 +1,170 @@
+r"""Koopman pruning early in training: how do KMP and GMP compare before convergence?
+
+For each seed the model is trained from scratch (--train_lr, ...). For every
+epoch e in --prune_epochs, a window of --window_steps training steps starting
+at epoch e (step e·S, S steps an epoch) is recorded with the training
+optimizer; the Koopman operator is fitted on it, and θ(t₂), the params at the
+window's end, are pruned with every method at every compression, evaluated,
+fine-tuned (ShrinkBench's optimizer) and evaluated again. The window is a
+branch of the training run: the main run continues from step e·S, and
+because batches are a function of (seed, step) the branch follows it exactly.
+
+  python -m experiments.early --prune_epochs=0,1,2,4,8
+
+Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
+(Jaccard of KMP/GMP kept sets per epoch), windows.csv/json (λ₁ per window),
+summary.md, fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
+fig_lambda_vs_epoch.png, fig_spectra.png. Reruns resume.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+
+from experiments import common, pipeline, plots
+from experiments.pipeline import FLAGS
+from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
+from kpjax import checkpoints, train
+
+flags.DEFINE_list("prune_epochs", ["0", "1", "2", "4", "8"], "Epochs at which a window starts.")
+flags.DEFINE_integer("window_steps", None, "Steps of each Koopman window; default one epoch.")
+flags.DEFINE_float("train_lr", 0.05, "Training learning rate (SGD).")
+flags.DEFINE_float("train_momentum", 0.9, "Training momentum.")
+flags.DEFINE_float("train_weight_decay", 0.0, "Training weight decay.")
+
+_RUN_KEYS = pipeline.RUN_KEYS + ("window_steps", "train_lr", "train_momentum", "train_weight_decay")
+_CELL = ("model", "prune_epoch", "method", "compression", "seed")
+
+
+def _copy(state: train.TrainState) -> train.TrainState:
+    # Train steps donate their state: a branch needs buffers of its own.
+    return jax.tree_util.tree_map(jnp.copy, state)
+
+
+class MainRun:
+    """One seed's training from scratch, advanced to a step on demand and
+    checkpointed at every window start so that a rerun resumes there."""
+
+    def __init__(self, setup: pipeline.Setup, seed: int):
+        self.setup, self.seed = setup, seed
+        self.tx = train.make_optimizer(FLAGS.train_lr, momentum=FLAGS.train_momentum,
+                                       nesterov=False, weight_decay=FLAGS.train_weight_decay)
+        self.step_fn = setup.train_step(self.tx)
+        self.directory = os.path.abspath(os.path.join(FLAGS.workdir, f"seed{seed}", "main"))
+        self.state = setup.state(common.init_variables(setup.spec, seed), seed, tx=self.tx)
+
+    def at(self, step: int) -> train.TrainState:
+        """A copy of the training state after `step` steps (steps only increase)."""
+        current = int(self.state.step)
+        if step < current:
+            raise ValueError(f"main run is at step {current}, cannot go back to {step}")
+        if step > current:
+            saved = [s for s in checkpoints.saved_steps(self.directory) if current < s <= step]
+            if saved:
+                self.state, _ = checkpoints.restore_checkpoint(self.directory, self.state, max(saved))
+            todo = step - int(self.state.step)
+            if todo:
+                stream = self.setup.stream(self.seed, pipeline.PRETRAIN, int(self.state.step))
+                self.state = common.run_steps(self.step_fn, self.state, stream, todo,
+                                              f"seed {self.seed} train to step {step}")
+                with checkpoints.checkpoint_manager(self.directory, max_to_keep=None) as manager:
+                    checkpoints.save_checkpoint(manager, self.state)
+        return _copy(self.state)
+
+
+def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
+    stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
+    ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
+    lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
+    out = [f"# Early pruning of {setup.spec.name} on {setup.dataset.name}", "",
+           f"Seeds {setup.seeds}; windows of {FLAGS.window_steps or setup.steps_per_epoch} steps "
+           f"starting at epochs {epochs}; top-1 % mean ± std over seeds.", ""]
+    for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
+        body = []
+        for e in epochs:
+            for c in setup.compressions:
+                cells = [fmt_pm(stats.get((e, m, c, phase))) for m in setup.methods]
+                if any(x != "–" for x in cells):
+                    body.append([e, f"{c:g}"] + cells)
+        if body:
+            out += [f"## {title}", "", markdown_table(["epoch", "compression"] + setup.methods, body), ""]
+    pairs = sorted({r["pair"] for r in overlap_rows})
+    if pairs:
+        body = [[e, f"{c:g}"] + [fmt_pm(ov.get((e, p, c)), 1.0, 4) for p in pairs]
+                for e in epochs for c in setup.compressions]
+        out += ["## Jaccard overlap of kept parameters", "",
+                markdown_table(["epoch", "compression"] + pairs, body), ""]
+    body = [[e, fmt_pm(lam.get((e,)), 1.0, 6)] for e in epochs]
+    out += ["## Eigenvalue closest to 1", "", markdown_table(["epoch", "distance of λ₁ to 1"], body), ""]
+    return "\n".join(out)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    common.quiet_orbax()
+    epochs = sorted(set(common.parse_ints("prune_epochs", FLAGS.prune_epochs, minimum=0)))
+    if FLAGS.window_steps is not None and FLAGS.window_steps < 2:
+        raise app.UsageError("--window_steps must be >= 2 (a DMD fit needs 3 snapshots)")
+    if FLAGS.train_lr <= 0:
+        raise app.UsageError("--train_lr must be > 0")
+    setup = pipeline.Setup()
+    FLAGS.workdir = FLAGS.workdir or "runs/early"
+    pipeline.check_workdir(FLAGS.workdir, _RUN_KEYS)
+    steps = FLAGS.window_steps or setup.steps_per_epoch
+    model = setup.spec.name
+    table = ResultTable(FLAGS.workdir, _CELL)
+    overlap = ResultTable(FLAGS.workdir, ("model", "prune_epoch", "pair", "compression", "seed"),
+                          stem="overlap")
+    windows = ResultTable(FLAGS.workdir, ("model", "prune_epoch", "seed"), stem="windows")
+    cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.methods
+             for c in setup.compressions]
+    todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
+                                               method=x[2], compression=x[3])]
+    logging.info("%s: %d cells, %d to do; workdir %s", model, len(cells), len(todo), FLAGS.workdir)
+    progress = common.Progress(len(todo), "cells", every_s=0.0)
+    spectra = {}
+    for seed in setup.seeds:
+        run = MainRun(setup, seed)
+        for e in epochs:
+            path = os.path.join(FLAGS.workdir, f"seed{seed}", f"window_epoch{e}.npz")
+            window = pipeline.cached_window(setup, path)
+            if window is None:
+                window = pipeline.record_window(
+                    setup, run.at(e * setup.steps_per_epoch), run.step_fn,
+                    setup.stream(seed, pipeline.PRETRAIN, e * setup.steps_per_epoch), steps, seed,
+                    path, f"seed {seed} epoch {e}")
+            if seed == setup.seeds[0]:
+                spectra[e] = window.eigenvalues
+            if not windows.done(model=model, prune_epoch=e, seed=seed):
+                windows.add([{"model": model, "prune_epoch": e, "seed": seed,
+                              "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
+                              "lambda1_distance": abs(window.lambda1 - 1.0),
+                              "rank": len(window.eigenvalues)}])
+            if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
+                table.add([pipeline.dense_row(setup, window, seed, prune_epoch=e)])
+            new = [r for r in pipeline.overlap_rows(setup, window, seed, prune_epoch=e)
+                   if not overlap.done(**{k: r[k] for k in overlap.key})]
+            if new:
+                overlap.add(new)
+            for _, _, method, c in [x for x in todo if x[0] == seed and x[1] == e]:
+                table.add(pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
+                progress.update(1)
+
+    summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows)
+    atomic_write_text(os.path.join(FLAGS.workdir, "summary.md"), summary)
+    out = lambda name: os.path.join(FLAGS.workdir, name)
+    plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"), "finetuned" if FLAGS.finetune_epochs else "pruned")
+    if overlap.rows:
+        plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window")
+    plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"))
+    plots.spectra_by(spectra, out("fig_spectra.png"), "epoch")
+    print(summary)
+
+
+if __name__ == "__main__":
+    app.run(main)
