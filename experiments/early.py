@@ -9,7 +9,7 @@ fine-tuned (ShrinkBench's optimizer) and evaluated again. The window is a
 branch of the training run: the main run continues from step e·S, and
 because batches are a function of (seed, step) the branch follows it exactly.
 
-  python -m experiments.early --prune_epochs=0,1,2,4,8
+  python -m experiments.early --prune_epochs=0,1,2,4,8   # defaults: kmp,gmp at 4 and 16
 
 Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
 (Jaccard of KMP/GMP kept sets per epoch), windows.csv/json (λ₁ per window),
@@ -167,4 +167,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # The question here is KMP vs GMP; the shared defaults (4 methods × 5
+    # compressions) would cost 100 fine-tuning epochs for 5 windows.
+    flags.FLAGS.set_default("methods", ["kmp", "gmp"])
+    flags.FLAGS.set_default("compressions", ["4", "16"])
     app.run(main)
