@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model=mnistnet_tiny", "--max_train_examples=384", "--max_test_examples=200",
         "--batch_size=64", "--eval_batch_size=100", "--seeds=0,1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    # The binaries compile the same steps in every subprocess: share XLA's
+    # persistent cache between them (JAX reads these from the environment).
+    cache = tmp_path_factory.mktemp("jax_cache")
+    saved = {k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR",
+                                             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def run(module, *flags):
