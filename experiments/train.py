@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging as std_logging
 import os
 import time
 
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import common
 from kpjax import checkpoints, data, models, train
 
 FLAGS = flags.FLAGS
@@ -71,10 +71,7 @@ flags.DEFINE_integer("log_every", 50, "Log progress every this many steps.")
 
 def _check_flags() -> tuple[models.ModelSpec, list[int]]:
     """Validates the flags; returns the model spec and lr boundary epochs."""
-    try:
-        spec = models.get_model(FLAGS.model)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    spec = common.model_spec(FLAGS.model)
     if FLAGS.data is not None and FLAGS.data not in data.DATASET_NAMES:
         raise app.UsageError(
             f"--data={FLAGS.data!r}; known: {', '.join(data.DATASET_NAMES)}")
@@ -104,26 +101,6 @@ def _check_flags() -> tuple[models.ModelSpec, list[int]]:
     return spec, boundaries
 
 
-def _load_data(spec: models.ModelSpec) -> data.Dataset:
-    name = FLAGS.data or spec.dataset
-    try:
-        if name == "synthetic":
-            dataset = data.load_dataset(
-                name, image_shape=spec.input_shape,
-                num_train=FLAGS.synthetic_examples,
-                num_test=max(FLAGS.synthetic_examples // 4, 1), seed=FLAGS.seed)
-        else:
-            dataset = data.load_dataset(name, FLAGS.data_dir,
-                                        download=FLAGS.download)
-    except data.DataNotFoundError as e:
-        raise app.UsageError(str(e)) from None
-    if dataset.train_images.shape[1:] != spec.input_shape:
-        raise app.UsageError(
-            f"--model={spec.name} expects {spec.input_shape} images; "
-            f"--data={name} has {dataset.train_images.shape[1:]}")
-    return dataset
-
-
 def _resume_or_init(state, run_info):
     """Restores the latest checkpoint of --workdir, if any."""
     if FLAGS.workdir is None:
@@ -142,21 +119,14 @@ def _resume_or_init(state, run_info):
     return state, meta["epoch"], meta["batch"]
 
 
-class _QuietOrbax(std_logging.Filter):
-    """Drops orbax's INFO records (a dozen lines per checkpoint)."""
-
-    def filter(self, record):
-        return (record.levelno >= std_logging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
-
-
 def main(argv):
     wall_start = time.time()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietOrbax())
+    common.quiet_orbax()
     spec, boundary_epochs = _check_flags()
-    dataset = _load_data(spec)
+    dataset = common.load_data(spec, FLAGS.data, FLAGS.data_dir, FLAGS.download,
+                               synthetic_examples=FLAGS.synthetic_examples, seed=FLAGS.seed)
     norm_dataset = spec.dataset if dataset.name == "synthetic" else dataset.name
     mean, std = data.get_normalization(norm_dataset, FLAGS.normalization)
     augment = (FLAGS.augment == "on"
