@@ -15,7 +15,7 @@ Why this layout (measured on the 2-core dev VM, see BUILD_NOTES.md):
 - The Gram pass reads column panels, i.e. T+1 strided segments. Read in
   segments of ≥ 128 KB (`read_chunk_bytes` / (T+1) per row) this ran at or
   above the sequential read rate here (the virtual disk is host-cached:
-  636 MB/s sequential, ≥ 2.5 GB/s for 16 KB–1 MB segments after
+  635 MB/s sequential, ≥ 2.5 GB/s for 16 KB–1 MB segments after
   fadvise(DONTNEED)); on a seek-bound disk 1 MB segments still cost ~one seek
   per MB. A chunked (block-column) layout would turn every row append into
   N/block scattered writes, for no measured gain.
