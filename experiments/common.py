@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging as std_logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,6 +38,19 @@ def quiet_orbax() -> None:
 
 # ---------------------------------------------------------------------------
 # Flags.
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)`, but a bad flag value stops with one line, not the whole help."""
+
+    def main_with_short_usage_errors(argv):
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            sys.stderr.write(f"usage error: {e}\n(--help lists the flags)\n")
+            sys.exit(2)
+
+    app.run(main_with_short_usage_errors)
 
 
 def parse_floats(name: str, values: Sequence[str]) -> list[float]:

@@ -171,4 +171,4 @@ if __name__ == "__main__":
     # compressions) would cost 100 fine-tuning epochs for 5 windows.
     flags.FLAGS.set_default("methods", ["kmp", "gmp"])
     flags.FLAGS.set_default("compressions", ["4", "16"])
-    app.run(main)
+    common.run(main)
