@@ -102,7 +102,7 @@ def test_early_end_to_end(tmp_path):
     (["--compressions="], "--compressions must not be empty"),
     (["--finetune_epochs=-1"], "--finetune_epochs must be >= 0"),
     (["--pretrain_epochs=-2"], "--pretrain_epochs must be >= 0"),
-    (["--model=resnet20"], "CIFAR"),
+    (["--model=resnet20"], "No cifar10 data found"),
 ])
 def test_prune_bad_flags_stop_with_a_usage_error(flags, message, tmp_path):
     result = run("experiments.prune", *flags, f"--workdir={tmp_path / 'w'}")
