@@ -173,12 +173,15 @@ class Progress:
         self.done = 0
         self.start = self.last = time.time()
 
-    def update(self, n: int = 1, **metrics: float) -> None:
+    def update(self, n: int = 1, wait: Callable[[], Any] | None = None, **metrics: float) -> None:
+        """Counts n more done; `wait` (e.g. block on the state) runs before a line is
+        logged, since JAX dispatches steps asynchronously, ahead of the computation."""
         self.done += n
-        now = time.time()
-        if now - self.last < self.every_s and self.done < self.total:
+        if time.time() - self.last < self.every_s and self.done < self.total:
             return
-        self.last = now
+        if wait is not None:
+            wait()
+        now = self.last = time.time()
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
@@ -209,7 +212,7 @@ def run_steps(
     metrics = None
     for images, labels in itertools.islice(batches, num_steps):
         state, metrics = train_step(state, images, labels)
-        progress.update(1)
+        progress.update(1, wait=lambda: jax.block_until_ready(metrics))
     if metrics is not None:
         logging.info("%s done: last batch loss %.4f", desc, float(metrics["loss"]))
     return state
