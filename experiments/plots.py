@@ -67,14 +67,17 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> 
 
 
 def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool = False) -> None:
-    """Jaccard overlap of two methods' kept sets vs `x` (mean ± std over seeds)."""
+    """Jaccard overlap of two methods' kept sets vs `x`, one line per pair (and per
+    compression unless x is the compression); error bars: std over seeds."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    groups = sorted({r["pair"] for r in rows})
-    for pair in groups:
-        stats = group_mean_std([r for r in rows if r["pair"] == pair], (x,), "jaccard")
+    lines = sorted({(r["pair"], None if x == "compression" else r["compression"]) for r in rows},
+                   key=lambda k: (k[0], k[1] or 0))
+    for pair, c in lines:
+        sel = [r for r in rows if r["pair"] == pair and (c is None or r["compression"] == c)]
+        stats = group_mean_std(sel, (x,), "jaccard")
         pts = sorted((k[0], s) for k, s in stats.items())
         ax.errorbar([p for p, _ in pts], [s[0] for _, s in pts], yerr=[s[1] for _, s in pts],
-                    marker="o", capsize=3, label=pair)
+                    marker="o", capsize=3, label=pair if c is None else f"{pair} c={c:g}")
     if log2:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
@@ -118,7 +121,7 @@ def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned") 
             ax.errorbar([p for p, _ in pts], [100 * s[0] for _, s in pts],
                         yerr=[100 * s[1] for _, s in pts], capsize=3,
                         label=f"{method} c={c:g}", **style)
-    ax.set_xlabel("epoch pruned at")
+    ax.set_xlabel("epoch at which the Koopman window starts")
     ax.set_ylabel(f"top-1 accuracy (%), {phase}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
