@@ -15,7 +15,7 @@ b ← μ·b + g; the step is −η·(g + μ·b) with Nesterov, −η·b without.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -403,6 +403,20 @@ def _with_first_row(snapshots: jax.Array, flat: jax.Array) -> jax.Array:
     return snapshots.at[0].set(flat.astype(snapshots.dtype))
 
 
+def take_batches(
+    batches: Iterable[tuple[Any, Any]], num_steps: int, what: str
+) -> Iterator[tuple[Any, Any]]:
+    """Exactly ``num_steps`` batches; a ValueError naming ``what`` if they run out."""
+    batch_iter = iter(batches)
+    for t in range(num_steps):
+        try:
+            yield next(batch_iter)
+        except StopIteration:
+            raise ValueError(
+                f"{what}: the batches ran out after {t} of {num_steps} "
+                "steps") from None
+
+
 def record_trajectory(
     recording_step: Callable[..., tuple[TrainState, jax.Array, Metrics]],
     state: TrainState,
@@ -429,14 +443,8 @@ def record_trajectory(
     flat0, _ = ravel_selected(state.params, select)
     snapshots = _with_first_row(
         jnp.zeros((num_steps + 1, flat0.size), jnp.float32), flat0)
-    batch_iter = iter(batches)
-    for t in range(1, num_steps + 1):
-        try:
-            images, labels = next(batch_iter)
-        except StopIteration:
-            raise ValueError(
-                f"record_trajectory: the batches ran out after {t - 1} of "
-                f"{num_steps} steps") from None
+    steps = take_batches(batches, num_steps, "record_trajectory")
+    for t, (images, labels) in enumerate(steps, start=1):
         state, snapshots, _ = recording_step(
             state, images, labels, snapshots, jnp.int32(t))
     return state, snapshots

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from kpjax import train
 from kpjax.koopman import DEFAULT_BLOCK_SIZE, FlatSpec, ravel_selected
 
 MAGIC = b"\x93KPJTRJ1"
@@ -412,14 +413,8 @@ def record_trajectory_to_store(
     thread.start()
     try:
         buffer, filled = free.get(), 0
-        batch_iter = iter(batches)
-        for t in range(1, num_steps + 1):
-            try:
-                images, labels = next(batch_iter)
-            except StopIteration:
-                raise ValueError(
-                    f"record_trajectory_to_store: the batches ran out after {t - 1} of {num_steps} steps"
-                ) from None
+        steps = train.take_batches(batches, num_steps, "record_trajectory_to_store")
+        for t, (images, labels) in enumerate(steps, start=1):
             state, buffer, _ = recording_step(state, images, labels, buffer, jnp.int32(filled))
             filled += 1
             if filled == k or t == num_steps:
