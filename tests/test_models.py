@@ -8,6 +8,7 @@ from flax import traverse_util
 
 from kpjax import models
 from kpjax.models import BasicBlock, get_model, initializers, shortcut_option_a
+from kpjax.models.mnistnet import max_pool_2x2
 
 
 def _key(seed):
@@ -60,6 +61,21 @@ def test_mnistnet_parameter_count_and_names():
         ("fc1", "kernel"): (800, 500), ("fc1", "bias"): (500,),
         ("fc2", "kernel"): (500, 10), ("fc2", "bias"): (10,),
     }
+
+
+@pytest.mark.parametrize("h,w", [(24, 24), (7, 9)])
+def test_max_pool_2x2_matches_flax_values_and_gradient(h, w):
+    from flax import linen as nn
+    # Distinct values: no ties, where the two gradients may differ.
+    x = jax.random.permutation(_key(1), h * w * 6).reshape(2, h, w, 3).astype(jnp.float32)
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+    assert max_pool_2x2(x).shape == (2, h // 2, w // 2, 3)
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    g = jax.random.normal(_key(2), (2, h // 2, w // 2, 3))
+    grad = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * g))(x)
+    np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(ref(x) * g))(x))
+    # Each window passes its gradient to exactly one input.
+    assert int(jnp.sum(grad != 0)) == g.size
 
 
 def test_resnet20_parameter_breakdown():
