@@ -188,8 +188,16 @@ class Progress:
         width = 20
         filled = int(width * self.done / max(self.total, 1))
         extra = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        logging.info("%s [%s%s] %d/%d  %.1f it/s  ETA %s  %s", self.desc, "#" * filled,
-                     "." * (width - filled), self.done, self.total, rate, fmt_seconds(eta), extra)
+        logging.info("%s [%s%s] %d/%d  %s  ETA %s  %s", self.desc, "#" * filled,
+                     "." * (width - filled), self.done, self.total, fmt_rate(rate),
+                     fmt_seconds(eta), extra)
+
+
+def fmt_rate(per_second: float) -> str:
+    """'12.3 it/s', or seconds per item when slower than one a second (cells)."""
+    if per_second >= 1 or per_second <= 0:
+        return f"{per_second:.1f} it/s"
+    return f"{1 / per_second:.1f} s/it"
 
 
 def fmt_seconds(seconds: float) -> str:
