@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 
 from kpjax import models
@@ -65,7 +66,6 @@ def test_mnistnet_parameter_count_and_names():
 
 @pytest.mark.parametrize("h,w", [(24, 24), (7, 9)])
 def test_max_pool_2x2_matches_flax_values_and_gradient(h, w):
-    from flax import linen as nn
     # Distinct values: no ties, where the two gradients may differ.
     x = jax.random.permutation(_key(1), h * w * 6).reshape(2, h, w, 3).astype(jnp.float32)
     ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
