@@ -19,12 +19,21 @@ from typing import Any
 Row = dict[str, Any]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str, content: bytes) -> None:
     """Writes `content` to `path` via a temporary file and an atomic rename."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        # mkstemp creates the file 0600; result files should be readable like
+        # any file `open(path, "w")` would create.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()
