@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kpjax.compile_options import jit_step
 from kpjax.koopman import ravel_selected
 
 PyTree = Any
@@ -262,7 +263,7 @@ def make_train_step(
                    "top1": _correct_topk(logits, labels, 1).mean()}
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+    return jit_step(train_step, donate_argnums=0) if jit else train_step
 
 
 def make_eval_step(
@@ -282,7 +283,7 @@ def make_eval_step(
         top 5, 'n': batch size}`` as float32 device scalars.
     """
 
-    @jax.jit
+    @jit_step
     def eval_step(params, batch_stats, images, labels):
         if normalize_fn is not None:
             images = normalize_fn(images)
@@ -357,7 +358,7 @@ def loss_and_grads(
         ``(L, ∂L/∂θ)``, the gradient shaped like ``params``.
     """
 
-    @jax.jit
+    @jit_step
     def value_and_grad(params, batch_stats, images, labels):
         def loss_fn(p):
             logits, _ = _forward(apply_fn, p, batch_stats, images, train)
@@ -395,7 +396,7 @@ def make_recording_train_step(
         snapshots = snapshots.at[index].set(flat.astype(snapshots.dtype))
         return state, snapshots, metrics
 
-    return jax.jit(recording_step, donate_argnums=(0, 3))
+    return jit_step(recording_step, donate_argnums=(0, 3))
 
 
 @jax.jit
