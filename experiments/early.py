@@ -80,6 +80,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
     lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
+    sep = group_mean_std(window_rows, ("prune_epoch",), "lambda1_separation")
     out = [f"# Early pruning of {setup.spec.name} on {setup.dataset.name}", "",
            f"Seeds {setup.seeds}; windows of {FLAGS.window_steps or setup.steps_per_epoch} steps "
            f"starting at epochs {epochs}; top-1 % mean ± std over seeds.", ""]
@@ -98,8 +99,10 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
                 for e in epochs for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["epoch", "compression"] + pairs, body), ""]
-    body = [[e, fmt_pm(lam.get((e,)), 1.0, 6)] for e in epochs]
-    out += ["## Eigenvalue closest to 1", "", markdown_table(["epoch", "distance of λ₁ to 1"], body), ""]
+    body = [[e, fmt_pm(lam.get((e,)), 1.0, 6), fmt_pm(sep.get((e,)), 1.0, 6)] for e in epochs]
+    out += ["## Eigenvalue closest to 1", "",
+            "A small separation min |λᵢ − λ₁| means an ill-determined KMP mode φ₁.", "",
+            markdown_table(["epoch", "distance of λ₁ to 1", "separation of λ₁"], body), ""]
     return "\n".join(out)
 
 
@@ -144,6 +147,7 @@ def main(argv):
                 windows.add([{"model": model, "prune_epoch": e, "seed": seed,
                               "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
                               "lambda1_distance": abs(window.lambda1 - 1.0),
+                              "lambda1_separation": window.lambda1_separation,
                               "rank": len(window.eigenvalues)}])
             if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
                 table.add([pipeline.dense_row(setup, window, seed, prune_epoch=e)])

@@ -155,6 +155,12 @@ class Window:
     def lambda1(self) -> complex:
         return complex(self.eigenvalues[0]) if len(self.eigenvalues) else complex("nan")
 
+    @property
+    def lambda1_separation(self) -> float:
+        if not len(self.eigenvalues):
+            return float("nan")
+        return koopman.fixed_point_separation(self.eigenvalues)
+
 
 def cached_window(setup: Setup, path: str) -> Window | None:
     """The window saved by `record_window` at `path`, if complete."""

@@ -565,6 +565,21 @@ def fixed_point_index(fit: DMDFit) -> int:
     return int(np.argmin(dist))
 
 
+def fixed_point_separation(eigenvalues: Any) -> float:
+    """min_{i≠1} |λ_i − λ_1|, λ_1 the eigenvalue closest to 1 (inf if alone).
+
+    How well the fixed-point mode is determined: the perturbation of φ_1 by a
+    change in the data scales like 1/separation, and a conjugate pair at 1
+    has separation 2|Im λ_1|. Pass the valid eigenvalues (`fit.eigenvalues[fit.valid]`).
+    """
+    lam = np.asarray(eigenvalues).reshape(-1)
+    if lam.size == 0:
+        raise ValueError("fixed_point_separation needs at least one eigenvalue")
+    i = int(np.argmin(np.abs(lam - 1.0)))
+    others = np.delete(lam, i)
+    return float(np.min(np.abs(others - lam[i]))) if others.size else float("inf")
+
+
 def modes(snapshots: Any, fit: DMDFit, index: Union[int, Sequence[int]]) -> jax.Array:
     """Exact DMD modes φ_i = Θᵀ C[:, i]: complex128, (N,) for one index, (N, k) for several."""
     with jax.enable_x64(True):

@@ -92,7 +92,9 @@ def test_early_end_to_end(tmp_path):
     assert {(r["prune_epoch"], r["method"], r["seed"]) for r in table} == {
         (e, m, s) for e in (0, 1) for m in ("kmp", "gmp") for s in (0, 1)}
     assert all(r["phase"] == "pruned" for r in table)
-    assert len(rows(work / "windows.json")) == 4
+    windows = rows(work / "windows.json")
+    assert len(windows) == 4
+    assert all(w["lambda1_separation"] > 0 for w in windows)
 
 
 @pytest.mark.parametrize("flags, message", [

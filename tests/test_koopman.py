@@ -80,6 +80,9 @@ def test_quadratic_gd_recovers_fixed_point_and_rates(amplitudes):
     expected = np.sort(1.0 - oracle.eta * oracle.excited_h)
     np.testing.assert_allclose(np.sort(lam[1:].real), expected, atol=1e-4)
     np.testing.assert_allclose(lam.imag, 0.0, atol=1e-6)
+    # λ₁ = 1 is separated from the slowest decaying mode 1 − η·h_min by η·h_min.
+    np.testing.assert_allclose(koopman.fixed_point_separation(lam),
+                               oracle.eta * np.min(oracle.excited_h), rtol=1e-3)
     # b₁φ₁ is θ* itself, not only proportional to it.
     phi = np.asarray(koopman.fixed_point_mode(theta, fit))
     np.testing.assert_allclose(phi.real, oracle.theta_star, rtol=1e-4, atol=1e-5)
@@ -239,3 +242,12 @@ def test_memory_budget_lowers_the_block_size_but_not_the_result():
         np.asarray(koopman.gram(theta)),
         rtol=1e-12,
     )
+
+
+def test_fixed_point_separation_by_hand():
+    assert koopman.fixed_point_separation(np.array([0.5, 1.0, 0.9])) == pytest.approx(0.1)
+    pair = np.array([1 + 1e-3j, 1 - 1e-3j, 0.5])
+    assert koopman.fixed_point_separation(pair) == pytest.approx(2e-3)
+    assert koopman.fixed_point_separation(np.array([0.99])) == float("inf")
+    with pytest.raises(ValueError, match="at least one eigenvalue"):
+        koopman.fixed_point_separation(np.array([]))
