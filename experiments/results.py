@@ -19,10 +19,15 @@ from typing import Any
 Row = dict[str, Any]
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, and a worker
+# thread creating files meanwhile would get the temporary 0.
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str, content: bytes) -> None:
@@ -33,7 +38,7 @@ def atomic_write_bytes(path: str, content: bytes) -> None:
     try:
         # mkstemp creates the file 0600; result files should be readable like
         # any file `open(path, "w")` would create.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()

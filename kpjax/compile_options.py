@@ -2,8 +2,8 @@
 
 Recent jaxlibs hand XLA:CPU's reductions and elementwise fusions to YNNPACK
 ("ynn fusions"). For our training steps these are slower than XLA's own loop
-fusions: with them cleared, a MnistNet step runs ~1.3x and a ResNet-20 step
-~1.1x faster at batch 128 on 2 cores (BUILD_NOTES.md, "XLA:CPU's YNNPACK
+fusions: with them cleared, a MnistNet step runs 1.3-1.4x and a ResNet-20
+step 1.1-1.2x faster at batch 128 on 2 cores (BUILD_NOTES.md, "XLA:CPU's YNNPACK
 fusions"). The option goes to each step's `jax.jit(compiler_options=...)`,
 not into `XLA_FLAGS`, so nothing process-wide changes; it applies only when
 the default backend is the CPU, only if this jaxlib knows the option, and

@@ -9,13 +9,10 @@ import pytest
 from experiments import results
 
 
-def test_atomic_write_leaves_no_temp_file_and_honours_umask(tmp_path):
+def test_atomic_write_leaves_no_temp_file_and_honours_umask(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "a.json"
-    old = os.umask(0o022)
-    try:
-        results.atomic_write_json(str(path), {"x": 1})
-    finally:
-        os.umask(old)
+    monkeypatch.setattr(results, "_UMASK", 0o022)
+    results.atomic_write_json(str(path), {"x": 1})
     assert json.loads(path.read_text()) == {"x": 1}
     assert os.listdir(path.parent) == ["a.json"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
