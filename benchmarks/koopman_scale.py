@@ -53,7 +53,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.koopman_fit import kmp_mask, make_trajectory
-from kpjax import koopman
+from kpjax import flatten, koopman, recording
 from kpjax import trajectory_store as ts
 
 _MODE = flags.DEFINE_enum("mode", "scale", ["scale", "compare", "mnist"], "what to run")
@@ -250,15 +250,15 @@ def mnist() -> None:
     tx = train.make_optimizer(0.01, momentum=0.9, nesterov=False)
     step = train.make_train_step(spec.module.apply, tx, jit=False,
                                  normalize_fn=lambda x: data.normalize(x, norm.mean, norm.std))
-    recording = train.make_recording_train_step(step, select)
+    recorder = recording.make_recording_train_step(step, select)
     state = train.create_train_state(variables["params"], tx, jax.random.PRNGKey(1))
     steps = flags.FLAGS.steps
     batches = data.batches(ds.train_images, ds.train_labels, 128, seed=flags.FLAGS.seed, epoch=0)
-    n = koopman.ravel_selected(variables["params"], select)[0].size
+    n = flatten.ravel_selected(variables["params"], select)[0].size
     with tempfile.TemporaryDirectory(dir=_DIR.value) as tmp:
         with ts.create_store(os.path.join(tmp, "recorded.kpt"), n, steps + 1) as store:
             t0 = time.perf_counter()
-            ts.record_trajectory_to_store(recording, state, batches, steps, select, store)
+            recording.record_trajectory_to_store(recorder, state, batches, steps, select, store)
             wall = time.perf_counter() - t0
             theta = store.read_rows(0, steps + 1)
         print(f"MnistNet N = {n:,}, T = {steps}: recorded to disk in {wall:.1f} s "

@@ -5,10 +5,10 @@ trains --steps steps on synthetic batches in three modes, alternating their
 order over --repeats rounds:
 
   plain  `make_train_step` alone;
-  ram    `kpjax.train.record_trajectory`: `make_recording_train_step` writes
+  ram    `kpjax.recording.record_trajectory`: `make_recording_train_step` writes
          the raveled prunable params into a donated (T+1)×N float32 device
          buffer inside the jitted step;
-  disk   `kpjax.trajectory_store.record_trajectory_to_store`: a k-row device
+  disk   `kpjax.recording.record_trajectory_to_store`: a k-row device
          ring buffer, copied to the host and appended to a float32 store
          file by a writer thread every k steps (file under --dir).
 
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from kpjax import data, models, pruning, train, trajectory_store
-from kpjax.koopman import ravel_selected
+from kpjax import data, models, pruning, recording, train, trajectory_store
+from kpjax.flatten import ravel_selected
 
 _MODELS = flags.DEFINE_list("models", ["mnistnet", "resnet20"], "model names")
 _STEPS = flags.DEFINE_list("steps", ["mnistnet=200", "resnet20=10"],
@@ -67,11 +67,11 @@ def _run(mode, variables, tx, steps, batches, select, num_params):
                 state, _ = steps["plain"](state, images, labels)
             jax.block_until_ready(state)
         elif mode == "ram":
-            state, snapshots = train.record_trajectory(
+            state, snapshots = recording.record_trajectory(
                 steps["recording"], state, batches, t, select)
             jax.block_until_ready((state, snapshots))
         else:
-            state = trajectory_store.record_trajectory_to_store(
+            state = recording.record_trajectory_to_store(
                 steps["recording"], state, batches, t, select, store,
                 rows_per_flush=_ROWS_PER_FLUSH.value)
             store.sync()
@@ -102,7 +102,7 @@ def _benchmark(name: str, num_steps: int) -> None:
     tx = train.make_optimizer(0.01, momentum=0.9, nesterov=False)
     steps = {
         "plain": train.make_train_step(spec.module.apply, tx),
-        "recording": train.make_recording_train_step(
+        "recording": recording.make_recording_train_step(
             train.make_train_step(spec.module.apply, tx, jit=False), select),
     }
     k = min(_ROWS_PER_FLUSH.value, num_steps)

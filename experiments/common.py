@@ -155,7 +155,7 @@ def load_variables(path: str, spec: models.ModelSpec) -> PyTree:
         if os.path.isdir(path):
             variables = checkpoints.restore_variables(path, template)
         else:
-            variables = torch_import.import_torch_checkpoint(path, spec.name)
+            variables = torch_import.import_torch_checkpoint(path, template, spec.flattened_inputs)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(f"--init_checkpoint={path}: {e}") from None
     return jax.tree_util.tree_map(np.asarray, variables)

@@ -20,7 +20,7 @@ from absl import app, flags, logging
 
 from experiments import common
 from experiments.results import atomic_write_bytes, atomic_write_json
-from kpjax import data, koopman, metrics, pruning, train
+from kpjax import data, flatten, koopman, metrics, pruning, recording, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "mnistnet", "Model name (kpjax.models.MODELS).")
@@ -100,7 +100,7 @@ class Setup:
         params = self.variables0["params"]
         self.select = pruning.prunable(params, include_classifier=FLAGS.prune_classifier,
                                        classifier=self.spec.classifier)
-        self.flat_spec = koopman.flat_spec(params, self.select)
+        self.flat_spec = flatten.flat_spec(params, self.select)
         self.flops = metrics.layer_flops(self.spec.module, self.variables0, self.spec.input_shape)
 
     def train_step(self, tx):
@@ -187,9 +187,9 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     (atomically) for `cached_window`. `state` is donated.
     """
     start = time.time()
-    recording = train.make_recording_train_step(step_fn, setup.select)
+    recorder = recording.make_recording_train_step(step_fn, setup.select)
     batches = iter(batches)
-    state, theta = train.record_trajectory(recording, state, _with_progress(batches, steps, desc),
+    state, theta = recording.record_trajectory(recorder, state, _with_progress(batches, steps, desc),
                                            steps, setup.select)
     fit = koopman.fit_trajectory(theta, rcond=FLAGS.rcond)
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
@@ -205,7 +205,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
                  desc, lam.size, lam[0] if lam.size else None, seconds)
     variables = variables_of(state)
     arrays = {f"var{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(variables))}
-    arrays.update({f"score_{m}": np.asarray(koopman.ravel_with_spec(s, setup.flat_spec))
+    arrays.update({f"score_{m}": np.asarray(flatten.ravel_with_spec(s, setup.flat_spec))
                    for m, s in scores.items()})
     buf = io.BytesIO()
     np.savez(buf, eigenvalues=lam, seconds=seconds, **arrays)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpjax import koopman
+from kpjax import flatten, koopman
 
 PyTree = Any
 
@@ -33,9 +33,9 @@ def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
         raise ValueError(f"{what}: pytrees have different structure:\n  {ta}\n  {tb}")
 
 
-def _paths_and_leaves(tree: PyTree) -> list[tuple[koopman.Path, Any]]:
+def _paths_and_leaves(tree: PyTree) -> list[tuple[flatten.Path, Any]]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(koopman.path_names(p), leaf) for p, leaf in leaves]
+    return [(flatten.path_names(p), leaf) for p, leaf in leaves]
 
 
 # ---------------------------------------------------------------------------
@@ -95,14 +95,14 @@ def random_scores(params: PyTree, rng: jax.Array) -> PyTree:
     )
 
 
-def scores_from_flat(flat: jax.Array, spec: koopman.FlatSpec, params: PyTree) -> PyTree:
+def scores_from_flat(flat: jax.Array, spec: flatten.FlatSpec, params: PyTree) -> PyTree:
     """A score vector over `spec`'s leaves as a pytree like params (zeros elsewhere)."""
     zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
-    return koopman.unravel_selected(flat.astype(jnp.float32), spec, zeros)
+    return flatten.unravel_selected(flat.astype(jnp.float32), spec, zeros)
 
 
 def kmp_scores(
-    snapshots: Any, fit: koopman.DMDFit, spec: koopman.FlatSpec, params: PyTree
+    snapshots: Any, fit: koopman.DMDFit, spec: flatten.FlatSpec, params: PyTree
 ) -> PyTree:
     """Koopman magnitude pruning: |b_1 φ_1|, the mode with λ closest to 1.
 
@@ -117,7 +117,7 @@ def kmp_scores(
 
 
 def kgp_scores(
-    snapshots: Any, fit: koopman.DMDFit, spec: koopman.FlatSpec, params: PyTree
+    snapshots: Any, fit: koopman.DMDFit, spec: flatten.FlatSpec, params: PyTree
 ) -> PyTree:
     """Koopman gradient pruning: |θ(t2) ⊙ Δθ_K(t2)| at the window's last snapshot.
 
@@ -135,7 +135,7 @@ def kgp_scores(
 
 
 def layer_kmp_scores(
-    snapshots: Any, spec: koopman.FlatSpec, params: PyTree, rcond: float = koopman.DEFAULT_RCOND
+    snapshots: Any, spec: flatten.FlatSpec, params: PyTree, rcond: float = koopman.DEFAULT_RCOND
 ) -> PyTree:
     """KMP with one Koopman fit per layer (tensor), fitted together (batched).
 
@@ -225,12 +225,12 @@ def global_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
     _validate_scores(scores, select)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
-    spec = koopman.flat_spec(scores, select)
-    flat = koopman.ravel_with_spec(scores, spec)
+    spec = flatten.flat_spec(scores, select)
+    flat = flatten.ravel_with_spec(scores, spec)
     k = int(round(fraction * spec.size))
     keep = _top_k_mask(jnp.abs(flat.astype(jnp.float32)), k)
     ones = jax.tree_util.tree_map(lambda x: jnp.ones(jnp.shape(x), bool), scores)
-    return koopman.unravel_selected(keep, spec, ones)
+    return flatten.unravel_selected(keep, spec, ones)
 
 
 def layerwise_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
@@ -292,7 +292,7 @@ class PruneInputs(NamedTuple):
     select: PyTree
     grads: Optional[PyTree] = None
     snapshots: Any = None
-    spec: Optional[koopman.FlatSpec] = None
+    spec: Optional[flatten.FlatSpec] = None
     fit: Optional[koopman.DMDFit] = None
     rng: Optional[jax.Array] = None
 
@@ -316,7 +316,7 @@ def _need(inputs: PruneInputs, field: str, method: str) -> Any:
 def _trajectory(inputs: PruneInputs, method: str):
     snapshots = _need(inputs, "snapshots", method)
     spec = _need(inputs, "spec", method)
-    sel_spec = koopman.flat_spec(inputs.params, inputs.select)
+    sel_spec = flatten.flat_spec(inputs.params, inputs.select)
     missing = set(sel_spec.paths) - set(spec.paths)
     if missing:
         raise ValueError(

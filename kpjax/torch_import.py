@@ -36,17 +36,20 @@ saved object, pickled as above but with 5-tuple persistent ids
 and `version`.
 
 Mapping (`state_dict_to_variables`, `import_torch_checkpoint`) turns a
-PyTorch state dict into Flax variables for a `kpjax.models` model whose
-submodule names mirror the PyTorch ones (`layer1.0.conv1` -> `layer1_0/conv1`):
+PyTorch state dict into Flax variables shaped like a template (the caller's
+model, e.g. `jax.eval_shape` of its `init`) whose submodule names mirror the
+PyTorch ones (`layer1.0.conv1` -> `layer1_0/conv1`):
 conv weights OIHW -> HWIO kernels, dense weights (out, in) -> (in, out)
 kernels, BatchNorm weight/bias -> params scale/bias, running_mean/running_var
 -> batch_stats mean/var (num_batches_tracked is dropped), and the rows of a
 dense layer that reads a flattened conv map are permuted from PyTorch's
-C, H, W flatten order to Flax's H, W, C.
+C, H, W flatten order to Flax's H, W, C (the caller names those layers:
+`kpjax.models.ModelSpec.flattened_inputs`). This module knows no model
+registry: it imports numpy and jax only.
 """
 
 import collections
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 import io
 import math
 import os
@@ -58,8 +61,6 @@ import zipfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from kpjax.models import get_model
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -80,14 +81,6 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
     "ComplexFloatStorage": np.dtype(np.complex64),
     "ComplexDoubleStorage": np.dtype(np.complex128),
 }
-
-# Dense layers that read a flattened conv feature map, per model:
-# dense name -> name of the conv whose output (after pooling) is flattened.
-FLATTENED_CONV_INPUTS: dict[str, dict[str, str]] = {
-    "mnistnet": {"fc1": "conv2"},
-    "mnistnet_tiny": {"fc1": "conv2"},
-}
-
 
 class TorchCheckpointError(ValueError):
     """A file that is not a readable PyTorch checkpoint (corrupt, truncated, ...)."""
@@ -481,10 +474,10 @@ def _keep(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _flattened_chw(model_name: str, params: Mapping[str, Any],
+def _flattened_chw(flattened_inputs: Mapping[str, str], params: Mapping[str, Any],
                    dense: str) -> tuple[int, int, int] | None:
     """(C, H, W) of the feature map that dense layer `dense` reads flattened."""
-    conv = FLATTENED_CONV_INPUTS.get(model_name, {}).get(dense)
+    conv = flattened_inputs.get(dense)
     conv_kernel = _subtree(params, (conv, "kernel")) if conv else None
     dense_kernel = _subtree(params, (dense, "kernel"))
     if conv_kernel is None or dense_kernel is None:
@@ -493,12 +486,13 @@ def _flattened_chw(model_name: str, params: Mapping[str, Any],
     side = math.isqrt(dense_kernel.shape[0] // channels)
     if side * side * channels != dense_kernel.shape[0]:
         raise ValueError(
-            f"{model_name}: {dense} reads {dense_kernel.shape[0]} features, not a "
+            f"{dense} reads {dense_kernel.shape[0]} features, not a "
             f"square map of {conv}'s {channels} channels")
     return channels, side, side
 
 
-def _target(torch_name: str, model_name: str, template: Mapping[str, Any]) -> _Target | None:
+def _target(torch_name: str, flattened_inputs: Mapping[str, str],
+            template: Mapping[str, Any]) -> _Target | None:
     """The Flax destination of one state-dict entry, None if the model has none."""
     torch_module, _, leaf = torch_name.rpartition(".")
     module = _flax_module_path(torch_module)
@@ -508,7 +502,7 @@ def _target(torch_name: str, model_name: str, template: Mapping[str, Any]) -> _T
     if not isinstance(module_params, Mapping):
         return None
     if "kernel" in module_params:
-        chw = _flattened_chw(model_name, params, module[0]) if len(module) == 1 else None
+        chw = _flattened_chw(flattened_inputs, params, module[0]) if len(module) == 1 else None
         leaves = {"weight": ("params", "kernel", _kernel_transform(chw)),
                   "bias": ("params", "bias", _keep)}
     elif "scale" in module_params and isinstance(module_stats, Mapping):
@@ -538,18 +532,22 @@ def _abbreviated(names: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], model_name: str,
-                            template_variables: Mapping[str, Any]) -> dict[str, Any]:
+def state_dict_to_variables(
+    state_dict: Mapping[str, np.ndarray],
+    template_variables: Mapping[str, Any],
+    flattened_inputs: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+) -> dict[str, Any]:
     """Converts a PyTorch state dict to Flax variables shaped like a template.
 
     Args:
         state_dict: {PyTorch name: array} in PyTorch layout, e.g. from
             `state_dict_from(load_torch_file(path))`.
-        model_name: the `kpjax.models` name; selects the fc1 row permutation
-            of MnistNet-like models (`FLATTENED_CONV_INPUTS`).
         template_variables: variables of the target model (arrays or
             `jax.ShapeDtypeStruct`s, e.g. from `jax.eval_shape` of `init`);
             only shapes and dtypes are used.
+        flattened_inputs: {dense layer: conv layer} for dense layers that
+            read the conv's (pooled) output map flattened; their rows are
+            permuted from C, H, W to H, W, C order (MnistNet: fc1 <- conv2).
 
     Returns:
         Variables with the template's structure ('params', and 'batch_stats'
@@ -560,10 +558,11 @@ def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], model_name: st
             provide, the state-dict entries the model has no place for, and
             the shape mismatches (after the layout change), if any.
     """
+    flattened_inputs = dict(flattened_inputs)
     values: dict[str, np.ndarray] = {}
     unexpected, mismatched, mismatched_targets = [], [], set()
     for torch_name, tensor in state_dict.items():
-        target = _target(torch_name, model_name, template_variables)
+        target = _target(torch_name, flattened_inputs, template_variables)
         if target is None:
             if not _is_batch_norm_counter(torch_name, template_variables):
                 unexpected.append(torch_name)
@@ -588,7 +587,7 @@ def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], model_name: st
                if p not in values and p not in mismatched_targets]
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"state dict does not fit model {model_name!r}:\n"
+            "state dict does not fit the model's variables:\n"
             f"  missing ({len(missing)}): {_abbreviated(missing)}\n"
             f"  unexpected ({len(unexpected)}): {_abbreviated(unexpected)}\n"
             f"  shape mismatches ({len(mismatched)}): {_abbreviated(mismatched)}")
@@ -597,19 +596,24 @@ def state_dict_to_variables(state_dict: Mapping[str, np.ndarray], model_name: st
         template_variables)
 
 
-def import_torch_checkpoint(path: str | os.PathLike, model_name: str,
-                            num_classes: int = 10) -> dict[str, Any]:
-    """Loads a PyTorch checkpoint as Flax variables of a `kpjax.models` model.
+def import_torch_checkpoint(
+    path: str | os.PathLike,
+    template_variables: Mapping[str, Any],
+    flattened_inputs: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """Loads a PyTorch checkpoint as Flax variables shaped like a template.
 
     Args:
         path: checkpoint file (legacy or zip `torch.save` format) holding a
             state dict, bare or under 'state_dict', keys optionally prefixed
             'module.'.
-        model_name: a `kpjax.models.get_model` name, e.g. "mnistnet", "resnet20".
-        num_classes: classifier outputs of the model.
+        template_variables: the target model's variables or their shapes,
+            e.g. ``jax.eval_shape(lambda: module.init(rng, x, train=False))``.
+        flattened_inputs: as for `state_dict_to_variables`; for a
+            `kpjax.models` model, its spec's ``flattened_inputs``.
 
     Returns:
-        {'params': ...} plus {'batch_stats': ...} for models with BatchNorm,
+        {'params': ...} plus {'batch_stats': ...} when the template has them,
         ready for `module.apply`.
 
     Raises:
@@ -617,9 +621,5 @@ def import_torch_checkpoint(path: str | os.PathLike, model_name: str,
         ValueError: for an unreadable or unsafe file, or a state dict of
             another architecture (missing/unexpected keys, shape mismatches).
     """
-    spec = get_model(model_name, num_classes)
-    template = jax.eval_shape(
-        lambda: spec.module.init(jax.random.PRNGKey(0),
-                                 jnp.zeros((1, *spec.input_shape)), train=False))
     return state_dict_to_variables(state_dict_from(load_torch_file(path)),
-                                   model_name, template)
+                                   template_variables, flattened_inputs)

@@ -1,4 +1,4 @@
-"""Masked training and evaluation steps, and the snapshot recorder.
+"""Masked training and evaluation steps, and the optimizer.
 
 Everything here takes a Flax-style ``apply_fn`` (``module.apply``) and a mask;
 nothing imports a particular model or dataset.
@@ -15,7 +15,7 @@ b ← μ·b + g; the step is −η·(g + μ·b) with Nesterov, −η·b without.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import optax
 
 from kpjax.compile_options import jit_step
-from kpjax.koopman import ravel_selected
 
 PyTree = Any
 ApplyFn = Callable[..., Any]
@@ -366,86 +365,3 @@ def loss_and_grads(
         return jax.value_and_grad(loss_fn)(params)
 
     return value_and_grad(params, batch_stats or {}, images, labels)
-
-
-def make_recording_train_step(
-    train_step: Callable[..., tuple[TrainState, Metrics]],
-    select: Any,
-) -> Callable[..., tuple[TrainState, jax.Array, Metrics]]:
-    """Wraps a train step so it also writes the new θ into a snapshot buffer.
-
-    The write happens inside the jitted step with the buffer donated, so the
-    (T+1)×N buffer is updated in place on the device: no host round-trip
-    and no copy of the buffer per step.
-
-    Args:
-        train_step: from `make_train_step` (jitted or not).
-        select: which params to record, as for
-            `kpjax.koopman.ravel_selected`.
-
-    Returns:
-        jitted ``step(state, images, labels, snapshots, index) ->
-        (state, snapshots, metrics)`` that sets row ``index`` of
-        ``snapshots`` to the raveled selected params after the step;
-        ``state`` and ``snapshots`` are donated.
-    """
-
-    def recording_step(state, images, labels, snapshots, index):
-        state, metrics = train_step(state, images, labels)
-        flat, _ = ravel_selected(state.params, select)
-        snapshots = snapshots.at[index].set(flat.astype(snapshots.dtype))
-        return state, snapshots, metrics
-
-    return jit_step(recording_step, donate_argnums=(0, 3))
-
-
-@jax.jit
-def _with_first_row(snapshots: jax.Array, flat: jax.Array) -> jax.Array:
-    return snapshots.at[0].set(flat.astype(snapshots.dtype))
-
-
-def take_batches(
-    batches: Iterable[tuple[Any, Any]], num_steps: int, what: str
-) -> Iterator[tuple[Any, Any]]:
-    """Exactly ``num_steps`` batches; a ValueError naming ``what`` if they run out."""
-    batch_iter = iter(batches)
-    for t in range(num_steps):
-        try:
-            yield next(batch_iter)
-        except StopIteration:
-            raise ValueError(
-                f"{what}: the batches ran out after {t} of {num_steps} "
-                "steps") from None
-
-
-def record_trajectory(
-    recording_step: Callable[..., tuple[TrainState, jax.Array, Metrics]],
-    state: TrainState,
-    batches: Iterable[tuple[Any, Any]],
-    num_steps: int,
-    select: Any,
-) -> tuple[TrainState, jax.Array]:
-    """Trains ``num_steps`` steps and returns the snapshot matrix Θ.
-
-    Args:
-        recording_step: from `make_recording_train_step` (same ``select``).
-        state: the state before the first step (donated).
-        batches: iterable of ``(images, labels)``, at least ``num_steps``.
-        num_steps: T.
-        select: which params to record, as for
-            `kpjax.koopman.ravel_selected`.
-
-    Returns:
-        ``(state, Θ)``, Θ a float32 (T+1)×N device array: row 0 holds θ
-        before the first step, row t the params after step t.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    flat0, _ = ravel_selected(state.params, select)
-    snapshots = _with_first_row(
-        jnp.zeros((num_steps + 1, flat0.size), jnp.float32), flat0)
-    steps = take_batches(batches, num_steps, "record_trajectory")
-    for t, (images, labels) in enumerate(steps, start=1):
-        state, snapshots, _ = recording_step(
-            state, images, labels, snapshots, jnp.int32(t))
-    return state, snapshots

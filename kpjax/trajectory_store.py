@@ -33,6 +33,10 @@ Why this layout (measured on the 2-core dev VM, see BUILD_NOTES.md):
 The store duck-types the arrays that `kpjax.koopman` takes (`shape`, `ndim`,
 `dtype`, `store[:, a:b]`), so `koopman.gram(store)`, `fit_trajectory(store)`
 and `fixed_point_mode(store, fit)` run out of core unchanged.
+
+A file format only: imports numpy, ml_dtypes and kpjax.flatten (for the
+layout metadata); the recorder that fills a store while training is
+`kpjax.recording.record_trajectory_to_store`.
 """
 
 from __future__ import annotations
@@ -40,18 +44,13 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import queue
-import threading
-from collections.abc import Callable, Iterable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from kpjax import train
-from kpjax.koopman import DEFAULT_BLOCK_SIZE, FlatSpec, ravel_selected
+from kpjax.flatten import FlatSpec
+from kpjax.koopman import DEFAULT_BLOCK_SIZE
 
 MAGIC = b"\x93KPJTRJ1"
 _FIXED_HEADER = 24
@@ -347,86 +346,3 @@ def open_store(
         os.close(fd)
         raise
     return TrajectoryStore(path, fd, header, length, rows, mode == "r+", read_chunk_bytes)
-
-
-def record_trajectory_to_store(
-    recording_step: Callable[..., Any],
-    state: Any,
-    batches: Iterable[tuple[Any, Any]],
-    num_steps: int,
-    select: Any,
-    store: TrajectoryStore,
-    rows_per_flush: int = 32,
-) -> Any:
-    """`kpjax.train.record_trajectory` with Θ written to `store` instead of RAM.
-
-    The recording step writes θ(t) into a k-row device buffer (row t mod k,
-    in the storage dtype); every k steps the buffer goes to a writer thread,
-    which copies it to the host and appends it to the file, while training
-    continues in a second buffer. The step never waits for the disk unless
-    the writer falls two flushes behind; memory is 2·k·N in the storage
-    dtype, independent of T.
-
-    Args:
-      recording_step: from `kpjax.train.make_recording_train_step` (same
-        `select`).
-      state: the TrainState before the first step (donated).
-      batches: iterable of (images, labels), at least `num_steps`.
-      num_steps: T.
-      select: which params to record, as for `kpjax.koopman.ravel_selected`.
-      store: an empty store with N columns and room for T+1 rows.
-      rows_per_flush: k.
-
-    Returns:
-      The state after T steps; row 0 of the store holds θ before the first
-      step, row t the params after step t.
-    """
-    if num_steps < 1 or rows_per_flush < 1:
-        raise ValueError(f"need num_steps ≥ 1 and rows_per_flush ≥ 1, got {num_steps}, {rows_per_flush}")
-    flat0, _ = ravel_selected(state.params, select)
-    if flat0.size != store.num_params:
-        raise ValueError(f"the selected params have N = {flat0.size}, the store has {store.num_params}")
-    if store.rows != 0 or store.num_snapshots < num_steps + 1:
-        raise ValueError(
-            f"store must be empty with room for {num_steps + 1} snapshots; it has "
-            f"{store.rows} rows written of {store.num_snapshots}"
-        )
-    store.append(np.asarray(flat0))
-    k = min(rows_per_flush, num_steps)
-    free: queue.Queue = queue.Queue()
-    work: queue.Queue = queue.Queue()
-    errors: list[BaseException] = []
-    for _ in range(2):
-        free.put(jnp.zeros((k, store.num_params), store.dtype))
-
-    def writer() -> None:
-        while (item := work.get()) is not None:
-            buffer, count = item
-            if not errors:
-                try:
-                    store.append(np.asarray(buffer)[:count])
-                except BaseException as e:  # re-raised in the training thread
-                    errors.append(e)
-            free.put(buffer)
-
-    thread = threading.Thread(target=writer, name="trajectory-writer", daemon=True)
-    thread.start()
-    try:
-        buffer, filled = free.get(), 0
-        steps = train.take_batches(batches, num_steps, "record_trajectory_to_store")
-        for t, (images, labels) in enumerate(steps, start=1):
-            state, buffer, _ = recording_step(state, images, labels, buffer, jnp.int32(filled))
-            filled += 1
-            if filled == k or t == num_steps:
-                buffer.copy_to_host_async()
-                work.put((buffer, filled))
-                if t < num_steps:
-                    buffer, filled = free.get(), 0
-                if errors:
-                    break
-    finally:
-        work.put(None)
-        thread.join()
-    if errors:
-        raise errors[0]
-    return state

@@ -7,44 +7,11 @@ import pytest
 
 from kpjax import koopman
 from oracles import damped_rotation, quadratic_gd
+from test_flatten import _params
 
 
-def _params():
-    return {
-        "conv": {"kernel": jnp.arange(24.0).reshape(2, 3, 4), "bias": jnp.arange(4.0)},
-        "bn": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
-    }
-
-
-def test_ravel_unravel_roundtrip_with_filter_and_bool_tree():
+def test_stack_snapshots_refuses_mismatched_pytrees():
     params = _params()
-    by_filter = lambda path, leaf: path[0] == "conv"
-    flat, spec = koopman.ravel_selected(params, by_filter)
-    assert flat.shape == (28,) and spec.size == 28
-    assert spec.paths == (("conv", "bias"), ("conv", "kernel"))
-    select = {"conv": {"kernel": True, "bias": True}, "bn": {"scale": False, "bias": False}}
-    flat2, spec2 = koopman.ravel_selected(params, select)
-    np.testing.assert_array_equal(flat, flat2)
-    assert spec == spec2
-    back = koopman.unravel_selected(flat * 2, spec, params)
-    np.testing.assert_array_equal(back["conv"]["kernel"], params["conv"]["kernel"] * 2)
-    np.testing.assert_array_equal(back["bn"]["scale"], params["bn"]["scale"])
-
-
-def test_ravel_is_jittable_with_static_spec():
-    params = _params()
-    _, spec = koopman.ravel_selected(params, lambda p, x: p[-1] == "kernel")
-    jitted = jax.jit(koopman.ravel_with_spec, static_argnums=1)
-    np.testing.assert_array_equal(jitted(params, spec), jnp.ravel(params["conv"]["kernel"]))
-
-
-def test_mismatched_pytrees_raise():
-    params = _params()
-    _, spec = koopman.ravel_selected(params, lambda p, x: True)
-    with pytest.raises(ValueError, match="structure"):
-        koopman.ravel_with_spec({"conv": params["conv"]}, spec)
-    with pytest.raises(ValueError, match="select pytree does not match"):
-        koopman.ravel_selected(params, {"conv": {"kernel": True, "bias": True}})
     with pytest.raises(ValueError, match="different pytree structure"):
         koopman.stack_snapshots([params, {"conv": params["conv"]}], lambda p, x: True)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import koopman, pruning
+from kpjax import flatten, koopman, pruning
 from oracles import quadratic_gd
 
 
@@ -120,7 +120,7 @@ def test_kmp_equals_gmp_on_a_converged_trajectory():
     theta = jnp.asarray(oracle.snapshots, jnp.float32)
     params = _as_params(oracle.snapshots[-1])
     select = pruning.prunable(params)
-    spec = koopman.flat_spec(params, select)
+    spec = flatten.flat_spec(params, select)
     inputs = pruning.PruneInputs(params, select, snapshots=theta, spec=spec)
     for c in (2.0, 4.0, 10.0):
         kmp = pruning.prune("kmp", inputs, c)
@@ -134,7 +134,7 @@ def test_kgp_equals_gradient_pruning_on_a_short_gd_window():
     last = oracle.snapshots[-1]
     params = _as_params(last)
     select = pruning.prunable(params)
-    spec = koopman.flat_spec(params, select)
+    spec = flatten.flat_spec(params, select)
     kgp = np.asarray(pruning.kgp_scores(theta, koopman.fit_trajectory(theta), spec, params)["layer"]["kernel"])
     grad = np.abs(last * oracle.grad(last))
     # KGP = |θ ⊙ η∇L|: gradient pruning's scores up to the global scale η.

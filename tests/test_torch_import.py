@@ -311,10 +311,16 @@ def resnet_torch_forward(sd: dict[str, np.ndarray], x_nchw: np.ndarray) -> np.nd
     return x @ sd["linear.weight"].T + sd["linear.bias"]
 
 
-def template(model_name: str):
-    spec = get_model(model_name)
+def template(model_name: str, num_classes: int = 10):
+    spec = get_model(model_name, num_classes)
     return jax.eval_shape(lambda: spec.module.init(
         jax.random.PRNGKey(0), jnp.zeros((1, *spec.input_shape)), train=False))
+
+
+def import_as(path, model_name: str, num_classes: int = 10):
+    """The checkpoint as variables of a kpjax model (the caller knows the model)."""
+    return torch_import.import_torch_checkpoint(
+        path, template(model_name, num_classes), get_model(model_name).flattened_inputs)
 
 
 def random_torch_state_dict(model_name: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -498,7 +504,8 @@ def test_state_dict_from_unwraps_and_strips_data_parallel_prefix():
 ])
 def test_imported_tiny_models_match_torch_layout_forward(model_name, forward, input_shape):
     sd = random_torch_state_dict(model_name)
-    variables = torch_import.state_dict_to_variables(sd, model_name, template(model_name))
+    variables = torch_import.state_dict_to_variables(
+        sd, template(model_name), get_model(model_name).flattened_inputs)
     x = np.random.default_rng(1).standard_normal(input_shape).astype(np.float32)
     expected = forward({k: v.astype(np.float64) for k, v in sd.items()}, x.astype(np.float64))
     np.testing.assert_allclose(apply(model_name, variables, x), expected, rtol=1e-4, atol=1e-4)
@@ -509,7 +516,7 @@ def test_zip_checkpoint_imports_end_to_end(tmp_path):
     obj = {"state_dict": collections.OrderedDict(
         (f"module.{k}", tensor(str(i), v)) for i, (k, v) in enumerate(sd.items()))}
     variables = torch_import.import_torch_checkpoint(
-        write(tmp_path, "r.pt", zip_bytes(obj)), "resnet_tiny")
+        write(tmp_path, "r.pt", zip_bytes(obj)), template("resnet_tiny"))
     np.testing.assert_array_equal(variables["batch_stats"]["layer2_0"]["bn1"]["var"],
                                   sd["layer2.0.bn1.running_var"])
     np.testing.assert_array_equal(variables["params"]["layer1_0"]["conv2"]["kernel"],
@@ -522,13 +529,14 @@ def test_wrong_architecture_and_wrong_shapes_are_listed():
     del bad["conv1.bias"]
     bad["extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError) as info:
-        torch_import.state_dict_to_variables(bad, "mnistnet_tiny", template("mnistnet_tiny"))
+        torch_import.state_dict_to_variables(
+            bad, template("mnistnet_tiny"), get_model("mnistnet_tiny").flattened_inputs)
     message = str(info.value)
     assert "missing (1): params/conv1/bias" in message
     assert "unexpected (1): extra.weight" in message
     assert "fc2.weight (10, 15) -> params/fc2/kernel expects (16, 10)" in message
     with pytest.raises(ValueError, match=r"unexpected \(\d+\): .*fc1.weight"):
-        torch_import.state_dict_to_variables(sd, "resnet_tiny", template("resnet_tiny"))
+        torch_import.state_dict_to_variables(sd, template("resnet_tiny"))
 
 
 # ---------------------------------------------------------------------------
@@ -567,7 +575,7 @@ def test_pretrained_files_load_as_expected(pretrained):
 
 def test_pretrained_mnistnet_accuracy_matches_torch_layout_forward(pretrained):
     sd = torch_import.state_dict_from(torch_import.load_torch_file(pretrained / "mnistnet.pt"))
-    variables = torch_import.import_torch_checkpoint(pretrained / "mnistnet.pt", "mnistnet")
+    variables = import_as(pretrained / "mnistnet.pt", "mnistnet")
     images, labels = read_mnist_test(SHARED_DATA / "mnist")
     x = ((images.astype(np.float32) / 255 - 0.1307) / 0.3081).astype(np.float32)
     flax_logits = np.concatenate([apply("mnistnet", variables, x[i:i + 2500])
@@ -587,7 +595,7 @@ def test_pretrained_mnistnet_accuracy_matches_torch_layout_forward(pretrained):
 
 def test_pretrained_resnet20_logits_match_torch_layout_forward(pretrained):
     sd = torch_import.state_dict_from(torch_import.load_torch_file(pretrained / "resnet20.th"))
-    variables = torch_import.import_torch_checkpoint(pretrained / "resnet20.th", "resnet20")
+    variables = import_as(pretrained / "resnet20.th", "resnet20")
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     expected = resnet_torch_forward({k: v.astype(np.float64) for k, v in sd.items()},
                                     x.astype(np.float64))
@@ -595,12 +603,11 @@ def test_pretrained_resnet20_logits_match_torch_layout_forward(pretrained):
 
 
 def test_pretrained_checkpoint_of_another_architecture_is_refused(pretrained):
-    with pytest.raises(ValueError, match=r"(?s)does not fit model 'resnet20'.*missing \(96\)"
+    with pytest.raises(ValueError, match=r"(?s)does not fit the model's variables.*missing \(96\)"
                                          r".*unexpected \(7\): .*fc1\.weight"):
-        torch_import.import_torch_checkpoint(pretrained / "mnistnet.pt", "resnet20")
+        import_as(pretrained / "mnistnet.pt", "resnet20")
     with pytest.raises(ValueError, match=r"shape mismatches .*fc2\.weight"):
-        torch_import.import_torch_checkpoint(pretrained / "mnistnet.pt", "mnistnet",
-                                             num_classes=5)
+        import_as(pretrained / "mnistnet.pt", "mnistnet", num_classes=5)
 
 
 def test_corrupted_pretrained_file_is_a_clear_error(pretrained, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for kpjax.train: masked steps, optimizer semantics, eval, recorder."""
+"""Tests for kpjax.train: masked steps, optimizer semantics, eval."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,6 @@ import optax
 import pytest
 
 from kpjax import train
-from kpjax.koopman import ravel_selected
 
 
 class TinyMLP(nn.Module):
@@ -265,66 +264,6 @@ def test_loss_and_grads_matches_softmax_regression_formula():
                                -np.log(p[np.arange(6), y]).mean(), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(grads["w"]),
                                x.T @ (p - onehot) / 6, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("model", [TinyMLP(), TinyConvBN()],
-                         ids=["mlp", "conv_bn"])
-def test_recorder_stores_params_after_every_step(model):
-    params, batch_stats = init(model)
-    mask = random_mask(params, seed=2, keep=0.7)
-    tx = train.make_optimizer(0.05, weight_decay=1e-3)
-    data = batches(6)
-
-    def fresh_state():
-        return train.create_train_state(params, tx, jax.random.PRNGKey(0),
-                                        batch_stats=batch_stats, mask=mask)
-
-    step = train.make_train_step(model.apply, tx)
-    state = fresh_state()
-    expected = [np.asarray(ravel_selected(state.params, is_weight)[0])]
-    for images, labels in data:
-        state, _ = step(state, images, labels)
-        expected.append(np.asarray(ravel_selected(state.params, is_weight)[0]))
-    manual_final = jax.device_get(state.params)
-
-    recording = train.make_recording_train_step(
-        train.make_train_step(model.apply, tx, jit=False), is_weight)
-    state, snapshots = train.record_trajectory(recording, fresh_state(), data,
-                                               len(data), is_weight)
-    assert snapshots.shape == (7, expected[0].size)
-    assert snapshots.dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(snapshots), np.stack(expected))
-    assert tree_equal(jax.device_get(state.params), manual_final)
-
-
-def test_record_trajectory_errors_when_batches_run_out():
-    model = TinyMLP()
-    params, _ = init(model)
-    tx = train.make_optimizer(0.05)
-    recording = train.make_recording_train_step(
-        train.make_train_step(model.apply, tx), is_weight)
-    state = train.create_train_state(params, tx, jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="ran out after 2 of 5"):
-        train.record_trajectory(recording, state, batches(2), 5, is_weight)
-
-
-def test_recording_step_updates_the_donated_buffer_in_place():
-    model = TinyMLP()
-    params, _ = init(model)
-    tx = train.make_optimizer(0.05)
-    recording = train.make_recording_train_step(
-        train.make_train_step(model.apply, tx, jit=False), is_weight)
-    state = train.create_train_state(params, tx, jax.random.PRNGKey(0))
-    n = ravel_selected(params, is_weight)[0].size
-    buffer = jnp.full((3, n), -1.0, jnp.float32)
-    (images, labels), = batches(1)
-    state, new_buffer, _ = recording(state, images, labels, buffer,
-                                     jnp.int32(2))
-    assert buffer.is_deleted()  # donated: no copy of the (T+1)×N buffer
-    new_buffer = np.asarray(new_buffer)
-    np.testing.assert_array_equal(new_buffer[:2], -1.0)
-    np.testing.assert_array_equal(
-        new_buffer[2], np.asarray(ravel_selected(state.params, is_weight)[0]))
 
 
 def test_donating_steps_leave_the_callers_arrays_alive():

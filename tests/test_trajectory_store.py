@@ -1,15 +1,11 @@
-"""Tests of kpjax.trajectory_store: on-disk Θ, out-of-core fits, recording."""
+"""Tests of kpjax.trajectory_store: on-disk Θ and out-of-core fits."""
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 
-from kpjax import koopman, train
+from kpjax import koopman
 from kpjax import trajectory_store as ts
-from kpjax.koopman import ravel_selected
 from oracles import quadratic_gd
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -126,42 +122,3 @@ def test_bad_arguments_raise(tmp_path):
     with ts.open_store(tmp_path / "c") as store:
         with pytest.raises(ValueError, match="read-only"):
             store.append(np.zeros(10))
-
-
-class TinyMLP(nn.Module):
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.relu(nn.Dense(16, name="fc1")(x.reshape((x.shape[0], -1))))
-        return nn.Dense(3, name="fc2")(x)
-
-
-@pytest.mark.parametrize("rows_per_flush", [3, 100])
-def test_recording_to_store_equals_in_memory_recording(tmp_path, rows_per_flush):
-    model = TinyMLP()
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 6)))["params"]
-    tx = train.make_optimizer(0.05)
-    rng = np.random.default_rng(1)
-    data = [
-        (rng.normal(size=(8, 6)).astype(np.float32), rng.integers(0, 3, 8).astype(np.int32))
-        for _ in range(10)
-    ]
-    select = lambda path, leaf: True
-    recording = train.make_recording_train_step(train.make_train_step(model.apply, tx, jit=False), select)
-
-    def fresh():
-        return train.create_train_state(params, tx, jax.random.PRNGKey(0))
-
-    _, expected = train.record_trajectory(recording, fresh(), data, 10, select)
-    n = expected.shape[1]
-    flat, spec = ravel_selected(params, select)
-    with ts.create_store(tmp_path / "r", n, 11, metadata=ts.spec_metadata(spec)) as store:
-        state = ts.record_trajectory_to_store(recording, fresh(), data, 10, select, store, rows_per_flush)
-        np.testing.assert_array_equal(store.read_rows(0, 11), np.asarray(expected))
-        assert int(state.step) == 10
-        assert store.metadata["paths"] == ["fc1/bias", "fc1/kernel", "fc2/bias", "fc2/kernel"]
-    with ts.create_store(tmp_path / "short", n, 11) as store:
-        with pytest.raises(ValueError, match="ran out after 3"):
-            ts.record_trajectory_to_store(recording, fresh(), data[:3], 10, select, store, 2)
-    with ts.create_store(tmp_path / "small", n, 5) as store:
-        with pytest.raises(ValueError, match="room for 11"):
-            ts.record_trajectory_to_store(recording, fresh(), data, 10, select, store)

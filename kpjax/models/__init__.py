@@ -26,6 +26,9 @@ class ModelSpec(NamedTuple):
         input_shape: one example's shape (H, W, C).
         classifier: name of the final dense submodule ('fc2' or 'linear').
         dataset: the dataset the model is built for.
+        flattened_inputs: (dense layer, conv layer) pairs: dense layers that
+            read the conv's (pooled) output map flattened in H, W, C order
+            (PyTorch flattens C, H, W; `kpjax.torch_import` permutes them).
     """
 
     name: str
@@ -33,6 +36,7 @@ class ModelSpec(NamedTuple):
     input_shape: tuple[int, int, int]
     classifier: str
     dataset: Literal["mnist", "cifar10"]
+    flattened_inputs: tuple[tuple[str, str], ...] = ()
 
 
 _MNIST_SHAPE = (28, 28, 1)
@@ -41,7 +45,7 @@ _CIFAR_SHAPE = (32, 32, 3)
 
 def _mnistnet(name: str, num_classes: int, **widths: int) -> ModelSpec:
     return ModelSpec(name, MnistNet(num_classes=num_classes, **widths),
-                     _MNIST_SHAPE, "fc2", "mnist")
+                     _MNIST_SHAPE, "fc2", "mnist", (("fc1", "conv2"),))
 
 
 def _resnet(name: str, num_classes: int, num_blocks: int,
