@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kpjax.flatten import count_params
+
 Path = tuple[str, ...]
 
 
@@ -25,16 +27,21 @@ def accuracy_counts(
 ) -> dict[str, jax.Array]:
     """Number of examples whose label is among the k highest logits.
 
-    An example counts as top-k correct when fewer than k classes have a logit
-    that is not ≤ the label's logit; ties are resolved in the label's favour
-    and a NaN logit ranks above the label (a diverged model scores 0, not 1).
-    Jittable; sum the dicts of several batches with
-    `jax.tree.map(jnp.add, a, b)` and divide with `accuracies`.
+    The one top-k of kpjax (training metrics, evaluation, experiments). Ties
+    are broken by class index, as PyTorch's `topk` and `jax.lax.top_k` do
+    (so ShrinkBench's numbers are reproduced): the label's rank is the number
+    of classes with a larger logit plus the number with an equal logit and a
+    lower index. A NaN logit ranks above the label, and a NaN label logit
+    is never correct (a diverged model scores 0, not 1). Constant logits
+    therefore make only the examples of class 0 top-1 correct. Jittable; sum
+    the dicts of several batches with `jax.tree.map(jnp.add, a, b)` and
+    divide with `accuracies`.
 
     Args:
         logits: (B, C) scores.
         labels: (B,) integer class ids in [0, C).
-        ks: the k of each top-k count, 1 <= k <= C.
+        ks: the k of each top-k count, k >= 1 (k >= C counts every example
+            whose label logit is not NaN).
 
     Returns:
         {"top{k}": correct count for each k, "examples": B}, int32 scalars.
@@ -42,12 +49,16 @@ def accuracy_counts(
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(
             f"expected logits (B, C) and labels (B,), got {logits.shape} and {labels.shape}")
-    num_classes = logits.shape[1]
     for k in ks:
-        if not 1 <= k <= num_classes:
-            raise ValueError(f"top-k needs 1 <= k <= {num_classes} classes, got k={k}")
-    label_logits = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1)
-    rank = jnp.sum(~(logits <= label_logits), axis=1)
+        if k < 1:
+            raise ValueError(f"top-k needs k >= 1, got k={k}")
+    labels = labels.astype(jnp.int32)
+    label_logits = jnp.take_along_axis(logits, labels[:, None], axis=1)
+    classes = jnp.arange(logits.shape[1], dtype=jnp.int32)[None, :]
+    # ~(a <= b) rather than a > b: true when either side is NaN.
+    above = ~(logits <= label_logits)
+    tied_before = (logits == label_logits) & (classes < labels[:, None])
+    rank = jnp.sum(above | tied_before, axis=1)
     counts = {f"top{k}": jnp.sum(rank < k, dtype=jnp.int32) for k in ks}
     counts["examples"] = jnp.asarray(labels.shape[0], jnp.int32)
     return counts
@@ -80,7 +91,7 @@ def model_size(params: Any, mask: Any = None) -> tuple[int, int]:
     Returns:
         (total, nonzero).
     """
-    total = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    total = count_params(params)
     if mask is None:
         nonzero = sum(int(np.count_nonzero(leaf)) for leaf in jax.tree.leaves(params))
     else:

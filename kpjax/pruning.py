@@ -19,8 +19,10 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from kpjax import flatten, koopman
+from kpjax.flatten import count_params
 
 PyTree = Any
 
@@ -157,21 +159,6 @@ def layer_kmp_scores(
 # Compression targets and masks.
 
 
-def count_params(params: PyTree) -> int:
-    """Total number of parameters (every leaf)."""
-    return int(sum(np.prod(np.shape(x), dtype=np.int64) for x in jax.tree_util.tree_leaves(params)))
-
-
-def _count_selected(params: PyTree, select: PyTree) -> int:
-    return int(
-        sum(
-            np.prod(np.shape(x), dtype=np.int64)
-            for x, s in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(select))
-            if s
-        )
-    )
-
-
 def keep_fraction(compression: float, total: int, prunable_count: int) -> float:
     """Fraction f of prunable parameters to keep for compression c = total / nonzero.
 
@@ -263,12 +250,54 @@ def compression_ratio(params: PyTree, mask: Optional[PyTree] = None) -> float:
     return count_params(params) / max(nonzero, 1)
 
 
-def mask_compression(mask: PyTree) -> float:
-    """total / kept entries of a mask (the target a mask was built for)."""
-    leaves = jax.tree_util.tree_leaves(mask)
-    total = sum(int(np.size(m)) for m in leaves)
-    kept = sum(int(jnp.sum(m)) for m in leaves)
-    return total / max(kept, 1)
+class MaskedState(NamedTuple):
+    """State of `masked`: the inner optimizer's state (the mask is a constant)."""
+
+    inner_state: optax.OptState
+
+
+def masked(inner: optax.GradientTransformation, mask: PyTree) -> optax.GradientTransformation:
+    """An optax optimizer that keeps pruned weights at exactly zero.
+
+    For any inner transformation (sgd, adam, adamw, a chain with weight
+    decay, ...): the gradient is zeroed at pruned entries before the inner
+    update, so momenta and second moments of pruned weights stay 0, and the
+    inner update is zeroed there afterwards, so decoupled weight decay or
+    any transformation that mixes coordinates cannot revive them. Given
+    `params`, the update at a pruned entry is −θ, which sets a weight that
+    was not yet zero to exactly 0 on the first step (θ + (−θ) = 0); with
+    pruned weights already zero (`apply_mask`) it is −0.0 and θ stays +0.0.
+    `jnp.where`, not multiplication: 0·NaN is NaN.
+
+      tx = pruning.masked(optax.adamw(1e-3, weight_decay=1e-4), mask)
+      params = pruning.apply_mask(params, mask)
+      opt_state = tx.init(params)  # then the usual optax loop
+
+    Args:
+      inner: the optimizer to wrap.
+      mask: bool pytree like the params (True = keep); may be traced, so a
+        jitted step can take the mask as an argument and need not recompile
+        for every mask.
+
+    Returns:
+      An `optax.GradientTransformation` with state `MaskedState`.
+    """
+
+    def init(params):
+        _check_same_structure(params, mask, "masked(tx, mask): params and mask")
+        return MaskedState(inner.init(params))
+
+    def update(updates, state, params=None):
+        updates = apply_mask(updates, mask)
+        new_updates, inner_state = inner.update(updates, state.inner_state, params)
+        if params is None:
+            new_updates = apply_mask(new_updates, mask)
+        else:
+            new_updates = jax.tree_util.tree_map(
+                lambda u, m, p: jnp.where(m, u, -p).astype(u.dtype), new_updates, mask, params)
+        return new_updates, MaskedState(inner_state)
+
+    return optax.GradientTransformation(init, update)
 
 
 # ---------------------------------------------------------------------------
@@ -298,7 +327,17 @@ class PruneInputs(NamedTuple):
 
 
 class PruningMethod(NamedTuple):
-    """A registered method: a score function and the mask it is used with."""
+    """A registered method: a score function, its mask, and what it needs.
+
+    Attributes:
+      score_fn: PruneInputs -> scores (pytree like params).
+      mask_fn: (scores, select, keep fraction) -> mask; `global_mask` or
+        `layerwise_mask`.
+      needs: the PruneInputs fields besides params/select that score_fn
+        reads; `method_scores` checks them before scoring, and experiments
+        read them to know what to compute (a gradient batch, a trajectory).
+      description: one line, shown in the binaries' --help.
+    """
 
     score_fn: Callable[[PruneInputs], PyTree]
     mask_fn: Callable[[PyTree, PyTree, float], PyTree]
@@ -306,25 +345,24 @@ class PruningMethod(NamedTuple):
     description: str = ""
 
 
-def _need(inputs: PruneInputs, field: str, method: str) -> Any:
-    value = getattr(inputs, field)
-    if value is None:
-        raise ValueError(f"method {method!r} needs PruneInputs.{field}")
-    return value
-
-
 def _trajectory(inputs: PruneInputs, method: str):
-    snapshots = _need(inputs, "snapshots", method)
-    spec = _need(inputs, "spec", method)
+    """Θ, its fit (fitted here when missing) and spec, after checking that the
+    trajectory covers every prunable leaf with the params' shapes."""
     sel_spec = flatten.flat_spec(inputs.params, inputs.select)
-    missing = set(sel_spec.paths) - set(spec.paths)
+    spec = inputs.spec
+    recorded = dict(zip(spec.paths, spec.shapes))
+    missing = [p for p in sel_spec.paths if p not in recorded]
     if missing:
         raise ValueError(
             f"method {method!r}: prunable leaves not in the trajectory: "
             f"{sorted('/'.join(p) for p in missing)}"
         )
-    fit = inputs.fit if inputs.fit is not None else koopman.fit_trajectory(snapshots)
-    return snapshots, fit, spec
+    wrong = [f"{'/'.join(p)} {s} vs {recorded[p]}"
+             for p, s in zip(sel_spec.paths, sel_spec.shapes) if recorded[p] != s]
+    if wrong:
+        raise ValueError(f"method {method!r}: the trajectory's shapes differ from the params': {wrong}")
+    fit = inputs.fit if inputs.fit is not None else koopman.fit_trajectory(inputs.snapshots)
+    return inputs.snapshots, fit, spec
 
 
 METHODS: dict[str, PruningMethod] = {}
@@ -345,7 +383,11 @@ def get_method(name: str) -> PruningMethod:
 
 def method_scores(name: str, inputs: PruneInputs) -> PyTree:
     """Scores of method `name` (pytree like params); reusable across compressions."""
-    return get_method(name).score_fn(inputs)
+    method = get_method(name)
+    missing = [f for f in method.needs if getattr(inputs, f) is None]
+    if missing:
+        raise ValueError(f"method {name!r} needs PruneInputs.{', '.join(missing)}")
+    return method.score_fn(inputs)
 
 
 def method_mask(
@@ -354,7 +396,7 @@ def method_mask(
     """The mask of method `name` from its scores at compression c (total / nonzero)."""
     method = get_method(name)
     _check_same_structure(params, select, "params and select")
-    fraction = keep_fraction(compression, count_params(params), _count_selected(params, select))
+    fraction = keep_fraction(compression, count_params(params), count_params(params, select))
     return method.mask_fn(scores, select, fraction)
 
 
@@ -376,6 +418,8 @@ def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
     return inter / union if union else 1.0
 
 
+_TRAJECTORY = ("snapshots", "spec")
+
 register_method("gmp", PruningMethod(
     lambda i: magnitude_scores(i.params), global_mask, (),
     "global magnitude pruning: |θ|, one threshold"))
@@ -383,21 +427,20 @@ register_method("layer_mag", PruningMethod(
     lambda i: magnitude_scores(i.params), layerwise_mask, (),
     "layerwise magnitude pruning: |θ|, one threshold per tensor"))
 register_method("grad", PruningMethod(
-    lambda i: gradient_scores(i.params, _need(i, "grads", "grad")), global_mask, ("grads",),
-    "global gradient pruning: |θ ⊙ ∂L/∂θ|"))
+    lambda i: gradient_scores(i.params, i.grads), global_mask, ("grads",),
+    "global gradient pruning: |θ ⊙ ∂L/∂θ| on one batch"))
 register_method("layer_grad", PruningMethod(
-    lambda i: gradient_scores(i.params, _need(i, "grads", "layer_grad")), layerwise_mask,
-    ("grads",), "layerwise gradient pruning"))
+    lambda i: gradient_scores(i.params, i.grads), layerwise_mask, ("grads",),
+    "layerwise gradient pruning"))
 register_method("random", PruningMethod(
-    lambda i: random_scores(i.params, _need(i, "rng", "random")), global_mask, ("rng",),
+    lambda i: random_scores(i.params, i.rng), global_mask, ("rng",),
     "uniformly random global pruning"))
 register_method("kmp", PruningMethod(
-    lambda i: kmp_scores(*_trajectory(i, "kmp"), i.params), global_mask, ("trajectory",),
+    lambda i: kmp_scores(*_trajectory(i, "kmp"), i.params), global_mask, _TRAJECTORY,
     "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1"))
 register_method("kgp", PruningMethod(
-    lambda i: kgp_scores(*_trajectory(i, "kgp"), i.params), global_mask, ("trajectory",),
+    lambda i: kgp_scores(*_trajectory(i, "kgp"), i.params), global_mask, _TRAJECTORY,
     "Koopman gradient pruning: |θ(t₂) ⊙ Δθ_K(t₂)|"))
 register_method("layer_kmp", PruningMethod(
-    lambda i: layer_kmp_scores(_need(i, "snapshots", "layer_kmp"), _need(i, "spec", "layer_kmp"), i.params),
-    layerwise_mask, ("trajectory",),
+    lambda i: layer_kmp_scores(i.snapshots, i.spec, i.params), layerwise_mask, _TRAJECTORY,
     "KMP with one Koopman fit per tensor, layerwise masks"))

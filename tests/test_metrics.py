@@ -155,10 +155,11 @@ _LOGITS = np.array([
     [0.1, 0.9, 0.0, 0.0, 0.0, 0.0],  # label 1: top-1
     [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 4: rank 5, top-5 only
     [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 5: rank 6, neither
-    [0.2, 0.2, 0.0, 0.0, 0.0, 0.0],  # label 1: tied for first, counts
+    [0.2, 0.2, 0.0, 0.0, 0.0, 0.0],  # label 1: tied with class 0, ranks 2nd
     [0.0, np.nan, 0.0, 0.0, 0.0, 1.0],  # label 1 with a NaN logit: wrong
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # label 0: constant logits, first by index
 ], np.float32)
-_LABELS = np.array([1, 4, 5, 1, 1])
+_LABELS = np.array([1, 4, 5, 1, 1, 0])
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -166,21 +167,36 @@ def test_accuracy_counts_hand_made(jit):
     fn = jax.jit(metrics.accuracy_counts, static_argnames="ks") if jit else metrics.accuracy_counts
     counts = fn(jnp.asarray(_LOGITS), jnp.asarray(_LABELS), ks=(1, 2, 5))
     assert {k: int(v) for k, v in counts.items()} == {
-        "top1": 2, "top2": 2, "top5": 3, "examples": 5}
+        "top1": 2, "top2": 3, "top5": 4, "examples": 6}
+
+
+def test_ties_count_as_lax_top_k_and_pytorch_topk_do():
+    # Constant logits on labels [0, 3, 5, 9]: only class 0 is "first" (1/4),
+    # exactly what membership in jax.lax.top_k (PyTorch's topk) gives.
+    logits = jnp.zeros((4, 10))
+    labels = jnp.array([0, 3, 5, 9])
+    assert int(metrics.accuracy_counts(logits, labels, ks=(1,))["top1"]) == 1
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.integers(0, 3, size=(200, 10)).astype(np.float32))  # many ties
+    labels = jnp.asarray(rng.integers(0, 10, size=200))
+    for k in (1, 2, 5):
+        _, top = jax.lax.top_k(logits, k)
+        expected = int(jnp.sum(jnp.any(top == labels[:, None], axis=1)))
+        assert int(metrics.accuracy_counts(logits, labels, ks=(k,))[f"top{k}"]) == expected
 
 
 def test_accuracies_weight_by_examples():
     first = metrics.accuracy_counts(jnp.asarray(_LOGITS[:1]), jnp.asarray(_LABELS[:1]))
     rest = metrics.accuracy_counts(jnp.asarray(_LOGITS[1:]), jnp.asarray(_LABELS[1:]))
     total = jax.tree.map(jnp.add, first, rest)
-    # Per-batch averaging would give (1/1 + 1/4) / 2 = 0.625 top-1.
-    assert metrics.accuracies(total) == {"top1": 2 / 5, "top5": 3 / 5}
+    # Per-batch averaging would give (1/1 + 1/5) / 2 = 0.6 top-1.
+    assert metrics.accuracies(total) == {"top1": 2 / 6, "top5": 4 / 6}
 
 
 def test_accuracy_counts_bad_input():
     logits, labels = jnp.asarray(_LOGITS), jnp.asarray(_LABELS)
-    with pytest.raises(ValueError, match="k=7"):
-        metrics.accuracy_counts(logits, labels, ks=(1, 7))
+    with pytest.raises(ValueError, match="k=0"):
+        metrics.accuracy_counts(logits, labels, ks=(1, 0))
     with pytest.raises(ValueError, match="labels"):
         metrics.accuracy_counts(logits, labels[:3])
     with pytest.raises(ValueError, match="zero examples"):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from kpjax import flatten, koopman, pruning
@@ -225,3 +226,63 @@ def test_scores_are_reusable_across_compressions():
         via_scores = pruning.method_mask("gmp", scores, params, select, c)
         direct = pruning.prune("gmp", inputs, c)
         assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(via_scores), jax.tree_util.tree_leaves(direct)))
+
+
+# ---------------------------------------------------------------------------
+# The optax mask transformation.
+
+
+def _masked_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+              "dense": {"kernel": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)}}
+    mask = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.random(p.shape) < 0.6), params)
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+             for _ in range(12)]
+    return params, mask, grads
+
+
+@pytest.mark.parametrize("inner", [
+    optax.sgd(0.1, momentum=0.9, nesterov=True),
+    optax.adam(1e-2),
+    optax.adamw(1e-2, weight_decay=0.1),
+    optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9)),
+], ids=["sgd", "adam", "adamw", "sgd+decay"])
+def test_masked_keeps_pruned_weights_zero_and_leaves_kept_ones_alone(inner):
+    params, mask, grads = _masked_problem()
+    tx = pruning.masked(inner, mask)
+    p = pruning.apply_mask(params, mask)
+    state = tx.init(p)
+    # The reference: the plain optimizer on gradients that are zero where pruned.
+    q, ref_state = p, inner.init(p)
+    step = jax.jit(tx.update)
+    for i, g in enumerate(grads):
+        if i == 3:  # a NaN gradient on pruned weights must not leak anywhere
+            g = jax.tree_util.tree_map(lambda x, m: jnp.where(m, x, jnp.nan), g, mask)
+        updates, state = step(g, state, p)
+        p = optax.apply_updates(p, updates)
+        ref_updates, ref_state = inner.update(pruning.apply_mask(g, mask), ref_state, q)
+        q = optax.apply_updates(q, ref_updates)
+    for x, y, m in zip(*(jax.tree_util.tree_leaves(t) for t in (p, q, mask))):
+        x, y, m = np.asarray(x), np.asarray(y), np.asarray(m)
+        assert np.all(x[~m] == 0) and not np.any(np.signbit(x[~m]))  # +0.0 exactly
+        np.testing.assert_allclose(x[m], y[m], rtol=1e-5, atol=1e-6)  # jit vs eager rounding
+    moved = [np.abs(np.asarray(a) - np.asarray(b))[np.asarray(m)].max()
+             for a, b, m in zip(*(jax.tree_util.tree_leaves(t) for t in (p, params, mask)))]
+    assert min(moved) > 0  # the kept weights did train
+
+
+def test_masked_zeroes_weights_that_were_not_pruned_yet():
+    params, mask, grads = _masked_problem(1)
+    tx = pruning.masked(optax.adamw(1e-3, weight_decay=1e-2), mask)
+    updates, _ = tx.update(grads[0], tx.init(params), params)
+    p = optax.apply_updates(params, updates)
+    for x, m in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(mask)):
+        assert np.all(np.asarray(x)[~np.asarray(m)] == 0)
+
+
+def test_masked_refuses_a_mask_of_another_structure():
+    params, mask, _ = _masked_problem()
+    with pytest.raises(ValueError, match="structure"):
+        pruning.masked(optax.sgd(0.1), {"conv": mask["conv"]}).init(params)
