@@ -1,27 +1,26 @@
-"""Pieces the experiment binaries share: flag checks, data, dense models, the loop.
+"""Pieces the experiments share: data, dense models, progress lines.
 
-Everything here is glue between absl flags and `kpjax`; no algorithm lives
-here. Progress lines (with ETA) go through absl logging.
+Glue between a config (`experiments.config`) and `kpjax`; no algorithm
+lives here, and nothing reads flags. Progress lines (with ETA) go through
+absl logging. Errors a user can fix are ValueErrors with one-line messages.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging as std_logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import numpy as np
-from absl import app, logging
+from absl import logging
 
-from kpjax import checkpoints, data, models, torch_import, train
+from experiments.config import DataConfig
+from kpjax import checkpoints, data, loop, models, torch_import, train
 
 PyTree = Any
-TORCH_SUFFIXES = (".pt", ".pth", ".th", ".tar")
 
 
 class QuietOrbax(std_logging.Filter):
@@ -37,88 +36,27 @@ def quiet_orbax() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Flags.
-
-
-def run(main: Callable[[list[str]], Any]) -> None:
-    """`app.run(main)`, but a bad flag value stops with one line, not the whole help."""
-
-    def main_with_short_usage_errors(argv):
-        try:
-            return main(argv)
-        except app.UsageError as e:
-            sys.stderr.write(f"usage error: {e}\n(--help lists the flags)\n")
-            sys.exit(2)
-
-    app.run(main_with_short_usage_errors)
-
-
-def parse_floats(name: str, values: Sequence[str]) -> list[float]:
-    try:
-        out = [float(v) for v in values]
-    except ValueError:
-        raise app.UsageError(f"--{name} must be numbers, got {','.join(values)}") from None
-    if not out:
-        raise app.UsageError(f"--{name} must not be empty")
-    return out
-
-
-def parse_ints(name: str, values: Sequence[str], minimum: int = 0) -> list[int]:
-    try:
-        out = [int(v) for v in values]
-    except ValueError:
-        raise app.UsageError(f"--{name} must be integers, got {','.join(values)}") from None
-    if not out:
-        raise app.UsageError(f"--{name} must not be empty")
-    if any(v < minimum for v in out):
-        raise app.UsageError(f"--{name} values must be >= {minimum}, got {out}")
-    return out
-
-
-def check_compressions(values: Sequence[float]) -> None:
-    for c in values:
-        if not np.isfinite(c) or c <= 1.0:
-            raise app.UsageError(f"--compressions must be finite and > 1, got {c:g}")
-
-
-def model_spec(name: str) -> models.ModelSpec:
-    try:
-        return models.get_model(name)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-
-
-# ---------------------------------------------------------------------------
 # Data.
 
 
-def load_data(
-    spec: models.ModelSpec,
-    name: str | None,
-    data_dir: str | None,
-    download: bool,
-    *,
-    synthetic_examples: int = 4096,
-    max_train: int | None = None,
-    max_test: int | None = None,
-    seed: int = 0,
-) -> data.Dataset:
-    """The model's dataset (or `name`), optionally cut to its first examples.
+def load_data(config: DataConfig, seed: int = 0) -> data.Dataset:
+    """The config's dataset, optionally cut to its first examples.
 
-    A missing dataset stops the binary at once with the ways to provide it.
+    Raises:
+      ValueError: the images do not fit the model.
+      DataNotFoundError: the files are gone (an OSError, with the ways to
+        provide them).
     """
-    name = name or spec.dataset
-    try:
-        if name == "synthetic":
-            dataset = data.load_dataset(
-                name, image_shape=spec.input_shape, num_train=synthetic_examples,
-                num_test=max(synthetic_examples // 4, 1), seed=seed)
-        else:
-            dataset = data.load_dataset(name, data_dir, download=download)
-    except (data.DataNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    spec, name = config.spec(), config.dataset_name
+    max_train, max_test = config.max_train_examples, config.max_test_examples
+    if name == "synthetic":
+        dataset = data.load_dataset(
+            name, image_shape=spec.input_shape, num_train=config.synthetic_examples,
+            num_test=max(config.synthetic_examples // 4, 1), seed=seed)
+    else:
+        dataset = data.load_dataset(name, config.data_dir, download=config.download)
     if dataset.train_images.shape[1:] != spec.input_shape:
-        raise app.UsageError(
+        raise ValueError(
             f"--model={spec.name} expects {spec.input_shape} images; "
             f"--data={name} has {dataset.train_images.shape[1:]}")
     if max_train or max_test:
@@ -130,10 +68,15 @@ def load_data(
     return dataset
 
 
-def normalize_fn(spec: models.ModelSpec, dataset: data.Dataset, variant: str) -> Callable:
-    norm_dataset = spec.dataset if dataset.name == "synthetic" else dataset.name
-    mean, std = data.get_normalization(norm_dataset, variant)
+def normalize_fn(config: DataConfig, dataset: data.Dataset) -> Callable:
+    norm_dataset = config.spec().dataset if dataset.name == "synthetic" else dataset.name
+    mean, std = data.get_normalization(norm_dataset, config.normalization)
     return lambda images: data.normalize(images, mean, std)
+
+
+def augment_fn(config: DataConfig, dataset: data.Dataset) -> Callable | None:
+    on = config.augment == "on" or (config.augment == "auto" and dataset.name == "cifar10")
+    return data.augment_cifar if on else None
 
 
 # ---------------------------------------------------------------------------
@@ -145,19 +88,24 @@ def init_variables(spec: models.ModelSpec, seed: int) -> PyTree:
                             np.zeros((1, *spec.input_shape), np.float32), train=False)
 
 
+def variables_template(spec: models.ModelSpec) -> PyTree:
+    """Shapes and dtypes of the model's variables (nothing computed)."""
+    return jax.eval_shape(lambda: init_variables(spec, 0))
+
+
 def load_variables(path: str, spec: models.ModelSpec) -> PyTree:
     """{'params', 'batch_stats'?} from a PyTorch file or an orbax checkpoint directory."""
     path = os.path.expanduser(path)
     if not os.path.exists(path):
-        raise app.UsageError(f"--init_checkpoint={path}: no such file or directory")
-    template = jax.eval_shape(lambda: init_variables(spec, 0))
+        raise ValueError(f"--init_checkpoint={path}: no such file or directory")
+    template = variables_template(spec)
     try:
         if os.path.isdir(path):
             variables = checkpoints.restore_variables(path, template)
         else:
             variables = torch_import.import_torch_checkpoint(path, template, spec.flattened_inputs)
     except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(f"--init_checkpoint={path}: {e}") from None
+        raise ValueError(f"--init_checkpoint={path}: {e}") from None
     return jax.tree_util.tree_map(np.asarray, variables)
 
 
@@ -211,18 +159,24 @@ def fmt_seconds(seconds: float) -> str:
 def run_steps(
     train_step: Callable,
     state: train.TrainState,
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    batches_from: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
     num_steps: int,
     desc: str,
+    checkpointing: loop.Checkpointing | None = None,
 ) -> train.TrainState:
-    """`num_steps` training steps with a progress bar (loss from the last step)."""
+    """`num_steps` more steps of `kpjax.loop.train_steps` with a progress bar
+    (resuming from `checkpointing`, if given); logs the last batch's loss."""
     progress = Progress(num_steps, desc)
-    metrics = None
-    for images, labels in itertools.islice(batches, num_steps):
-        state, metrics = train_step(state, images, labels)
+    last: list[Any] = []
+
+    def on_step(step, state, metrics):
         progress.update(1, wait=lambda: jax.block_until_ready(metrics))
-    if metrics is not None:
-        logging.info("%s done: last batch loss %.4f", desc, float(metrics["loss"]))
+        last[:] = [metrics]
+
+    state = loop.train_steps(train_step, state, batches_from, int(state.step) + num_steps,
+                             checkpointing=checkpointing, on_step=on_step)
+    if last:
+        logging.info("%s done: last batch loss %.4f", desc, float(last[0]["loss"]))
     return state
 
 

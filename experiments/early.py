@@ -1,6 +1,7 @@
 r"""Koopman pruning early in training: how do KMP and GMP compare before convergence?
 
-For each seed the model is trained from scratch (--train_lr, ...). For every
+For each seed the model is trained from scratch (--train_lr, ...; the
+defaults live in `experiments.config.EarlyConfig`). For every
 epoch e in --prune_epochs, a window of --window_steps training steps starting
 at epoch e (step e·S, S steps an epoch) is recorded with the training
 optimizer; the Koopman operator is fitted on it, and θ(t₂), the params at the
@@ -23,20 +24,13 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments import common, pipeline, plots
-from experiments.pipeline import FLAGS
+from experiments import cli, common, pipeline, plots
+from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
-from kpjax import checkpoints, train
+from kpjax import loop, train
 
-flags.DEFINE_list("prune_epochs", ["0", "1", "2", "4", "8"], "Epochs at which a window starts.")
-flags.DEFINE_integer("window_steps", None, "Steps of each Koopman window; default one epoch.")
-flags.DEFINE_float("train_lr", 0.05, "Training learning rate (SGD).")
-flags.DEFINE_float("train_momentum", 0.9, "Training momentum.")
-flags.DEFINE_float("train_weight_decay", 0.0, "Training weight decay.")
-
-_RUN_KEYS = pipeline.RUN_KEYS + ("window_steps", "train_lr", "train_momentum", "train_weight_decay")
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")
 
 
@@ -49,12 +43,13 @@ class MainRun:
     """One seed's training from scratch, advanced to a step on demand and
     checkpointed at every window start so that a rerun resumes there."""
 
-    def __init__(self, setup: pipeline.Setup, seed: int):
+    def __init__(self, setup: pipeline.Setup, seed: int, workdir: str):
         self.setup, self.seed = setup, seed
-        self.tx = train.make_optimizer(FLAGS.train_lr, momentum=FLAGS.train_momentum,
-                                       nesterov=False, weight_decay=FLAGS.train_weight_decay)
+        self.tx = setup.config.train.optimizer(setup.steps_per_epoch)
         self.step_fn = setup.train_step(self.tx)
-        self.directory = os.path.abspath(os.path.join(FLAGS.workdir, f"seed{seed}", "main"))
+        self.checkpointing = loop.Checkpointing(
+            os.path.abspath(os.path.join(workdir, f"seed{seed}", "main")),
+            metadata={"model": setup.spec.name, "seed": seed}, max_to_keep=None)
         self.state = setup.state(common.init_variables(setup.spec, seed), seed, tx=self.tx)
 
     def at(self, step: int) -> train.TrainState:
@@ -63,26 +58,23 @@ class MainRun:
         if step < current:
             raise ValueError(f"main run is at step {current}, cannot go back to {step}")
         if step > current:
-            saved = [s for s in checkpoints.saved_steps(self.directory) if current < s <= step]
-            if saved:
-                self.state, _ = checkpoints.restore_checkpoint(self.directory, self.state, max(saved))
+            self.state = loop.restore_latest(self.checkpointing, self.state, step)
             todo = step - int(self.state.step)
             if todo:
-                stream = self.setup.stream(self.seed, pipeline.PRETRAIN, int(self.state.step))
-                self.state = common.run_steps(self.step_fn, self.state, stream, todo,
-                                              f"seed {self.seed} train to step {step}")
-                with checkpoints.checkpoint_manager(self.directory, max_to_keep=None) as manager:
-                    checkpoints.save_checkpoint(manager, self.state)
+                self.state = common.run_steps(
+                    self.step_fn, self.state, self.setup.stream(self.seed, pipeline.PRETRAIN),
+                    todo, f"seed {self.seed} train to step {step}", self.checkpointing)
         return _copy(self.state)
 
 
 def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
+    config = setup.config
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
     lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
     sep = group_mean_std(window_rows, ("prune_epoch",), "lambda1_separation")
     out = [f"# Early pruning of {setup.spec.name} on {setup.dataset.name}", "",
-           f"Seeds {setup.seeds}; windows of {FLAGS.window_steps or setup.steps_per_epoch} steps "
+           f"Seeds {setup.seeds}; windows of {config.window_steps or setup.steps_per_epoch} steps "
            f"starting at epochs {epochs}; top-1 % mean ± std over seeds.", ""]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
         body = []
@@ -106,40 +98,34 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
     return "\n".join(out)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.quiet_orbax()
-    epochs = sorted(set(common.parse_ints("prune_epochs", FLAGS.prune_epochs, minimum=0)))
-    if FLAGS.window_steps is not None and FLAGS.window_steps < 2:
-        raise app.UsageError("--window_steps must be >= 2 (a DMD fit needs 3 snapshots)")
-    if FLAGS.train_lr <= 0:
-        raise app.UsageError("--train_lr must be > 0")
-    setup = pipeline.Setup()
-    FLAGS.workdir = FLAGS.workdir or "runs/early"
-    pipeline.check_workdir(FLAGS.workdir, _RUN_KEYS)
-    steps = FLAGS.window_steps or setup.steps_per_epoch
+def run(config: EarlyConfig, workdir: str) -> str:
+    """Runs (or resumes) the early-training study in `workdir`; returns summary.md."""
+    epochs = list(config.prune_epochs)
+    setup = pipeline.Setup(config)
+    pipeline.check_workdir(workdir, config)
+    steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
-    table = ResultTable(FLAGS.workdir, _CELL)
-    overlap = ResultTable(FLAGS.workdir, ("model", "prune_epoch", "pair", "compression", "seed"),
+    table = ResultTable(workdir, _CELL)
+    overlap = ResultTable(workdir, ("model", "prune_epoch", "pair", "compression", "seed"),
                           stem="overlap")
-    windows = ResultTable(FLAGS.workdir, ("model", "prune_epoch", "seed"), stem="windows")
+    windows = ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows")
     cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.methods
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
                                                method=x[2], compression=x[3])]
-    logging.info("%s: %d cells, %d to do; workdir %s", model, len(cells), len(todo), FLAGS.workdir)
+    logging.info("%s: %d cells, %d to do; workdir %s", model, len(cells), len(todo), workdir)
     progress = common.Progress(len(todo), "cells", every_s=0.0)
     spectra = {}
     for seed in setup.seeds:
-        run = MainRun(setup, seed)
+        main_run = MainRun(setup, seed, workdir)
         for e in epochs:
-            path = os.path.join(FLAGS.workdir, f"seed{seed}", f"window_epoch{e}.npz")
+            path = os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz")
             window = pipeline.cached_window(setup, path)
             if window is None:
+                start = e * setup.steps_per_epoch
                 window = pipeline.record_window(
-                    setup, run.at(e * setup.steps_per_epoch), run.step_fn,
-                    setup.stream(seed, pipeline.PRETRAIN, e * setup.steps_per_epoch), steps, seed,
+                    setup, main_run.at(start), main_run.step_fn,
+                    setup.stream(seed, pipeline.PRETRAIN)(start), steps, seed,
                     path, f"seed {seed} epoch {e}")
             if seed == setup.seeds[0]:
                 spectra[e] = window.eigenvalues
@@ -160,19 +146,23 @@ def main(argv):
                 progress.update(1)
 
     summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows)
-    atomic_write_text(os.path.join(FLAGS.workdir, "summary.md"), summary)
-    out = lambda name: os.path.join(FLAGS.workdir, name)
-    plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"), "finetuned" if FLAGS.finetune_epochs else "pruned")
+    atomic_write_text(os.path.join(workdir, "summary.md"), summary)
+    out = lambda name: os.path.join(workdir, name)
+    plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"),
+                            "finetuned" if config.finetune_epochs else "pruned")
     if overlap.rows:
         plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window")
     plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"))
     plots.spectra_by(spectra, out("fig_spectra.png"), "epoch")
-    print(summary)
+    return summary
+
+
+def main(argv) -> None:
+    values = flags.FLAGS.flag_values_dict()
+    common.quiet_orbax()
+    print(run(cli.build_config(EarlyConfig, values), values["workdir"]))
 
 
 if __name__ == "__main__":
-    # The question here is KMP vs GMP; the shared defaults (4 methods × 5
-    # compressions) would cost 100 fine-tuning epochs for 5 windows.
-    flags.FLAGS.set_default("methods", ["kmp", "gmp"])
-    flags.FLAGS.set_default("compressions", ["4", "16"])
-    common.run(main)
+    cli.define_flags(EarlyConfig, default_workdir="runs/early")
+    cli.run_main(main)

@@ -166,6 +166,31 @@ def load_dataset(
     return _load_cifar10(data_dir, download)
 
 
+def check_available(
+    name: str, data_dir: str | os.PathLike | None = None, download: bool = False
+) -> None:
+    """Raises what `load_dataset` would for missing files, without reading them.
+
+    For validating a configuration before any training: an unknown name is a
+    ValueError, absent originals (and no `download`) a `DataNotFoundError`
+    listing the ways to provide them. Synthetic data is always available.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}.")
+    if name == "synthetic" or download or (name == "mnist" and data_dir is None):
+        return
+    if name == "mnist":
+        missing = [o.filename for o in _MNIST_ORIGINALS.values()
+                   if _find_mnist_file(data_dir, o.filename) is None]
+        if missing:
+            raise _not_found("mnist", data_dir, missing, "(gzipped or not)")
+        return
+    if data_dir is None or not any((Path(data_dir) / o.filename).is_file()
+                                   for o in (_CIFAR10_BINARY, _CIFAR10_PYTHON)):
+        raise _not_found("cifar10", data_dir,
+                         [_CIFAR10_BINARY.filename, _CIFAR10_PYTHON.filename], "(either)")
+
+
 def _load_mnist(data_dir, download: bool) -> Dataset:
     if data_dir is None and not download:
         package_dir = importlib.resources.files("kpjax") / "mnist_data"

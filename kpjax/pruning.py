@@ -103,6 +103,13 @@ def scores_from_flat(flat: jax.Array, spec: flatten.FlatSpec, params: PyTree) ->
     return flatten.unravel_selected(flat.astype(jnp.float32), spec, zeros)
 
 
+def kmp_flat_scores(snapshots: Any, fit: koopman.DMDFit) -> jax.Array:
+    """|b_1 φ_1| over Θ's columns (float32, shape (N,)); see `kmp_scores`."""
+    phi = koopman.fixed_point_mode(snapshots, fit)
+    with jax.enable_x64(True):
+        return jnp.abs(phi).astype(jnp.float32)
+
+
 def kmp_scores(
     snapshots: Any, fit: koopman.DMDFit, spec: flatten.FlatSpec, params: PyTree
 ) -> PyTree:
@@ -112,10 +119,16 @@ def kmp_scores(
     independent of the eigenvector's phase; for a real λ_1 they agree. At
     convergence b_1 φ_1 = θ*, so KMP ≡ GMP.
     """
-    phi = koopman.fixed_point_mode(snapshots, fit)
+    return scores_from_flat(kmp_flat_scores(snapshots, fit), spec, params)
+
+
+def kgp_flat_scores(snapshots: Any, fit: koopman.DMDFit) -> jax.Array:
+    """|θ(t2) ⊙ Δθ_K(t2)| over Θ's columns (float32, (N,)); see `kgp_scores`."""
+    t2 = snapshots.shape[0] - 1
+    step = koopman.predicted_step(snapshots, fit, t2)
     with jax.enable_x64(True):
-        flat = jnp.abs(phi).astype(jnp.float32)
-    return scores_from_flat(flat, spec, params)
+        theta = jnp.asarray(snapshots[t2]).astype(jnp.float64)
+        return jnp.abs(theta * step).astype(jnp.float32)
 
 
 def kgp_scores(
@@ -126,33 +139,27 @@ def kgp_scores(
     Δθ_K(t) = Σ_i b_i (λ_i − 1) λ_i^t φ_i is the Koopman-predicted step, which
     under gradient descent equals −η∇L; so KGP ≡ gradient pruning up to the
     global scale η. (The paper's code never released KGP; this is the
-    definition of DESIGN.md §1.)
+    definition of docs/DESIGN.md §1.)
     """
-    t2 = snapshots.shape[0] - 1
-    step = koopman.predicted_step(snapshots, fit, t2)
-    with jax.enable_x64(True):
-        theta = jnp.asarray(snapshots[t2]).astype(jnp.float64)
-        flat = jnp.abs(theta * step).astype(jnp.float32)
-    return scores_from_flat(flat, spec, params)
+    return scores_from_flat(kgp_flat_scores(snapshots, fit), spec, params)
 
 
-def layer_kmp_scores(
-    snapshots: Any, spec: flatten.FlatSpec, params: PyTree, rcond: float = koopman.DEFAULT_RCOND
-) -> PyTree:
+def layer_kmp_flat_scores(
+    snapshots: Any, spec: flatten.FlatSpec, rcond: float = koopman.DEFAULT_RCOND
+) -> jax.Array:
     """KMP with one Koopman fit per layer (tensor), fitted together (batched).
 
     Each tensor gets its own fixed-point mode |b_1^(l) φ_1^(l)|; use with a
-    layerwise mask, since per-layer modes share no common scale.
+    layerwise mask, since per-layer modes share no common scale. Flat over
+    Θ's columns, float32.
     """
     fits = koopman.fit_dmd_batched(koopman.segment_grams(snapshots, spec), rcond=rcond)
     ends = list(spec.offsets[1:]) + [spec.size]
     parts = []
     for layer, (start, end) in enumerate(zip(spec.offsets, ends)):
         fit = jax.tree_util.tree_map(lambda x: x[layer], fits)
-        phi = koopman.fixed_point_mode(snapshots[:, start:end], fit)
-        with jax.enable_x64(True):
-            parts.append(jnp.abs(phi).astype(jnp.float32))
-    return scores_from_flat(jnp.concatenate(parts), spec, params)
+        parts.append(kmp_flat_scores(snapshots[:, start:end], fit))
+    return jnp.concatenate(parts)
 
 
 # ---------------------------------------------------------------------------
@@ -194,45 +201,72 @@ def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
     return keep.at[order[:k]].set(True)
 
 
-def _validate_scores(scores: PyTree, select: PyTree) -> None:
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+
+
+def _check_finite(flat: jax.Array, spec: flatten.FlatSpec) -> None:
+    finite = np.asarray(jnp.isfinite(flat))
+    if not finite.all():
+        first = int(np.argmin(finite))
+        leaf = int(np.searchsorted(spec.offsets, first, side="right")) - 1
+        raise ValueError(f"scores of {'/'.join(spec.paths[leaf])} contain NaN or Inf")
+
+
+def global_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+    """One threshold over all scores: keep the round(f·N) largest |scores|.
+
+    Args:
+      flat: scores over the prunable parameters θ ∈ R^N (layout `spec`).
+      spec: the FlatSpec of the prunable leaves.
+      fraction: f in (0, 1], from `keep_fraction`.
+
+    Returns:
+      Bool (N,), True = keep.
+    """
+    _check_fraction(fraction)
+    _check_finite(flat, spec)
+    return _top_k_mask(jnp.abs(flat.astype(jnp.float32)), int(round(fraction * spec.size)))
+
+
+def layerwise_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+    """One threshold per tensor: keep round(f·size) largest |scores| of each."""
+    _check_fraction(fraction)
+    _check_finite(flat, spec)
+    ends = list(spec.offsets[1:]) + [spec.size]
+    parts = [_top_k_mask(jnp.abs(flat[s:e].astype(jnp.float32)), int(round(fraction * (e - s))))
+             for s, e in zip(spec.offsets, ends)]
+    return jnp.concatenate(parts)
+
+
+def mask_from_flat(keep: jax.Array, spec: flatten.FlatSpec, params: PyTree) -> PyTree:
+    """The bool pytree like params of a flat mask (True on unprunable leaves)."""
+    ones = jax.tree_util.tree_map(lambda x: jnp.ones(jnp.shape(x), bool), params)
+    return flatten.unravel_selected(keep, spec, ones)
+
+
+def _tree_mask(flat_mask_fn, scores: PyTree, select: PyTree, fraction: float) -> PyTree:
     _check_same_structure(scores, select, "scores and the prunable selection")
-    for (path, s), sel in zip(_paths_and_leaves(scores), jax.tree_util.tree_leaves(select)):
-        if sel and not bool(jnp.all(jnp.isfinite(s))):
-            raise ValueError(f"scores of {'/'.join(path)} contain NaN or Inf")
+    spec = flatten.flat_spec(scores, select)
+    return mask_from_flat(flat_mask_fn(flatten.ravel_with_spec(scores, spec), spec, fraction),
+                          spec, scores)
 
 
 def global_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
-    """One threshold over all prunable scores: keep round(f·n) largest |scores|.
+    """`global_flat_mask` on pytrees: scores and mask like params.
 
     Args:
       scores: pytree like params.
       select: bool pytree, the prunable leaves (e.g. from `prunable`).
       fraction: f in (0, 1], from `keep_fraction`.
     """
-    _validate_scores(scores, select)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
-    spec = flatten.flat_spec(scores, select)
-    flat = flatten.ravel_with_spec(scores, spec)
-    k = int(round(fraction * spec.size))
-    keep = _top_k_mask(jnp.abs(flat.astype(jnp.float32)), k)
-    ones = jax.tree_util.tree_map(lambda x: jnp.ones(jnp.shape(x), bool), scores)
-    return flatten.unravel_selected(keep, spec, ones)
+    return _tree_mask(global_flat_mask, scores, select, fraction)
 
 
 def layerwise_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
-    """One threshold per prunable tensor: keep round(f·size) largest |scores| of each."""
-    _validate_scores(scores, select)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
-
-    def one(s, sel):
-        if not sel:
-            return jnp.ones(jnp.shape(s), bool)
-        flat = jnp.abs(jnp.ravel(s).astype(jnp.float32))
-        return _top_k_mask(flat, int(round(fraction * flat.size))).reshape(jnp.shape(s))
-
-    return jax.tree_util.tree_map(one, scores, select)
+    """`layerwise_flat_mask` on pytrees."""
+    return _tree_mask(layerwise_flat_mask, scores, select, fraction)
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
@@ -330,17 +364,19 @@ class PruningMethod(NamedTuple):
     """A registered method: a score function, its mask, and what it needs.
 
     Attributes:
-      score_fn: PruneInputs -> scores (pytree like params).
-      mask_fn: (scores, select, keep fraction) -> mask; `global_mask` or
-        `layerwise_mask`.
+      score_fn: PruneInputs -> scores, a flat float vector over the prunable
+        parameters (layout `flatten.flat_spec(params, select)`): scores stay
+        flat from the fit to the mask.
+      flat_mask_fn: (scores, spec, keep fraction) -> flat bool mask;
+        `global_flat_mask` or `layerwise_flat_mask`.
       needs: the PruneInputs fields besides params/select that score_fn
-        reads; `method_scores` checks them before scoring, and experiments
-        read them to know what to compute (a gradient batch, a trajectory).
+        reads; `method_flat_scores` checks them before scoring, and
+        experiments read them to know what to compute.
       description: one line, shown in the binaries' --help.
     """
 
-    score_fn: Callable[[PruneInputs], PyTree]
-    mask_fn: Callable[[PyTree, PyTree, float], PyTree]
+    score_fn: Callable[[PruneInputs], jax.Array]
+    flat_mask_fn: Callable[[jax.Array, flatten.FlatSpec, float], jax.Array]
     needs: tuple[str, ...] = ()
     description: str = ""
 
@@ -365,6 +401,32 @@ def _trajectory(inputs: PruneInputs, method: str):
     return inputs.snapshots, fit, spec
 
 
+def _prunable_flat(flat: jax.Array, spec: flatten.FlatSpec, inputs: PruneInputs) -> jax.Array:
+    """Scores over Θ's columns as scores over the prunable parameters (the same
+    vector when Θ records exactly the prunable leaves, the usual case)."""
+    target = flatten.flat_spec(inputs.params, inputs.select)
+    if spec.paths == target.paths:
+        return flat
+    return flatten.ravel_with_spec(scores_from_flat(flat, spec, inputs.params), target)
+
+
+def _koopman_method(flat_fn):
+    def score(inputs: PruneInputs) -> jax.Array:
+        snapshots, fit, spec = _trajectory(inputs, "a Koopman method")
+        return _prunable_flat(flat_fn(snapshots, fit), spec, inputs)
+    return score
+
+
+def _layer_kmp(inputs: PruneInputs) -> jax.Array:
+    _trajectory(inputs, "layer_kmp")
+    return _prunable_flat(layer_kmp_flat_scores(inputs.snapshots, inputs.spec), inputs.spec, inputs)
+
+
+def from_tree_scores(fn: Callable[[PruneInputs], PyTree]) -> Callable[[PruneInputs], jax.Array]:
+    """A pytree score function as a flat one (over the prunable parameters)."""
+    return lambda i: flatten.ravel_with_spec(fn(i), flatten.flat_spec(i.params, i.select))
+
+
 METHODS: dict[str, PruningMethod] = {}
 
 
@@ -381,30 +443,56 @@ def get_method(name: str) -> PruningMethod:
         raise ValueError(f"unknown pruning method {name!r}; known: {sorted(METHODS)}") from None
 
 
-def method_scores(name: str, inputs: PruneInputs) -> PyTree:
-    """Scores of method `name` (pytree like params); reusable across compressions."""
+def method_flat_scores(name: str, inputs: PruneInputs) -> jax.Array:
+    """Scores of method `name` over the prunable parameters (flat, float32);
+    reusable across compressions."""
     method = get_method(name)
     missing = [f for f in method.needs if getattr(inputs, f) is None]
     if missing:
         raise ValueError(f"method {name!r} needs PruneInputs.{', '.join(missing)}")
+    _check_same_structure(inputs.params, inputs.select, "params and select")
     return method.score_fn(inputs)
+
+
+def method_scores(name: str, inputs: PruneInputs) -> PyTree:
+    """Scores of method `name` as a pytree like params (zeros off the prunable set)."""
+    spec = flatten.flat_spec(inputs.params, inputs.select)
+    return scores_from_flat(method_flat_scores(name, inputs), spec, inputs.params)
+
+
+def method_flat_mask(
+    name: str, flat_scores: jax.Array, spec: flatten.FlatSpec, total: int, compression: float
+) -> jax.Array:
+    """The flat mask of method `name` at compression c = total / nonzero.
+
+    Args:
+      flat_scores: from `method_flat_scores`.
+      spec: the FlatSpec of the prunable parameters.
+      total: all parameters of the model (unprunable ones too).
+      compression: c >= 1.
+    """
+    fraction = keep_fraction(compression, total, spec.size)
+    return get_method(name).flat_mask_fn(flat_scores, spec, fraction)
 
 
 def method_mask(
     name: str, scores: PyTree, params: PyTree, select: PyTree, compression: float
 ) -> PyTree:
-    """The mask of method `name` from its scores at compression c (total / nonzero)."""
-    method = get_method(name)
+    """The mask of method `name` from its (pytree) scores at compression c."""
     _check_same_structure(params, select, "params and select")
-    fraction = keep_fraction(compression, count_params(params), count_params(params, select))
-    return method.mask_fn(scores, select, fraction)
+    _check_same_structure(scores, select, "scores and the prunable selection")
+    spec = flatten.flat_spec(params, select)
+    keep = method_flat_mask(name, flatten.ravel_with_spec(scores, spec), spec,
+                            count_params(params), compression)
+    return mask_from_flat(keep, spec, params)
 
 
 def prune(name: str, inputs: PruneInputs, compression: float) -> PyTree:
     """The mask of method `name` at compression ratio c (total / nonzero)."""
-    return method_mask(
-        name, method_scores(name, inputs), inputs.params, inputs.select, compression
-    )
+    spec = flatten.flat_spec(inputs.params, inputs.select)
+    keep = method_flat_mask(name, method_flat_scores(name, inputs), spec,
+                            count_params(inputs.params), compression)
+    return mask_from_flat(keep, spec, inputs.params)
 
 
 def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
@@ -421,26 +509,26 @@ def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
 _TRAJECTORY = ("snapshots", "spec")
 
 register_method("gmp", PruningMethod(
-    lambda i: magnitude_scores(i.params), global_mask, (),
+    from_tree_scores(lambda i: magnitude_scores(i.params)), global_flat_mask, (),
     "global magnitude pruning: |θ|, one threshold"))
 register_method("layer_mag", PruningMethod(
-    lambda i: magnitude_scores(i.params), layerwise_mask, (),
+    from_tree_scores(lambda i: magnitude_scores(i.params)), layerwise_flat_mask, (),
     "layerwise magnitude pruning: |θ|, one threshold per tensor"))
 register_method("grad", PruningMethod(
-    lambda i: gradient_scores(i.params, i.grads), global_mask, ("grads",),
+    from_tree_scores(lambda i: gradient_scores(i.params, i.grads)), global_flat_mask, ("grads",),
     "global gradient pruning: |θ ⊙ ∂L/∂θ| on one batch"))
 register_method("layer_grad", PruningMethod(
-    lambda i: gradient_scores(i.params, i.grads), layerwise_mask, ("grads",),
+    from_tree_scores(lambda i: gradient_scores(i.params, i.grads)), layerwise_flat_mask, ("grads",),
     "layerwise gradient pruning"))
 register_method("random", PruningMethod(
-    lambda i: random_scores(i.params, i.rng), global_mask, ("rng",),
+    from_tree_scores(lambda i: random_scores(i.params, i.rng)), global_flat_mask, ("rng",),
     "uniformly random global pruning"))
 register_method("kmp", PruningMethod(
-    lambda i: kmp_scores(*_trajectory(i, "kmp"), i.params), global_mask, _TRAJECTORY,
+    _koopman_method(kmp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1"))
 register_method("kgp", PruningMethod(
-    lambda i: kgp_scores(*_trajectory(i, "kgp"), i.params), global_mask, _TRAJECTORY,
+    _koopman_method(kgp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman gradient pruning: |θ(t₂) ⊙ Δθ_K(t₂)|"))
 register_method("layer_kmp", PruningMethod(
-    lambda i: layer_kmp_scores(i.snapshots, i.spec, i.params), layerwise_mask, _TRAJECTORY,
+    _layer_kmp, layerwise_flat_mask, _TRAJECTORY,
     "KMP with one Koopman fit per tensor, layerwise masks"))

@@ -643,3 +643,17 @@ def test_batch_stream_resumes_at_any_global_step():
             np.testing.assert_array_equal(la, lb)
     with pytest.raises(ValueError, match="start_step"):
         next(data.batch_stream(images, labels, 4, seed=0, start_step=-1))
+
+
+def test_check_available_says_what_load_dataset_would(tmp_path):
+    data.check_available("mnist")  # the embedded copy
+    data.check_available("synthetic")
+    data.check_available("cifar10", download=True)  # nothing fetched by a check
+    with pytest.raises(data.DataNotFoundError, match="No cifar10 data found"):
+        data.check_available("cifar10", tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+        data.check_available("mnist", tmp_path)
+    with pytest.raises(ValueError, match="Unknown dataset 'svhn'"):
+        data.check_available("svhn")
+    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(b"")
+    data.check_available("cifar10", tmp_path)  # present; corruption is load_dataset's to report

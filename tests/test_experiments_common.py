@@ -1,33 +1,10 @@
-"""Tests for experiments.common: flag parsing errors, progress formatting."""
+"""Tests for experiments.common: progress lines."""
 
 import logging as py_logging
 
-import pytest
-from absl import app, logging
+from absl import logging
 
 from experiments import common
-
-
-def test_parse_ints_and_floats():
-    assert common.parse_ints("seeds", ["0", "2"]) == [0, 2]
-    assert common.parse_floats("compressions", ["2", "4.5"]) == [2.0, 4.5]
-    with pytest.raises(app.UsageError, match="--seeds must be integers"):
-        common.parse_ints("seeds", ["a"])
-    with pytest.raises(app.UsageError, match="must not be empty"):
-        common.parse_floats("compressions", [])
-    with pytest.raises(app.UsageError, match=">= 0"):
-        common.parse_ints("prune_epochs", ["-1"])
-
-
-@pytest.mark.parametrize("c", [1.0, 0.5, float("inf"), float("nan")])
-def test_check_compressions_rejects_impossible_ratios(c):
-    with pytest.raises(app.UsageError, match="> 1"):
-        common.check_compressions([2.0, c])
-
-
-def test_unknown_model_is_a_usage_error():
-    with pytest.raises(app.UsageError, match="mnistnet"):
-        common.model_spec("lenet7")
 
 
 def test_fmt_seconds_and_rate():

@@ -1,31 +1,21 @@
-"""Tests for the experiments.train binary (run as a subprocess, as users do)."""
+"""Tests for experiments.train, in-process: resume, results, refusals.
+
+(A workdir of another run is refused by `kpjax.loop`: tests/test_loop.py.)
+"""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model=mnistnet_tiny", "--data=synthetic",
-        "--synthetic_examples=200", "--batch_size=32", "--eval_batch_size=64",
-        "--checkpoint_every=3", "--log_every=4", "--nesterov"]
+from experiments import train as train_binary
+from experiments.config import SGD, TrainConfig
 
-
-def run(*flags, cache_dir=None):
-    env = dict(os.environ)
-    if cache_dir is not None:  # later runs reuse the first one's compilations
-        env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return subprocess.run([sys.executable, "-m", "experiments.train", *flags],
-                          cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+TINY = dict(model="mnistnet_tiny", data="synthetic", synthetic_examples=200, batch_size=32,
+            eval_batch_size=64, checkpoint_every=3, log_every=4,
+            train=SGD(lr=0.05, momentum=0.9, nesterov=True))
 
 
 def final_state(workdir, step):
@@ -37,30 +27,16 @@ def final_state(workdir, step):
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     # 200 examples / 32 = 7 steps an epoch; 16 steps cross two epoch ends.
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    cache = tmp_path / "jax_cache"
-    result = run(*TINY, "--steps=16", f"--workdir={whole}", cache_dir=cache)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "img/s" in result.stdout and "top-1" in result.stdout
+    a = train_binary.run(TrainConfig(**TINY, steps=16), str(whole))
+    assert a["steps"] == 16 and a["train_img_per_s"] > 0
     for steps in (10, 16):  # stops mid-epoch 1 at step 10, then resumes
-        result = run(*TINY, f"--steps={steps}", f"--workdir={parts}",
-                     cache_dir=cache)
-        assert result.returncode == 0, result.stderr[-2000:]
-    assert "Resumed from step 10 (epoch 1, batch 3)" in result.stderr
-    a = json.loads((whole / "results.json").read_text())
-    b = json.loads((parts / "results.json").read_text())
-    assert a["test_loss"] == b["test_loss"] and a["steps"] == b["steps"] == 16
+        b = train_binary.run(TrainConfig(**TINY, steps=steps), str(parts))
+    assert b["test_loss"] == a["test_loss"] and b["steps"] == 16
+    assert json.loads((parts / "results.json").read_text())["test_loss"] == a["test_loss"]
     for x, y in zip(final_state(whole, 16), final_state(parts, 16)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model=nope"], "unknown model"),
-    (["--batch_size=0"], "--batch_size must be >= 1"),
-    (["--lr_boundaries=a,b"], "integer epochs"),
-    (["--model=resnet_tiny", "--data=mnist"], "expects (32, 32, 3) images"),
-])
-def test_bad_flags_give_a_usage_error(flags, message):
-    result = run(*flags)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_images_of_the_wrong_shape_are_refused():
+    with pytest.raises(ValueError, match=r"expects \(32, 32, 3\) images"):
+        train_binary.run(TrainConfig(model="resnet_tiny", data="mnist"), None)

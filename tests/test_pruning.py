@@ -175,7 +175,8 @@ def test_registry_errors_and_extension():
     with pytest.raises(ValueError, match="needs PruneInputs.snapshots"):
         pruning.prune("kmp", inputs, 2.0)
     pruning.register_method("neg_mag", pruning.PruningMethod(
-        lambda i: jax.tree_util.tree_map(lambda x: 1.0 / (1e-6 + jnp.abs(x)), i.params), pruning.global_mask))
+        pruning.from_tree_scores(lambda i: jax.tree_util.tree_map(lambda x: 1.0 / (1e-6 + jnp.abs(x)), i.params)),
+        pruning.global_flat_mask))
     try:
         mask = pruning.prune("neg_mag", inputs, 2.0)
         gmp = pruning.prune("gmp", inputs, 2.0)

@@ -1,0 +1,126 @@
+"""Command lines of the experiment binaries: flags derived from a config class.
+
+`define_flags(ConfigClass)` defines one absl flag per config field (nested
+`SGD` fields become <field>_lr, <field>_momentum, ...) with the field's
+default and help, plus --workdir; `build_config(ConfigClass, values)` turns
+parsed flag values (a plain dict, `FLAGS.flag_values_dict()`) back into a
+validated config. Flags are defined only when a binary runs as a script
+(`run_main`), so importing experiments.train, .prune and .early into one
+process (a notebook, the tests) defines nothing global.
+
+Every bad value stops the binary with one `usage error:` line and exit
+status 2, never a traceback: ValueError, OSError (missing files) and
+app.UsageError raised while building the config or running are caught at
+`run_main`'s boundary. Tracebacks stay for genuine bugs (other exceptions),
+and `--verbosity=1` shows them for these too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from absl import app, flags, logging
+
+from experiments.config import SGD
+from kpjax import pruning
+
+
+def _flag_fields(config_cls: type) -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """(flag name, field path, default, metadata) of every flag of a config class."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        meta = dict(f.metadata)
+        if meta.get("kind") == "sgd":
+            for g in dataclasses.fields(SGD):
+                sub = dict(g.metadata)
+                sub["help"] = f"{meta['help']}: {sub['help']}"
+                out.append((f"{f.name}_{g.name}", f"{f.name}.{g.name}", getattr(f.default, g.name), sub))
+        else:
+            out.append((f.name, f.name, f.default, meta))
+    return out
+
+
+def _help(name: str, meta: Mapping[str, Any]) -> str:
+    if name == "methods":
+        listing = "; ".join(f"{m}: {pruning.get_method(m).description}" for m in sorted(pruning.METHODS))
+        return f"{meta['help']}, comma-separated. Known: {listing}"
+    return meta["help"]
+
+
+def define_flags(config_cls: type, default_workdir: str | None) -> None:
+    """Defines the flags of `config_cls` and --workdir on absl's FLAGS.
+
+    They are registered as the main module's (absl keys the main module by
+    sys.argv[0]), so `--help` lists every flag the binary reads.
+    """
+    own = {"module_name": sys.argv[0]}
+    for name, _, default, meta in _flag_fields(config_cls):
+        kind, text = meta["kind"], _help(name, meta)
+        if kind == "bool":
+            flags.DEFINE_bool(name, default, text, **own)
+        elif kind == "int":
+            flags.DEFINE_integer(name, default, text, **own)
+        elif kind == "float":
+            flags.DEFINE_float(name, default, text, **own)
+        elif kind == "str":
+            flags.DEFINE_string(name, default, text, **own)
+        elif kind == "enum":
+            flags.DEFINE_enum(name, default, list(meta["choices"]), text, **own)
+        elif kind in ("floats", "ints", "strs"):
+            shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in default]
+            flags.DEFINE_list(name, shown, text, **own)
+        else:
+            raise TypeError(f"field {name}: unknown flag kind {kind!r}")
+    flags.DEFINE_string("workdir", default_workdir,
+                        "output directory; a rerun with the same flags resumes from it", **own)
+
+
+def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
+    """The config of parsed flag values (names as `define_flags` made them).
+
+    Raises:
+      ValueError: a value out of range, an unknown name, absent data, an
+        infeasible compression (the config's own validation).
+    """
+    kwargs: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, path, _, _ in _flag_fields(config_cls):
+        if name not in values:
+            continue
+        value = values[name]
+        if "." in path:
+            outer, inner = path.split(".")
+            nested.setdefault(outer, {})[inner] = value
+        else:
+            kwargs[path] = value
+    for outer, fields in nested.items():
+        kwargs[outer] = SGD(**fields)
+    return config_cls(**kwargs)
+
+
+def run_main(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)`, with bad input stopping on one line instead of a traceback."""
+
+    def guarded(argv: list[str]) -> Any:
+        if len(argv) > 1:
+            _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted — rerun the same command to resume\n")
+            sys.exit(130)
+        except (app.UsageError, ValueError, OSError, json.JSONDecodeError) as e:
+            if logging.get_verbosity() >= logging.DEBUG:
+                raise
+            _usage_error(str(e))
+
+    app.run(guarded)
+
+
+def _usage_error(message: str) -> None:
+    sys.stderr.write(f"usage error: {message}\n(--help lists the flags)\n")
+    sys.exit(2)

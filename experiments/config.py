@@ -1,0 +1,315 @@
+"""The experiments' configurations: frozen dataclasses, validated when built.
+
+One class per experiment (`TrainConfig`, `PruneConfig`, `EarlyConfig`), its
+defaults in one place; the command-line flags are derived from the fields
+(`experiments.cli`), so a flag, its default and its help are defined once.
+A config is a plain value: build it in a notebook, `dataclasses.replace` a
+field, pass it to the experiment's `run(config, workdir)`.
+
+Why frozen dataclasses and not ml_collections.ConfigDict: typed fields with
+defaults and inheritance for the parts experiments share, immutability (a
+run cannot change its own settings), `__post_init__` as the one place where
+a config is checked, `dataclasses.asdict` for config.json, and no
+dependency. ConfigDict's strengths (override files, lazy references) are
+not needed by three flat configurations.
+
+Validation happens at construction, before any training: value ranges,
+model, method and dataset names, the presence of the data files, and the
+feasibility of every compression for the model's prunable set. Errors are
+ValueErrors whose message starts with the flag (`--compressions ...`).
+Imports kpjax only (no flags, no training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+
+from kpjax import data, koopman, models, pruning, train
+from kpjax.flatten import count_params
+
+
+def opt(default: Any, help: str, kind: str | None = None, choices: tuple[str, ...] | None = None):
+    """A config field with its flag's help, kind and choices.
+
+    kind: 'str', 'int', 'float', 'bool', 'enum', 'floats', 'ints', 'strs'
+    (comma-separated lists) or 'sgd' (a nested `SGD`, flags <field>_lr, ...);
+    inferred from the default when it is a bool, int, float or str.
+    """
+    if kind is None:
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+    if choices is not None:
+        kind = "enum"
+    return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
+
+
+def _freeze(config: Any, name: str, convert) -> None:
+    """Sets a list-like field to a tuple of converted values (frozen-safe)."""
+    value = getattr(config, name)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        value = [value]
+    try:
+        converted = tuple(convert(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} must be a list of {convert.__name__}s, got {value!r}") from None
+    object.__setattr__(config, name, converted)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _int(x: Any) -> int:
+    if isinstance(x, bool) or float(x) != int(float(x)):
+        raise ValueError(x)
+    return int(float(x))
+
+
+_int.__name__ = "integer"
+
+
+# ---------------------------------------------------------------------------
+# The optimizer: one concept, used for training and for fine-tuning.
+
+
+@dataclass(frozen=True)
+class SGD:
+    """SGD as torch.optim.SGD (`kpjax.train.make_optimizer`), with step decay.
+
+    In a config, a field `train: SGD` gives the flags --train_lr,
+    --train_momentum, --train_nesterov, --train_weight_decay,
+    --train_lr_boundaries and --train_lr_decay.
+    """
+
+    lr: float = opt(0.05, "learning rate η")
+    momentum: float = opt(0.9, "momentum μ (0: plain SGD)")
+    nesterov: bool = opt(False, "Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = opt(0.0, "L2 weight decay added to the gradient (PyTorch SGD)")
+    lr_boundaries: tuple[int, ...] = opt((), "epochs at which η is multiplied by lr_decay", "ints")
+    lr_decay: float = opt(0.1, "factor of η at each boundary")
+
+    def check(self, prefix: str) -> None:
+        _freeze(self, "lr_boundaries", _int)
+        for name, ok in (("lr", math.isfinite(self.lr) and self.lr > 0),
+                         ("momentum", 0 <= self.momentum < math.inf),
+                         ("weight_decay", 0 <= self.weight_decay < math.inf),
+                         ("lr_decay", 0 <= self.lr_decay < math.inf)):
+            _check(ok, f"--{prefix}_{name} out of range: {getattr(self, name)}")
+        _check(not (self.nesterov and self.momentum == 0),
+               f"--{prefix}_nesterov needs --{prefix}_momentum > 0")
+        _check(all(b >= 0 for b in self.lr_boundaries),
+               f"--{prefix}_lr_boundaries must be >= 0, got {list(self.lr_boundaries)}")
+
+    def optimizer(self, steps_per_epoch: int):
+        schedule = self.lr
+        if self.lr_boundaries:
+            schedule = train.make_lr_schedule(
+                self.lr, [b * steps_per_epoch for b in self.lr_boundaries], self.lr_decay)
+        return train.make_optimizer(schedule, momentum=self.momentum, nesterov=self.nesterov,
+                                    weight_decay=self.weight_decay)
+
+
+# ---------------------------------------------------------------------------
+# What every experiment shares: model, data, batches.
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    model: str = opt("mnistnet", "model: " + ", ".join(models.MODELS))
+    data: str | None = opt(None, "dataset; default: the model's", "enum", data.DATASET_NAMES)
+    data_dir: str | None = opt(None, "directory with the original dataset archives", "str")
+    download: bool = opt(False, "download missing archives with TFDS's download manager")
+    synthetic_examples: int = opt(4096, "training examples of --data=synthetic")
+    max_train_examples: int | None = opt(None, "use only the first N training examples (default all)", "int")
+    max_test_examples: int | None = opt(None, "use only the first N test examples (default all)", "int")
+    batch_size: int = opt(128, "training batch size")
+    eval_batch_size: int = opt(1000, "evaluation batch size")
+    augment: str = opt("auto", "random crop + flip; auto: on for cifar10", choices=("auto", "on", "off"))
+    normalization: str = opt("pretrained", "CIFAR-10 normalization constants (data.get_normalization)",
+                             choices=("pretrained", "shrinkbench"))
+
+    def __post_init__(self) -> None:
+        try:
+            self.spec()
+        except ValueError as e:
+            raise ValueError(f"--model: {e}") from None
+        for name in ("synthetic_examples", "batch_size", "eval_batch_size"):
+            _check(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train_examples", "max_test_examples"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"--{name} must be >= 1 (omit it for all), got {value}")
+        _check(self.augment in ("auto", "on", "off"), f"--augment must be auto, on or off, got {self.augment!r}")
+        _check(self.normalization in ("pretrained", "shrinkbench"),
+               f"--normalization must be pretrained or shrinkbench, got {self.normalization!r}")
+        try:
+            data.check_available(self.dataset_name, self.data_dir, self.download)
+        except data.DataNotFoundError as e:  # an OSError; a config's errors are ValueErrors
+            raise ValueError(str(e)) from None
+
+    def spec(self) -> models.ModelSpec:
+        return models.get_model(self.model)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data or self.spec().dataset
+
+    def check_sgd_fields(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.metadata.get("kind") == "sgd":
+                getattr(self, f.name).check(f.name)
+
+
+# ---------------------------------------------------------------------------
+# experiments.train
+
+
+@dataclass(frozen=True)
+class TrainConfig(DataConfig):
+    train: SGD = opt(SGD(), "the training optimizer", "sgd")
+    epochs: int = opt(1, "epochs to train")
+    steps: int | None = opt(None, "total optimizer steps; overrides --epochs", "int")
+    seed: int = opt(0, "seed of the initialization, shuffling and augmentation")
+    checkpoint_every: int = opt(200, "checkpoint every this many steps (with a workdir)")
+    log_every: int = opt(50, "log progress every this many steps")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_sgd_fields()
+        for name in ("epochs", "checkpoint_every", "log_every"):
+            _check(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        _check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+
+
+# ---------------------------------------------------------------------------
+# experiments.prune and experiments.early
+
+
+def _parse_compression(x: Any) -> float:
+    return float(x)
+
+
+_parse_compression.__name__ = "number"
+
+
+@dataclass(frozen=True)
+class PruningConfig(DataConfig):
+    """Prune θ(t₂) with every method at every compression, refine, evaluate."""
+
+    methods: tuple[str, ...] = opt(("kmp", "gmp", "kgp", "grad"), "pruning methods", "strs")
+    compressions: tuple[float, ...] = opt((2.0, 4.0, 8.0, 16.0, 32.0),
+                                          "compression ratios (total / nonzero parameters)", "floats")
+    seeds: tuple[int, ...] = opt((0,), "seeds: each has its own training run, window, gradient "
+                                 "batch and fine-tuning order", "ints")
+    finetune_epochs: int = opt(1, "epochs of refinement after pruning")
+    finetune: SGD = opt(SGD(lr=1e-3, momentum=0.9, nesterov=True), "the fine-tuning optimizer "
+                        "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
+    prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
+    rcond: float = opt(koopman.DEFAULT_RCOND, "DMD rank cutoff: keep σ_i > rcond·σ_max")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_sgd_fields()
+        _freeze(self, "methods", str)
+        _freeze(self, "compressions", _parse_compression)
+        _freeze(self, "seeds", _int)
+        for name in ("methods", "compressions", "seeds"):
+            values = getattr(self, name)
+            _check(bool(values), f"--{name} must not be empty")
+            # A repeated seed would be averaged as if it were another one.
+            _check(len(set(values)) == len(values), f"--{name} lists a value twice: {list(values)}")
+        for m in self.methods:
+            try:
+                pruning.get_method(m)
+            except ValueError as e:
+                raise ValueError(f"--methods: {e}") from None
+        for c in self.compressions:
+            _check(math.isfinite(c) and c > 1.0, f"--compressions must be finite and > 1, got {c:g}")
+        _check(all(s >= 0 for s in self.seeds), f"--seeds must be >= 0, got {list(self.seeds)}")
+        _check(self.finetune_epochs >= 0, f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _check(0 <= self.rcond < 1, f"--rcond must be in [0, 1), got {self.rcond}")
+        self._check_feasible()
+
+    def _check_feasible(self) -> None:
+        """Every compression is reachable with the model's prunable set."""
+        spec = self.spec()
+        shapes = jax.eval_shape(lambda: spec.module.init(
+            jax.random.PRNGKey(0), np.zeros((1, *spec.input_shape), np.float32), train=False))
+        params = shapes["params"]
+        select = self.prunable(params)
+        total, prunable = count_params(params), count_params(params, select)
+        for c in self.compressions:
+            try:
+                pruning.keep_fraction(c, total, prunable)
+            except ValueError as e:
+                raise ValueError(f"--compressions: {e} (model {self.model}"
+                                 f"{'' if self.prune_classifier else ', classifier kept dense'})") from None
+
+    def prunable(self, params: Any) -> Any:
+        return pruning.prunable(params, include_classifier=self.prune_classifier,
+                                classifier=self.spec().classifier)
+
+
+@dataclass(frozen=True)
+class PruneConfig(PruningConfig):
+    """The paper's Fig. 1: dense model → one recorded window → prune θ(t₂)."""
+
+    init_checkpoint: str | None = opt(
+        None, "dense model: a PyTorch file (.pt/.th, e.g. the ShrinkBench weights) or an orbax "
+        "checkpoint directory of experiments.train; default: train one (--pretrain_epochs)", "str")
+    pretrain_epochs: int = opt(1, "epochs of training from scratch without --init_checkpoint")
+    train: SGD = opt(SGD(), "the optimizer of training from scratch", "sgd")
+    trajectory_steps: int | None = opt(
+        None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.pretrain_epochs >= 0, f"--pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
+               "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
+
+
+@dataclass(frozen=True)
+class EarlyConfig(PruningConfig):
+    """KMP vs GMP on windows early in training from scratch.
+
+    The question is KMP vs GMP, and 4 methods × 5 compressions would cost
+    100 fine-tuning epochs for 5 windows: two methods at two compressions.
+    """
+
+    methods: tuple[str, ...] = opt(("kmp", "gmp"), "pruning methods", "strs")
+    compressions: tuple[float, ...] = opt((4.0, 16.0), "compression ratios (total / nonzero parameters)",
+                                          "floats")
+    prune_epochs: tuple[int, ...] = opt((0, 1, 2, 4, 8), "epochs at which a window starts", "ints")
+    window_steps: int | None = opt(None, "steps of each Koopman window; default one epoch", "int")
+    train: SGD = opt(SGD(), "the optimizer of the training run the windows branch from", "sgd")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _freeze(self, "prune_epochs", _int)
+        _check(bool(self.prune_epochs), "--prune_epochs must not be empty")
+        _check(all(e >= 0 for e in self.prune_epochs), f"--prune_epochs must be >= 0, got {list(self.prune_epochs)}")
+        _check(len(set(self.prune_epochs)) == len(self.prune_epochs),
+               f"--prune_epochs lists a value twice: {list(self.prune_epochs)}")
+        object.__setattr__(self, "prune_epochs", tuple(sorted(self.prune_epochs)))
+        _check(self.window_steps is None or self.window_steps >= 2,
+               "--window_steps must be >= 2 (a DMD fit needs 3 snapshots)")
+
+
+def to_json(config: Any) -> dict[str, Any]:
+    """The config as JSON-ready values (tuples become lists)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return x
