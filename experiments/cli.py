@@ -13,6 +13,8 @@ status 2, never a traceback: ValueError, OSError (missing files) and
 app.UsageError raised while building the config or running are caught at
 `run_main`'s boundary. Tracebacks stay for genuine bugs (other exceptions),
 and `--verbosity=1` shows them for these too.
+
+May import: absl, experiments.config, kpjax.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Glue between a config (`experiments.config`) and `kpjax`; no algorithm
 lives here, and nothing reads flags. Progress lines (with ETA) go through
 absl logging. Errors a user can fix are ValueErrors with one-line messages.
+
+May import: absl, jax, numpy, experiments.config, kpjax.
 """
 
 from __future__ import annotations

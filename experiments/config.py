@@ -17,7 +17,9 @@ Validation happens at construction, before any training: value ranges,
 model, method and dataset names, the presence of the data files, and the
 feasibility of every compression for the model's prunable set. Errors are
 ValueErrors whose message starts with the flag (`--compressions ...`).
-Imports kpjax only (no flags, no training).
+No flags are read and nothing is trained here.
+
+May import: jax, numpy, kpjax.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def opt(default: Any, help: str, kind: str | None = None, choices: tuple[str, ..
     return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
 
 
-def _freeze(config: Any, name: str, convert) -> None:
+def _freeze(config: Any, name: str, convert, flag: str | None = None) -> None:
     """Sets a list-like field to a tuple of converted values (frozen-safe)."""
     value = getattr(config, name)
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -56,7 +58,7 @@ def _freeze(config: Any, name: str, convert) -> None:
     try:
         converted = tuple(convert(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"--{name} must be a list of {convert.__name__}s, got {value!r}") from None
+        raise ValueError(f"--{flag or name} must be a list of {convert.__name__}s, got {value!r}") from None
     object.__setattr__(config, name, converted)
 
 
@@ -95,7 +97,7 @@ class SGD:
     lr_decay: float = opt(0.1, "factor of η at each boundary")
 
     def check(self, prefix: str) -> None:
-        _freeze(self, "lr_boundaries", _int)
+        _freeze(self, "lr_boundaries", _int, f"{prefix}_lr_boundaries")
         for name, ok in (("lr", math.isfinite(self.lr) and self.lr > 0),
                          ("momentum", 0 <= self.momentum < math.inf),
                          ("weight_decay", 0 <= self.weight_decay < math.inf),

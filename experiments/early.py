@@ -16,6 +16,8 @@ Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
 (Jaccard of KMP/GMP kept sets per epoch), windows.csv/json (λ₁ per window),
 summary.md, fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
 fig_lambda_vs_epoch.png, fig_spectra.png. Reruns resume.
+
+May import: absl, jax, experiments, kpjax.
 """
 
 from __future__ import annotations

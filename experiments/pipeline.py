@@ -5,6 +5,8 @@ of training (Θ), fit the Koopman operator and score every method (flat
 score vectors over the prunable parameters, cached per window), build each
 method's mask once per (window, compression), and run one (method,
 compression) cell. Reads no flags.
+
+May import: absl, jax, numpy, experiments, kpjax.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Figures of the experiments (matplotlib, Agg backend, PNG, atomic writes)."""
+"""Figures of the experiments (matplotlib, Agg backend, PNG, atomic writes).
+
+May import: matplotlib, numpy, experiments.results.
+"""
 
 from __future__ import annotations
 

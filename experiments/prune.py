@@ -19,6 +19,8 @@ model/method/compression/seed/phase), overlap.csv / overlap.json (Jaccard of
 kept sets, KMP vs GMP and KGP vs grad), summary.md (mean ± std over seeds),
 fig_accuracy.png, fig_overlap.png, fig_spectrum.png. A rerun with the same
 --workdir skips finished cells; files are replaced atomically.
+
+May import: absl, experiments, kpjax.
 """
 
 from __future__ import annotations

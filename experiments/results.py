@@ -3,6 +3,8 @@
 Every file is written to a temporary file in the same directory and renamed
 over the target, so a killed run never leaves a half-written file. A table
 is keyed by its cell columns; a rerun skips the cells already present.
+
+May import: the standard library only.
 """
 
 from __future__ import annotations

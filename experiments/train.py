@@ -16,6 +16,8 @@ command after a kill resumes from the latest checkpoint, mid-epoch at the
 next batch (batches are a function of (seed, step)); `kpjax.loop` does
 both. The final metrics go to <workdir>/results.json, written atomically.
 From Python: `run(TrainConfig(steps=20), workdir)`.
+
+May import: absl, jax, numpy, experiments, kpjax.
 """
 
 from __future__ import annotations

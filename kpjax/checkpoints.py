@@ -10,6 +10,8 @@ checkpoints intact.
 
 Saving is synchronous: the train step donates its state buffers, and an
 asynchronous save could still be reading them.
+
+May import: jax, orbax.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ not into `XLA_FLAGS`, so nothing process-wide changes; it applies only when
 the default backend is the CPU, only if this jaxlib knows the option, and
 never over a user's own `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS.
 Set `KPJAX_TUNED_XLA=0` to compile with XLA's defaults.
+
+May import: jax.
 """
 
 from __future__ import annotations

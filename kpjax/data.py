@@ -14,6 +14,8 @@ Sources (see `load_dataset`):
 
 Images stay uint8 NHWC on the host; `normalize` and `augment_cifar` are
 jitted JAX functions applied to each batch on the device.
+
+May import: jax, numpy, tensorflow_datasets (download only).
 """
 
 from __future__ import annotations

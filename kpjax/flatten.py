@@ -2,7 +2,9 @@
 
 One definition of the flat layout that the Koopman fit (Θ's columns), the
 scores and masks (`kpjax.pruning`) and the trajectory recorder share, and of
-parameter counts. Imports jax and numpy only.
+parameter counts.
+
+May import: jax, numpy.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ over column blocks of Θ, so the only N×T array ever held is Θ itself. Modes,
 predictions and predicted steps are one blocked pass Θᵀw each. All O(T³) work
 is jit-compiled in float64; only the non-symmetric eigenproblem, which JAX
 implements on CPU only, runs outside jit (`_eig_cpu`).
+
+May import: jax, numpy, kpjax.flatten.
 """
 
 from __future__ import annotations

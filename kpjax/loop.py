@@ -10,7 +10,8 @@ Resume: with `Checkpointing`, the newest checkpoint in the directory whose
 step lies in (state.step, until] is restored first, then the loop continues
 from there. A checkpoint whose metadata differs from the run's (another
 model, dataset, batch size or seed) is refused with a ValueError naming both.
-Imports `kpjax.checkpoints` (orbax) and jax only.
+
+May import: jax, kpjax.checkpoints.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ multiply-adds of conv and dense layers (biases, activations, pooling and
 BatchNorm are not counted); the theoretical speedup of a pruned model is
 dense FLOPs / Σ_layers FLOPs · (kernel density); accuracies are weighted by
 examples, not batches.
+
+May import: flax, jax, numpy, kpjax.flatten.
 """
 
 from collections.abc import Mapping, Sequence

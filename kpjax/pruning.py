@@ -10,6 +10,8 @@ Conventions follow ShrinkBench (the paper's harness):
 
 Scores are pytrees like the params (only prunable leaves matter); masks are
 bool pytrees like the params, True = keep, all-True on unprunable leaves.
+
+May import: jax, numpy, optax, kpjax.flatten, kpjax.koopman.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 The training side of Θ: a train step wrapped to write θ(t) into a donated
 snapshot buffer, and the loops that fill a (T+1)×N device array
 (`record_trajectory`) or stream k-row chunks to a `kpjax.trajectory_store`
-file from a writer thread (`record_trajectory_to_store`). Imports
-`kpjax.flatten` and the store's file format; the store never imports this.
+file from a writer thread (`record_trajectory_to_store`). The store (a file
+format) never imports this module.
+
+May import: jax, numpy, kpjax.compile_options, kpjax.flatten, kpjax.train,
+kpjax.trajectory_store.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ kernels, BatchNorm weight/bias -> params scale/bias, running_mean/running_var
 dense layer that reads a flattened conv map are permuted from PyTorch's
 C, H, W flatten order to Flax's H, W, C (the caller names those layers:
 `kpjax.models.ModelSpec.flattened_inputs`). This module knows no model
-registry: it imports numpy and jax only.
+registry.
+
+May import: jax, numpy.
 """
 
 import collections

@@ -11,6 +11,8 @@ The optimizer follows PyTorch's ``torch.optim.SGD`` (the recipes of the
 pretrained checkpoints and of ShrinkBench used it): weight decay is added to
 the gradient before momentum, g ← g + wd·θ; the momentum buffer is
 b ← μ·b + g; the step is −η·(g + μ·b) with Nesterov, −η·b without.
+
+May import: jax, optax, kpjax.compile_options, kpjax.metrics, kpjax.pruning.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def make_optimizer(
     """SGD as ``torch.optim.SGD`` (defaults: ShrinkBench fine-tuning).
 
     ShrinkBench fine-tuning: ``make_optimizer(1e-3)``.
-    ResNet-20 pretraining (DESIGN.md §4, 391 steps an epoch):
+    ResNet-20 pretraining (docs/DESIGN.md §4, 391 steps an epoch):
     ``make_optimizer(make_lr_schedule(0.1, [100 * 391, 150 * 391]),
     nesterov=False, weight_decay=1e-4)``.
 

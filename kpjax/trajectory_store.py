@@ -34,9 +34,10 @@ The store duck-types the arrays that `kpjax.koopman` takes (`shape`, `ndim`,
 `dtype`, `store[:, a:b]`), so `koopman.gram(store)`, `fit_trajectory(store)`
 and `fixed_point_mode(store, fit)` run out of core unchanged.
 
-A file format only: imports numpy, ml_dtypes and kpjax.flatten (for the
-layout metadata); the recorder that fills a store while training is
+The recorder that fills a store while training is
 `kpjax.recording.record_trajectory_to_store`.
+
+May import: numpy, ml_dtypes, kpjax.flatten, kpjax.koopman.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def quadratic_gd(
     """A trajectory whose DMD must give λ = 1 (mode θ*) and λ = 1 − ηh.
 
     Only len(excited_h) eigen-directions of H are excited (N ≫ k+1), so the
-    affine dynamics fit in the snapshot span (DESIGN.md §1, oracles).
+    affine dynamics fit in the snapshot span (docs/DESIGN.md §1, oracles).
     """
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))

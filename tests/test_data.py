@@ -403,7 +403,7 @@ def test_download_mnist_fetches_only_missing_files(tmp_path, fake_download_manag
     (manager,) = fake_download_manager.instances
     assert manager.urls == {"t10k-labels-idx1-ubyte.gz": url}
     info = manager.kwargs["url_infos"][url]
-    # The original download's sha256 (DESIGN.md §5 gives it truncated: f7ae60f9…aec6).
+    # The original download's sha256 (docs/DESIGN.md §5 gives it truncated: f7ae60f9…aec6).
     assert info.checksum.startswith("f7ae60f9") and info.checksum.endswith("aec6")
 
 

@@ -78,7 +78,7 @@ def test_early_config_refuses_bad_values(kwargs, message):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(batch_size=0), "--batch_size must be >= 1"),
     (dict(steps=0), "--steps must be >= 1"),
-    (dict(train=SGD(lr_boundaries=("a",))), "--lr_boundaries must be a list of integers"),
+    (dict(train=SGD(lr_boundaries=("a",))), "--train_lr_boundaries must be a list of integers"),
     (dict(train=SGD(lr_boundaries=(-1,))), "--train_lr_boundaries must be >= 0"),
     (dict(seed=-1), "--seed must be >= 0"),
 ])

@@ -52,3 +52,27 @@ def test_the_rules_see_imports():
     # The parser finds both import forms, so an empty result above means something.
     imports = imported_modules(ROOT / "kpjax" / "recording.py")
     assert "kpjax.trajectory_store" in imports and "jax" in imports
+
+
+STDLIB = {"__future__", "abc", "ast", "collections", "concurrent", "contextlib", "csv", "dataclasses",
+          "functools", "gzip", "hashlib", "importlib", "io", "itertools", "json", "logging", "math",
+          "os", "pathlib", "pickle", "pickletools", "queue", "re", "shutil", "struct", "sys", "tarfile",
+          "tempfile", "threading", "time", "types", "typing", "urllib", "warnings", "zipfile", "zlib"}
+DOCUMENTED = sorted((ROOT / "kpjax").rglob("*.py")) + sorted((ROOT / "experiments").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", [p for p in DOCUMENTED if p.name != "__init__.py" or p.parent.name == "models"],
+                         ids=kpjax_module)
+def test_each_module_docstring_says_what_it_may_import(path):
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+    line = [p for p in paragraphs if p.startswith("May import:")]
+    assert line, f"{kpjax_module(path)}: no 'May import:' paragraph in the docstring"
+    declared = line[0].removeprefix("May import:").strip().rstrip(".")
+    allowed = {w.strip().split(" ")[0] for w in declared.split(",")}
+    for module in imported_modules(path):
+        top = module.split(".")[0]
+        if top in STDLIB or module in ("kpjax", "experiments"):  # package roots: `from kpjax import x`
+            continue
+        assert any(module == a or module.startswith(a + ".") for a in allowed), (
+            f"{kpjax_module(path)} imports {module}, its docstring allows {sorted(allowed)}")

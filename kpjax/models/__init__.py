@@ -5,6 +5,8 @@
 `module.init(rng, x, train=False)` gives {'params'} (+ {'batch_stats'} for
 ResNets). Parameter names mirror the PyTorch state dicts of the pretrained
 checkpoints.
+
+May import: flax, kpjax.models.
 """
 
 from collections.abc import Callable

@@ -3,6 +3,8 @@
 Flax's defaults (LeCun normal kernels, zero biases) differ from PyTorch's, and
 training from scratch should start from the distribution the reference
 results were obtained with.
+
+May import: flax, jax.
 """
 
 import jax

@@ -1,4 +1,7 @@
-"""MnistNet: the LeNet-style MNIST network of ShrinkBench (431,080 parameters)."""
+"""MnistNet: the LeNet-style MNIST network of ShrinkBench (431,080 parameters).
+
+May import: flax, jax, kpjax.models.
+"""
 
 from flax import linen as nn
 import jax

@@ -4,6 +4,8 @@ ResNet-(6n+2): a 3x3 stem conv, three stages of n basic blocks (16, 32, 64
 channels; strides 1, 2, 2), global average pooling and a dense classifier.
 Shortcuts are "option A": identity, or when the shape changes, spatial
 subsampling ::2 and zero channel padding, without parameters.
+
+May import: flax, jax, kpjax.models.
 """
 
 from collections.abc import Sequence
