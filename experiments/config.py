@@ -214,6 +214,8 @@ class PruningConfig(DataConfig):
                         "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
     prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
     rcond: float = opt(koopman.DEFAULT_RCOND, "DMD rank cutoff: keep σ_i > rcond·σ_max")
+    summarize_only: bool = opt(False, "only rewrite summary.md and the figures of a finished "
+                               "workdir from its result files (no training; config.json untouched)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,6 +31,7 @@ from absl import flags, logging
 from experiments import cli, common, pipeline, plots
 from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
+from experiments.workdir import claim
 from kpjax import loop, train
 
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")
@@ -101,16 +102,38 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
 
 
 def run(config: EarlyConfig, workdir: str) -> str:
-    """Runs (or resumes) the early-training study in `workdir`; returns summary.md."""
+    """Runs (or resumes) the early-training study in `workdir`; returns summary.md.
+
+    With `config.summarize_only`, trains nothing: rewrites summary.md and the
+    figures from the workdir's result files.
+    """
     epochs = list(config.prune_epochs)
     setup = pipeline.Setup(config)
-    pipeline.check_workdir(workdir, config)
+    if config.summarize_only:
+        pipeline.check_workdir(workdir, config, write=False)
+        spectra = {}
+        for e in epochs:
+            window = pipeline.cached_window(
+                setup, os.path.join(workdir, f"seed{setup.seeds[0]}", f"window_epoch{e}.npz"))
+            if window is not None:
+                spectra[e] = window.eigenvalues
+        return _write_outputs(setup, epochs, workdir, *_tables(workdir), spectra)
+    with claim(workdir):
+        pipeline.check_workdir(workdir, config)
+        return _run(setup, epochs, workdir)
+
+
+def _tables(workdir: str) -> tuple[ResultTable, ResultTable, ResultTable]:
+    return (ResultTable(workdir, _CELL, timing_columns=("seconds",)),
+            ResultTable(workdir, ("model", "prune_epoch", "pair", "compression", "seed"), stem="overlap"),
+            ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows"))
+
+
+def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
+    config = setup.config
     steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
-    table = ResultTable(workdir, _CELL)
-    overlap = ResultTable(workdir, ("model", "prune_epoch", "pair", "compression", "seed"),
-                          stem="overlap")
-    windows = ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows")
+    table, overlap, windows = _tables(workdir)
     cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.methods
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
@@ -147,15 +170,22 @@ def run(config: EarlyConfig, workdir: str) -> str:
                 table.add(pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
                 progress.update(1)
 
+    return _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra)
+
+
+def _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra) -> str:
     summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
-    plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"),
-                            "finetuned" if config.finetune_epochs else "pruned")
+    if table.rows:
+        plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"),
+                                "finetuned" if setup.config.finetune_epochs else "pruned")
     if overlap.rows:
         plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window")
-    plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"))
-    plots.spectra_by(spectra, out("fig_spectra.png"), "epoch")
+    if windows.rows:
+        plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"))
+    if spectra:
+        plots.spectra_by(spectra, out("fig_spectra.png"), "epoch")
     return summary
 
 

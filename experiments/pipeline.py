@@ -12,9 +12,9 @@ May import: absl, jax, numpy, experiments, kpjax.
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
+import zipfile
 from typing import Any
 
 import jax
@@ -23,13 +23,13 @@ from absl import logging
 
 from experiments import common
 from experiments.config import PruningConfig, to_json
-from experiments.results import atomic_write_bytes, atomic_write_json
+from experiments.results import atomic_write_bytes, atomic_write_json, read_json
 from kpjax import data, flatten, koopman, metrics, pruning, recording, train
 from kpjax.flatten import count_params
 
-# Config fields whose change makes earlier results of a workdir incomparable
-# (more methods, compressions or seeds only add cells).
-CELL_LISTS = ("methods", "compressions", "seeds", "prune_epochs")
+# Config fields that are not settings of the results in a workdir: more
+# methods, compressions or seeds only add cells; summarize_only is a mode.
+NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only")
 PAIRS = (("kmp", "gmp"), ("kgp", "grad"))
 
 # Batch orders: each purpose of a seed gets its own (seed * 1000 + purpose).
@@ -77,20 +77,25 @@ class Setup:
                                         batch_stats=variables.get("batch_stats"), mask=mask)
 
 
-def check_workdir(workdir: str, config: PruningConfig) -> None:
-    """Refuses to mix results of different settings in one workdir."""
-    os.makedirs(workdir, exist_ok=True)
-    settings = {k: v for k, v in to_json(config).items() if k not in CELL_LISTS}
+def check_workdir(workdir: str, config: PruningConfig, write: bool = True) -> None:
+    """Refuses to mix results of different settings in one workdir; records
+    the settings in config.json (unless `write` is False: summarize only)."""
+    settings = {k: v for k, v in to_json(config).items() if k not in NOT_SETTINGS}
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        saved = read_json(path, "the settings of the results in this workdir")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} is damaged (not an object); delete it or use another --workdir")
         diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if diff:
             raise ValueError(
                 f"workdir {workdir} holds a run with other settings (saved, now): {diff}; "
-                "use another workdir")
-    atomic_write_json(path, settings)
+                "use another --workdir")
+    elif not write:
+        raise ValueError(f"{workdir} holds no run to summarize (no config.json)")
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_json(path, settings)
 
 
 def variables_of(state: train.TrainState) -> dict[str, Any]:
@@ -135,14 +140,24 @@ def cached_window(setup: Setup, path: str) -> Window | None:
     if not os.path.exists(path):
         return None
     treedef = jax.tree_util.tree_structure(setup.variables0)
-    with np.load(path) as f:
-        if any(f"score_{m}" not in f for m in setup.methods):
-            return None
-        leaves = [f[f"var{i}"] for i in range(treedef.num_leaves)]
-        variables = jax.tree_util.tree_unflatten(treedef, leaves)
-        scores = {m: f[f"score_{m}"] for m in setup.methods}
-        logging.info("window restored from %s", path)
-        return Window(variables, scores, f["eigenvalues"], float(f["seconds"]))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if any(f"score_{m}" not in f for m in setup.methods):
+                return None
+            leaves = [f[f"var{i}"] for i in range(treedef.num_leaves)]
+            variables = jax.tree_util.tree_unflatten(treedef, leaves)
+            scores = {m: f[f"score_{m}"] for m in setup.methods}
+            eigenvalues, seconds = f["eigenvalues"], float(f["seconds"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} (a cached window) is damaged ({type(e).__name__}: {e}); "
+                         "delete it and rerun: the window is recorded again") from None
+    shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(setup.variables0)]
+    if ([np.shape(x) for x in leaves] != shapes
+            or any(np.shape(s) != (setup.flat_spec.size,) for s in scores.values())):
+        raise ValueError(f"{path} (a cached window) holds another model's arrays; "
+                         "delete it and rerun: the window is recorded again")
+    logging.info("window restored from %s", path)
+    return Window(variables, scores, eigenvalues, seconds)
 
 
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,

@@ -32,6 +32,7 @@ from absl import flags, logging
 from experiments import cli, common, pipeline, plots
 from experiments.config import PruneConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
+from experiments.workdir import claim
 from kpjax import loop
 
 _CELL = ("model", "method", "compression", "seed")
@@ -101,42 +102,59 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows) -> str:
 
 
 def run(config: PruneConfig, workdir: str) -> str:
-    """Runs (or resumes) the comparison in `workdir`; returns summary.md's text."""
-    setup = pipeline.Setup(config)
-    pipeline.check_workdir(workdir, config)
-    steps = config.trajectory_steps or setup.steps_per_epoch
-    table = ResultTable(workdir, _CELL)
-    overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
-    model = setup.spec.name
-    cells = [(s, m, c) for s in setup.seeds for m in setup.methods for c in setup.compressions]
-    todo = [x for x in cells if not table.done(model=model, method=x[1], compression=x[2], seed=x[0])]
-    logging.info("%s on %s: %d cells, %d to do; workdir %s", model, setup.dataset.name,
-                 len(cells), len(todo), workdir)
-    progress = common.Progress(len(todo), "cells", every_s=0.0)
-    spectrum = None
-    for seed in setup.seeds:
-        window = _window(setup, seed, steps, workdir)
-        if spectrum is None:
-            spectrum = window.eigenvalues
-        if not table.done(model=model, method="dense", compression=1.0, seed=seed):
-            table.add([pipeline.dense_row(setup, window, seed)])
-        new = [r for r in pipeline.overlap_rows(setup, window, seed)
-               if not overlap.done(**{k: r[k] for k in overlap.key})]
-        if new:
-            overlap.add(new)
-        for _, method, c in [x for x in todo if x[0] == seed]:
-            table.add(pipeline.run_cell(setup, window, method, c, seed))
-            progress.update(1)
+    """Runs (or resumes) the comparison in `workdir`; returns summary.md's text.
 
+    With `config.summarize_only`, trains nothing: rewrites summary.md and the
+    figures from the workdir's result files.
+    """
+    setup = pipeline.Setup(config)
+    steps = config.trajectory_steps or setup.steps_per_epoch
+    if config.summarize_only:
+        pipeline.check_workdir(workdir, config, write=False)
+        table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
+        overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
+        window = pipeline.cached_window(setup, os.path.join(workdir, f"seed{setup.seeds[0]}", "window.npz"))
+        return _write_outputs(setup, steps, workdir, table, overlap,
+                              None if window is None else window.eigenvalues)
+    with claim(workdir):
+        pipeline.check_workdir(workdir, config)
+        table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
+        overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
+        model = setup.spec.name
+        cells = [(s, m, c) for s in setup.seeds for m in setup.methods for c in setup.compressions]
+        todo = [x for x in cells if not table.done(model=model, method=x[1], compression=x[2], seed=x[0])]
+        logging.info("%s on %s: %d cells, %d to do; workdir %s", model, setup.dataset.name,
+                     len(cells), len(todo), workdir)
+        progress = common.Progress(len(todo), "cells", every_s=0.0)
+        spectrum = None
+        for seed in setup.seeds:
+            window = _window(setup, seed, steps, workdir)
+            if spectrum is None:
+                spectrum = window.eigenvalues
+            if not table.done(model=model, method="dense", compression=1.0, seed=seed):
+                table.add([pipeline.dense_row(setup, window, seed)])
+            new = [r for r in pipeline.overlap_rows(setup, window, seed)
+                   if not overlap.done(**{k: r[k] for k in overlap.key})]
+            if new:
+                overlap.add(new)
+            for _, method, c in [x for x in todo if x[0] == seed]:
+                table.add(pipeline.run_cell(setup, window, method, c, seed))
+                progress.update(1)
+        return _write_outputs(setup, steps, workdir, table, overlap, spectrum)
+
+
+def _write_outputs(setup, steps, workdir, table, overlap, spectrum) -> str:
     summary = _summary(setup, steps, table.rows, overlap.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
-    title = f"{model} on {setup.dataset.name}"
-    plots.accuracy_vs_compression(table.rows, os.path.join(workdir, "fig_accuracy.png"), title)
+    title = f"{setup.spec.name} on {setup.dataset.name}"
+    if table.rows:
+        plots.accuracy_vs_compression(table.rows, os.path.join(workdir, "fig_accuracy.png"), title)
     if overlap.rows:
         plots.overlap_vs(overlap.rows, "compression", os.path.join(workdir, "fig_overlap.png"),
                          "compression ratio", log2=True)
-    plots.spectrum(spectrum, os.path.join(workdir, "fig_spectrum.png"),
-                   f"Koopman spectrum, {title}, seed {setup.seeds[0]}")
+    if spectrum is not None:
+        plots.spectrum(spectrum, os.path.join(workdir, "fig_spectrum.png"),
+                       f"Koopman spectrum, {title}, seed {setup.seeds[0]}")
     return summary
 
 

@@ -63,26 +63,39 @@ def atomic_write_json(path: str, obj: Any) -> None:
 class ResultTable:
     """Rows of one experiment, saved as `<stem>.json` and `<stem>.csv`.
 
+    The JSON file is the source of truth; the CSV is regenerated from it on
+    every save and whenever the table is opened, so a run killed between
+    the two writes, or a CSV cut short, is repaired by the next run (even
+    one with nothing left to do). Columns in `timing_columns` (wall times)
+    are kept out of the comparison files: they go to `timings.json/.csv`
+    keyed by the cell and phase, so two identical runs write byte-identical
+    `<stem>.csv`.
+
     Args:
       workdir: the directory of the files.
       key: the columns that identify a cell (e.g. model, method, compression,
         seed); rows of one cell (its phases) are added together.
       stem: file name without extension.
+      timing_columns: columns moved to the timings table.
+
+    Raises:
+      ValueError: `<stem>.json` is not a table of this tool (truncated,
+        corrupt, rows without the key columns), naming the file and the way
+        out.
     """
 
-    def __init__(self, workdir: str, key: Sequence[str], stem: str = "results"):
+    def __init__(self, workdir: str, key: Sequence[str], stem: str = "results",
+                 timing_columns: Sequence[str] = ()):
         self.json_path = os.path.join(workdir, f"{stem}.json")
         self.csv_path = os.path.join(workdir, f"{stem}.csv")
         self.key = tuple(key)
-        self.rows: list[Row] = []
-        if os.path.exists(self.json_path):
-            try:
-                with open(self.json_path) as f:
-                    self.rows = json.load(f)["rows"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{self.json_path} is not a results file of this tool ({e}); "
-                    "move it away or use another --workdir") from None
+        self.timing_columns = tuple(timing_columns)
+        self.rows: list[Row] = read_rows(self.json_path, self.key)
+        self.timings = None
+        if self.timing_columns:
+            self.timings = ResultTable(workdir, self.key + ("phase",), stem="timings")
+        if self.rows:
+            self._write_csv()
 
     def cell(self, row: Row) -> tuple:
         return tuple(row[k] for k in self.key)
@@ -93,13 +106,53 @@ class ResultTable:
         return any(self.cell(r) == wanted for r in self.rows)
 
     def add(self, rows: Iterable[Row]) -> None:
-        """Adds one cell's rows and rewrites both files atomically."""
+        """Adds one cell's rows and rewrites the files atomically (JSON first)."""
+        rows = list(rows)
+        if self.timings is not None:
+            self.timings.add([{**{k: r[k] for k in self.timings.key},
+                               **{c: r[c] for c in self.timing_columns if c in r}} for r in rows])
+            rows = [{k: v for k, v in r.items() if k not in self.timing_columns} for r in rows]
         self.rows.extend(rows)
         self.save()
 
     def save(self) -> None:
         atomic_write_json(self.json_path, {"rows": self.rows})
+        self._write_csv()
+
+    def _write_csv(self) -> None:
         atomic_write_text(self.csv_path, rows_to_csv(self.rows))
+
+
+def read_rows(path: str, key: Sequence[str] = ()) -> list[Row]:
+    """The rows of a table's JSON file ([] when it does not exist).
+
+    Raises:
+      ValueError: unreadable, or rows without the `key` columns.
+    """
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TypeError("rows is not a list of objects")
+        missing = sorted({k for r in rows for k in key if k not in r})
+        if missing:
+            raise KeyError(f"rows without {missing}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path} is damaged or not a results file of this tool ({type(e).__name__}: {e}); "
+            "move it away (its cells are then recomputed) or use another --workdir") from None
+    return rows
+
+
+def read_json(path: str, what: str) -> Any:
+    """A JSON file of the workdir; a ValueError naming it if it is damaged."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} ({what}) is damaged ({e}); delete it or use another --workdir") from None
 
 
 def rows_to_csv(rows: Sequence[Row]) -> str:

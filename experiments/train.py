@@ -22,6 +22,7 @@ May import: absl, jax, numpy, experiments, kpjax.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from absl import flags, logging
 from experiments import cli, common
 from experiments.config import TrainConfig
 from experiments.results import atomic_write_json
+from experiments.workdir import claim
 from kpjax import data, loop, train
 from kpjax.flatten import count_params
 
@@ -104,8 +106,9 @@ def run(config: TrainConfig, workdir: str | None) -> dict[str, Any]:
         return data.batch_stream(dataset.train_images, dataset.train_labels, config.batch_size,
                                  seed=config.seed, start_step=start_step)
 
-    state = loop.train_steps(train_step, state, batches_from, total_steps,
-                             checkpointing=checkpointing, on_step=log)
+    with claim(workdir) if workdir else contextlib.nullcontext():
+        state = loop.train_steps(train_step, state, batches_from, total_steps,
+                                 checkpointing=checkpointing, on_step=log)
     jax.block_until_ready(state)
     train_img_per_s = log.img_per_s(total_steps)
 
@@ -119,7 +122,7 @@ def run(config: TrainConfig, workdir: str | None) -> dict[str, Any]:
         "eval_img_per_s": test["n"] / (time.time() - eval_start),
         "wall_seconds": time.time() - wall_start,
     }
-    if workdir:
+    if workdir:  # after the lock: a concurrent run was refused before training
         atomic_write_json(os.path.join(workdir, "results.json"), results)
     return results
 

@@ -3,9 +3,11 @@
 usage-error output and --help."""
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,10 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     with open(work / "results.csv") as f:
         header = next(csv.reader(f))
     for column in ("model", "method", "compression", "seed", "phase", "top1", "top5", "loss",
-                   "compression_achieved", "speedup", "seconds"):
+                   "compression_achieved", "speedup"):
         assert column in header
+    assert "seconds" not in header  # wall times live in timings.csv
+    assert "seconds" in (work / "timings.csv").read_text().splitlines()[0]
     cells = [r for r in table if r["method"] != "dense"]
     assert len(cells) == 5 * 2 * 2  # methods × seeds × (pruned, finetuned)
     for r in cells:
@@ -63,6 +67,46 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     # Other settings in the same workdir are refused.
     with pytest.raises(ValueError, match="other settings"):
         prune.run(PruneConfig(**TINY, trajectory_steps=7), str(work))
+
+    # A CSV cut short is rewritten from results.json by a run with nothing to do;
+    # --summarize_only rewrites summary and figures without touching config.json.
+    whole_csv = (work / "results.csv").read_text()
+    (work / "results.csv").write_text(whole_csv[:100])
+    settings = (work / "config.json").read_bytes()
+    (work / "summary.md").unlink()
+    done = PruneConfig(**TINY, trajectory_steps=6, compressions=(2, 8), methods=methods)
+    prune.run(dataclasses.replace(done, summarize_only=True), str(work))
+    assert (work / "results.csv").read_text() == whole_csv
+    assert (work / "summary.md").exists() and (work / "config.json").read_bytes() == settings
+
+    # A damaged window cache is one clear error naming it.
+    (work / "seed1" / "window.npz").write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(ValueError, match=r"seed1/window.npz \(a cached window\) is damaged"):
+        prune.run(done, str(work))
+
+
+def test_a_second_run_on_a_busy_workdir_stops_and_the_first_completes(tmp_path):
+    work = tmp_path / "busy"
+    flags = ["--model=mnistnet_tiny", "--max_train_examples=384", "--max_test_examples=200",
+             "--batch_size=64", "--eval_batch_size=100", "--methods=kmp,gmp", "--compressions=2,4",
+             "--trajectory_steps=4", f"--workdir={work}"]
+    first = subprocess.Popen([sys.executable, "-m", "experiments.prune", *flags], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (work / ".lock").exists() or (work / ".lock").read_text().strip() != str(first.pid):
+            assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        config = PruneConfig(model="mnistnet_tiny", max_train_examples=384, max_test_examples=200,
+                             batch_size=64, eval_batch_size=100, methods=("kmp", "gmp"),
+                             compressions=(2, 4), trajectory_steps=4)
+        with pytest.raises(ValueError, match=f"workdir {work} in use by pid {first.pid}"):
+            prune.run(config, str(work))
+    finally:
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-2000:]
+    cells = {(r["method"], r["compression"]) for r in rows(work / "results.json") if r["method"] != "dense"}
+    assert cells == {(m, c) for m in ("kmp", "gmp") for c in (2.0, 4.0)}
 
 
 def test_early_end_to_end(tmp_path):

@@ -42,10 +42,41 @@ def test_result_table_resumes_from_its_files(tmp_path):
     assert len(csv_lines) == 3
 
 
-def test_result_table_rejects_a_foreign_file(tmp_path):
-    (tmp_path / "results.json").write_text("[1, 2")
-    with pytest.raises(ValueError, match="not a results file"):
+@pytest.mark.parametrize("content", ['{"rows": [{"seed": 0', "[1, 2]", '{"rows": [{"x": 1}]}',
+                                     b"\xff\xfe binary"])
+def test_a_damaged_table_is_one_clear_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "results.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as info:
         results.ResultTable(str(tmp_path), ("seed",))
+    message = str(info.value)
+    assert str(path) in message and "move it away" in message and "\n" not in message
+
+
+def test_the_csv_is_regenerated_from_the_json_when_opened(tmp_path):
+    # A kill between the JSON and the CSV write, or a CSV cut short: the next
+    # open (even of a run with nothing left to do) writes the CSV again.
+    table = results.ResultTable(str(tmp_path), ("seed",))
+    table.add([{"seed": 0, "top1": 0.5}])
+    table.add([{"seed": 1, "top1": 0.6}])
+    whole = (tmp_path / "results.csv").read_text()
+    (tmp_path / "results.csv").write_text(whole[:9])
+    results.ResultTable(str(tmp_path), ("seed",))
+    assert (tmp_path / "results.csv").read_text() == whole
+
+
+def test_timing_columns_go_to_their_own_table(tmp_path):
+    rows = [{"seed": 0, "phase": "pruned", "top1": 0.5, "seconds": 1.25},
+            {"seed": 0, "phase": "finetuned", "top1": 0.7, "seconds": 9.5}]
+    results.ResultTable(str(tmp_path), ("seed",), timing_columns=("seconds",)).add(rows)
+    assert "seconds" not in (tmp_path / "results.csv").read_text()
+    assert (tmp_path / "timings.csv").read_text().splitlines() == [
+        "seed,phase,seconds", "0,pruned,1.25", "0,finetuned,9.5"]
+    # Identical runs write identical comparison files, whatever their timings.
+    other = tmp_path / "other"
+    results.ResultTable(str(other), ("seed",), timing_columns=("seconds",)).add(
+        [dict(r, seconds=r["seconds"] * 3) for r in rows])
+    assert (other / "results.csv").read_bytes() == (tmp_path / "results.csv").read_bytes()
 
 
 def test_rows_to_csv_takes_the_union_of_columns():

@@ -1,0 +1,66 @@
+"""A workdir's integrity: one run at a time, no stale temporary files.
+
+`claim(workdir)` takes an exclusive `fcntl.flock` on `<workdir>/.lock` for
+the life of the run; a second run on the same workdir stops at once with
+"workdir ... in use by pid N" instead of interleaving its rows with the
+first's. The kernel drops the lock when the process ends, however it ends
+(kill -9 included), so a crashed run never leaves the workdir locked.
+While holding the lock, the `.tmp-*` files of an interrupted atomic write
+(`experiments.results`) are removed.
+
+May import: the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import glob
+import os
+from collections.abc import Iterator
+
+LOCK_NAME = ".lock"
+_TMP_PATTERNS = (".tmp-*", os.path.join("*", ".tmp-*"))
+
+
+class WorkdirInUseError(ValueError):
+    """Another process holds the workdir (a ValueError: a usage error)."""
+
+
+@contextlib.contextmanager
+def claim(workdir: str) -> Iterator[None]:
+    """Holds `workdir` exclusively for the `with` block (creating it if needed).
+
+    Raises:
+      WorkdirInUseError: another process holds it.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise WorkdirInUseError(
+                f"workdir {workdir} in use by pid {holder}; wait for that run to end, "
+                "or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temporaries(workdir)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(workdir: str) -> list[str]:
+    """Deletes the `.tmp-*` files an interrupted atomic write left behind
+    (in the workdir and its immediate subfolders); returns their paths."""
+    stale = sorted({p for pattern in _TMP_PATTERNS for p in glob.glob(os.path.join(workdir, pattern))})
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return stale
