@@ -163,6 +163,38 @@ def restore_checkpoint(
     return state, dict(restored[_META] or {})
 
 
+def read_metadata(directory: str | os.PathLike, step: int) -> dict[str, Any]:
+    """The JSON metadata saved with ``step``, without reading the state.
+
+    Raises:
+        ValueError: the step's metadata are missing or unreadable.
+    """
+    options = ocp.CheckpointManagerOptions(
+        create=False, read_only=True, enable_async_checkpointing=False)
+    try:
+        with ocp.CheckpointManager(os.fspath(directory), options=options) as manager:
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                _META: ocp.args.JsonRestore()}))
+    except Exception as e:  # orbax raises many types; name the step
+        raise ValueError(f"cannot read the metadata of step {step} in {directory} "
+                         f"({type(e).__name__})") from e
+    meta = restored[_META]
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"the metadata of step {step} in {directory} is not an object")
+    return dict(meta or {})
+
+
+def set_aside(directory: str | os.PathLike, step: int) -> str:
+    """Renames a damaged step's folder to ``<step>.damaged[-k]`` (orbax then
+    ignores it; nothing is deleted); returns the new path."""
+    source = os.path.join(os.fspath(directory), str(step))
+    target, k = f"{source}.damaged", 1
+    while os.path.exists(target):
+        target, k = f"{source}.damaged-{k}", k + 1
+    os.rename(source, target)
+    return target
+
+
 def restore_variables(
     directory: str | os.PathLike,
     template: PyTree,

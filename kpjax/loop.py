@@ -59,25 +59,47 @@ class Checkpointing(NamedTuple):
 def restore_latest(
     checkpointing: Checkpointing, state: PyTree, until: int | None = None
 ) -> PyTree:
-    """`state`, or the newest checkpoint with state.step < step <= until.
+    """`state`, or the newest intact checkpoint with state.step < step <= until.
+
+    The metadata are compared before any array is read, so a directory of
+    another run (another model: other shapes) is named as such. A step that
+    cannot be restored (a damaged file, a save cut short that orbax took as
+    complete) is set aside as ``<step>.damaged`` with a warning, and the
+    next older step is tried; with none left, training starts from `state`.
 
     Raises:
-      ValueError: the checkpoint is corrupt, of another structure, or its
-        metadata differ from `checkpointing.metadata`.
+      ValueError: the checkpoints' metadata differ from
+        `checkpointing.metadata`.
     """
     current = int(jax.device_get(state.step))
-    steps = [s for s in checkpoints.saved_steps(checkpointing.directory)
-             if s > current and (until is None or s <= until)]
-    if not steps:
-        return state
-    restored, meta = checkpoints.restore_checkpoint(checkpointing.directory, state, max(steps))
-    saved = {k: meta.get(k) for k in checkpointing.metadata}
-    if saved != dict(checkpointing.metadata):
-        raise ValueError(
-            f"{checkpointing.directory} holds a run with {saved}, not "
-            f"{dict(checkpointing.metadata)}; use another directory")
-    _log.info("resumed from step %d of %s", max(steps), checkpointing.directory)
-    return restored
+    steps = sorted((s for s in checkpoints.saved_steps(checkpointing.directory)
+                    if s > current and (until is None or s <= until)), reverse=True)
+    wanted = dict(checkpointing.metadata)
+    for step in steps:
+        try:
+            meta = checkpoints.read_metadata(checkpointing.directory, step)
+        except ValueError as e:
+            _set_aside(checkpointing, step, e)
+            continue
+        saved = {k: meta.get(k) for k in wanted}
+        if saved != wanted:
+            raise ValueError(
+                f"{checkpointing.directory} holds a run with {saved}, not {wanted}; "
+                "use another directory")
+        try:
+            restored, _ = checkpoints.restore_checkpoint(checkpointing.directory, state, step)
+        except ValueError as e:
+            _set_aside(checkpointing, step, e)
+            continue
+        _log.info("resumed from step %d of %s", step, checkpointing.directory)
+        return restored
+    return state
+
+
+def _set_aside(checkpointing: Checkpointing, step: int, error: Exception) -> None:
+    moved = checkpoints.set_aside(checkpointing.directory, step)
+    _log.warning("checkpoint step %d of %s is damaged (%s); moved to %s, trying an older one",
+                 step, checkpointing.directory, str(error).splitlines()[0][:200], moved)
 
 
 def train_steps(

@@ -72,3 +72,34 @@ def test_bad_requests_are_clear_errors():
     state = loop.train_steps(step, fresh(), batches_from, 2)
     with pytest.raises(ValueError, match="past until=1"):
         loop.train_steps(step, state, batches_from, 1)
+
+
+def _damage(path):
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.parent.name == "d" and "state" in f.parts:
+            f.write_bytes(b"\0" * 16)  # the array data of the state
+
+
+def test_a_damaged_latest_step_falls_back_to_the_newest_intact_one(tmp_path, caplog):
+    step, fresh, batches_from = _setup()
+    ckpt = loop.Checkpointing(str(tmp_path / "c"), every=4, metadata={"seed": 0}, max_to_keep=None)
+    at8 = loop.train_steps(step, fresh(), batches_from, 8, checkpointing=ckpt)
+    expected = _leaves(loop.train_steps(step, at8, batches_from, 12))
+    _damage(tmp_path / "c" / "8")
+    with caplog.at_level("WARNING", logger="kpjax.loop"):
+        resumed = loop.train_steps(step, fresh(), batches_from, 12, checkpointing=ckpt)
+    assert "checkpoint step 8" in caplog.text and "damaged" in caplog.text
+    assert (tmp_path / "c" / "8.damaged").is_dir()
+    assert checkpoints.saved_steps(ckpt.directory) == [4, 8, 12]  # 8 saved again on the way
+    for a, b in zip(expected, _leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_another_models_checkpoint_is_named_before_its_arrays_are_read(tmp_path):
+    step, fresh, batches_from = _setup()
+    loop.train_steps(step, fresh(), batches_from, 2,
+                     checkpointing=loop.Checkpointing(str(tmp_path), metadata={"model": "tiny"}))
+    other = train.create_train_state({"w": np.zeros(7, np.float32)}, train.make_optimizer(0.1),
+                                     jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"holds a run with \{'model': 'tiny'\}, not \{'model': 'big'\}"):
+        loop.restore_latest(loop.Checkpointing(str(tmp_path), metadata={"model": "big"}), other)
