@@ -56,6 +56,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import sys
 from typing import Any, NamedTuple
 import zipfile
@@ -83,6 +84,23 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
     "ComplexFloatStorage": np.dtype(np.complex64),
     "ComplexDoubleStorage": np.dtype(np.complex128),
 }
+
+# Bounds on what a checkpoint may make the reader do, checked before the
+# work is done: pickle nesting (the C unpickler and tuple hashing recurse on
+# the C stack: a 200,000-deep tuple used as a dict key segfaults), the size
+# of the object tree counting shared references once per use (a < 1 KB
+# "billion laughs" pickle expands to 2^60 nodes when hashed or printed), the
+# elements of all storages together (ResNet-56 has 0.86 M), and the bytes of
+# a pickle record. Legitimate state dicts stay far below each: a ResNet-56
+# state dict is about 10,000 nodes, depth 6.
+MAX_PICKLE_DEPTH = 64
+MAX_PICKLE_NODES = 2_000_000
+DEFAULT_MAX_ELEMENTS = 1 << 27  # 512 MiB of float32
+MAX_PICKLE_BYTES = 64 << 20
+
+_IN_PLACE_OPS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+_MARK = object()
+
 
 class TorchCheckpointError(ValueError):
     """A file that is not a readable PyTorch checkpoint (corrupt, truncated, ...)."""
@@ -179,7 +197,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
                 and _is_int(pid[4]) and pid[4] >= 0):
             raise TorchCheckpointError(
-                f"{self._path}: malformed storage id {pid!r}; expected "
+                f"{self._path}: malformed storage id ({_describe(pid)}); expected "
                 "('storage', torch.<T>Storage, key, location, numel"
                 + (", view)" if self._legacy else ")"))
         _, storage_type, key, _, numel = pid[:5]
@@ -191,8 +209,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                     and 0 <= view_info[1] and 0 <= view_info[2]
                     and view_info[1] + view_info[2] <= numel):
                 raise TorchCheckpointError(
-                    f"{self._path}: malformed view {view_info!r} of storage {key!r} "
-                    f"({numel} elements); expected (view_key, offset, size) inside it")
+                    f"{self._path}: malformed view ({_describe(view_info)}) of storage "
+                    f"{_describe(key)} ({numel} elements); expected (view_key, offset, size) inside it")
             view = (view_info[1], view_info[2])
         return _StorageRef(key, storage_type.dtype, numel, view)
 
@@ -206,8 +224,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 and _is_int_tuple(stride) and len(size) == len(stride)
                 and all(v >= 0 for v in size + stride)):
             raise TorchCheckpointError(
-                f"{self._path}: malformed tensor layout offset={storage_offset!r} "
-                f"size={size!r} stride={stride!r}")
+                f"{self._path}: malformed tensor layout offset={_describe(storage_offset)} "
+                f"size={_describe(size)} stride={_describe(stride)}")
         if 0 in size:
             return np.empty(size, storage.dtype)
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
@@ -216,6 +234,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{self._path}: tensor of size {size}, stride {stride}, offset "
                 f"{storage_offset} reaches element {last} of a storage of "
                 f"{storage.numel} elements")
+        count = math.prod(size)
+        if count > storage.numel:
+            # Stride 0 or overlapping strides: copying the view would allocate
+            # more than the file holds (a 1-element storage viewed as 10^9).
+            raise TorchCheckpointError(
+                f"{self._path}: refusing a tensor of {count:,} elements viewed on a storage "
+                f"of {storage.numel:,} (stride 0 or overlapping strides)")
         if storage.elements is None:
             return None
         view = np.lib.stride_tricks.as_strided(
@@ -229,13 +254,107 @@ class _RestrictedUnpickler(pickle.Unpickler):
         del requires_grad, backward_hooks  # autograd state has no numpy meaning
         if metadata:
             raise TorchCheckpointError(
-                f"{self._path}: tensor metadata {metadata!r} is not supported")
+                f"{self._path}: tensor metadata ({_describe(metadata)}) is not supported")
         return self._rebuild_tensor(storage, storage_offset, size, stride)
 
     def _rebuild_parameter(self, data: Any, requires_grad: Any,
                            backward_hooks: Any) -> Any:
         del requires_grad, backward_hooks
         return data
+
+
+def _describe(x: Any) -> str:
+    """A bounded description of an untrusted value for an error message: never
+    its repr (a deep or shared structure makes repr hang)."""
+    if isinstance(x, bool) or x is None:
+        return repr(x)
+    if isinstance(x, int):
+        return repr(x) if x.bit_length() <= 64 else f"an int of {x.bit_length()} bits"
+    if isinstance(x, float):
+        return repr(x)
+    if isinstance(x, str):
+        return repr(x[:40]) + ("..." if len(x) > 40 else "")
+    if isinstance(x, (tuple, list, dict)):
+        return f"a {type(x).__name__} of {len(x)}"
+    return f"a {type(x).__name__}"
+
+
+def _check_pickle_structure(stream: io.BytesIO, path: str, record: str) -> None:
+    """Refuses a pickle too deep or too large before it is unpickled.
+
+    Simulates the pickle machine's stack on the opcode stream
+    (`pickletools.genops`, which builds nothing), tracking for every stack
+    entry its nesting depth and its node count with shared references
+    (memo gets) counted at every use. Leaves `stream` where it was.
+
+    Raises:
+        TorchCheckpointError: depth > MAX_PICKLE_DEPTH, nodes >
+            MAX_PICKLE_NODES, or an opcode stream that is not a pickle.
+    """
+    start = stream.tell()
+    stack: list[Any] = []
+    memo: dict[Any, tuple[int, int]] = {}
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            name = op.name
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+                continue
+            if name == "MARK":
+                stack.append(_MARK)
+                continue
+            if name == "DUP":
+                stack.append(stack[-1])
+                continue
+            if name in ("STOP", "FRAME", "PROTO"):
+                continue
+            before = [s.name for s in op.stack_before]
+            popped: list[tuple[int, int]] = []
+            if "mark" in before:
+                while stack[-1] is not _MARK:
+                    popped.append(stack.pop())
+                stack.pop()
+                for _ in range(before.index("mark")):
+                    popped.append(stack.pop())
+            else:
+                for _ in before:
+                    popped.append(stack.pop())
+            if _MARK in popped:
+                raise ValueError("a mark where an object was expected")
+            if not op.stack_after:
+                continue
+            if name in _IN_PLACE_OPS:  # the container is the deepest popped entry
+                container, items = popped[-1], popped[:-1]
+                depth = max([container[0]] + [1 + d for d, _ in items])
+                nodes = container[1] + sum(n for _, n in items)
+            elif popped:
+                depth = 1 + max(d for d, _ in popped)
+                nodes = 1 + sum(n for _, n in popped)
+            else:
+                depth, nodes = 0, 1
+            if depth > MAX_PICKLE_DEPTH:
+                raise TorchCheckpointError(
+                    f"{path}: refusing {record}: objects nested deeper than "
+                    f"{MAX_PICKLE_DEPTH} levels (a state dict needs fewer than 10)")
+            if nodes > MAX_PICKLE_NODES:
+                raise TorchCheckpointError(
+                    f"{path}: refusing {record}: it expands to more than {MAX_PICKLE_NODES:,} "
+                    "objects through shared references (a state dict has about 10,000)")
+            stack.extend([(depth, nodes)] * len(op.stack_after))
+    except TorchCheckpointError:
+        raise
+    except (ValueError, IndexError, KeyError, EOFError) as e:
+        raise TorchCheckpointError(
+            f"{path}: corrupt or truncated {record} (pickle at byte {start}): "
+            f"{type(e).__name__}") from None
+    finally:
+        stream.seek(start)
 
 
 def _native_elements(buffer: bytes, dtype: np.dtype, count: int, offset: int,
@@ -251,6 +370,7 @@ def _unpickle(stream: io.BytesIO, path: str, record: str,
               legacy: bool = True) -> Any:
     """Reads one pickle from `stream`, turning any failure into a clear error."""
     start = stream.tell()
+    _check_pickle_structure(stream, path, record)
     try:
         return _RestrictedUnpickler(stream, path, load_storage, legacy).load()
     except TorchCheckpointError:
@@ -261,18 +381,34 @@ def _unpickle(stream: io.BytesIO, path: str, record: str,
             f"{type(e).__name__}: {e}") from e
 
 
-def _load_legacy(data: bytes, path: str) -> Any:
+class _Budget:
+    """Elements of all storages together, refused beyond `limit` before any
+    is allocated."""
+
+    def __init__(self, path: str, limit: int):
+        self.path, self.limit, self.used = path, limit, 0
+
+    def take(self, ref: _StorageRef) -> None:
+        self.used += ref.numel
+        if self.used > self.limit:
+            raise TorchCheckpointError(
+                f"{self.path}: refusing storages of more than {self.limit:,} elements in all "
+                f"(storage {_describe(ref.key)} brings the total to {self.used:,}); "
+                "raise max_elements if the checkpoint is really that large")
+
+
+def _load_legacy(data: bytes, path: str, budget: _Budget) -> Any:
     stream = io.BytesIO(data)
     magic = _unpickle(stream, path, "magic number")
     if magic != LEGACY_MAGIC_NUMBER:
         raise TorchCheckpointError(
             f"{path}: not a PyTorch checkpoint: neither a zip archive nor a legacy "
-            f"torch.save stream (magic number {magic!r}, expected "
+            f"torch.save stream (magic number {_describe(magic)}, expected "
             f"{LEGACY_MAGIC_NUMBER:#x})")
     version = _unpickle(stream, path, "protocol version")
     if version != LEGACY_PROTOCOL_VERSION:
         raise TorchCheckpointError(
-            f"{path}: unsupported legacy protocol version {version!r}, "
+            f"{path}: unsupported legacy protocol version {_describe(version)}, "
             f"expected {LEGACY_PROTOCOL_VERSION}")
     if not isinstance(_unpickle(stream, path, "system info"), dict):
         raise TorchCheckpointError(f"{path}: the system-info record is not a dict")
@@ -284,6 +420,8 @@ def _load_legacy(data: bytes, path: str) -> Any:
     refs: dict[str, _StorageRef] = {}
 
     def record_storage(ref: _StorageRef) -> _Storage:
+        if ref.key not in refs:
+            budget.take(ref)
         known = refs.setdefault(ref.key, ref)
         if (known.dtype, known.numel) != (ref.dtype, ref.numel):
             raise TorchCheckpointError(
@@ -297,8 +435,8 @@ def _load_legacy(data: bytes, path: str) -> Any:
         raise TorchCheckpointError(f"{path}: the storage key record is not a list of str")
     if sorted(keys) != sorted(refs):
         raise TorchCheckpointError(
-            f"{path}: storage key list {sorted(keys)} does not match the storages "
-            f"the saved object references {sorted(refs)}")
+            f"{path}: the storage key list ({len(keys)} keys) does not match the "
+            f"{len(refs)} storages the saved object references")
 
     elements: dict[str, np.ndarray] = {}
     offset = stream.tell()
@@ -324,7 +462,7 @@ def _load_legacy(data: bytes, path: str) -> Any:
         lambda ref: _Storage(elements[ref.key], ref.dtype, ref.numel))
 
 
-def _load_zip(archive: zipfile.ZipFile, path: str) -> Any:
+def _load_zip(archive: zipfile.ZipFile, path: str, budget: _Budget) -> Any:
     pickles = [n for n in archive.namelist()
                if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
@@ -351,7 +489,13 @@ def _load_zip(archive: zipfile.ZipFile, path: str) -> Any:
             return storage
         record = f"{prefix}data/{ref.key}"
         if record not in names:
-            raise TorchCheckpointError(f"{path}: missing storage record {record!r}")
+            raise TorchCheckpointError(f"{path}: missing storage record {_describe(record)}")
+        budget.take(ref)
+        declared = archive.getinfo(record).file_size
+        if declared != ref.numel * ref.dtype.itemsize:  # checked before inflating
+            raise TorchCheckpointError(
+                f"{path}: storage record {_describe(record)} declares {declared:,} bytes, "
+                f"expected {ref.numel} x {ref.dtype} = {ref.numel * ref.dtype.itemsize:,}")
         raw = archive.read(record)
         if len(raw) != ref.numel * ref.dtype.itemsize:
             raise TorchCheckpointError(
@@ -361,15 +505,27 @@ def _load_zip(archive: zipfile.ZipFile, path: str) -> Any:
             _native_elements(raw, ref.dtype, ref.numel, 0, byteorder), ref.dtype, ref.numel)
         return cache[ref.key]
 
+    if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+        raise TorchCheckpointError(
+            f"{path}: refusing a data.pkl of {archive.getinfo(pickles[0]).file_size:,} bytes "
+            f"(more than {MAX_PICKLE_BYTES:,}; a state dict's is about 100 KB)")
     return _unpickle(io.BytesIO(archive.read(pickles[0])), path, "data.pkl",
                      read_storage, legacy=False)
 
 
-def load_torch_file(path: str | os.PathLike) -> Any:
+def load_torch_file(path: str | os.PathLike, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
     """Reads a file written by `torch.save` without PyTorch and without running its code.
+
+    Hostile files are refused before the work they ask for: pickles nested
+    too deep or expanding too far through shared references
+    (`_check_pickle_structure`), storages beyond `max_elements` in all,
+    zip members whose declared size disagrees with their storage (no
+    inflating of a deflate bomb), and tensor views larger than their
+    storage.
 
     Args:
         path: a zip-format (torch >= 1.6) or legacy-format checkpoint.
+        max_elements: the most storage elements the file may hold in all.
 
     Returns:
         The saved object with tensors as numpy arrays (dtype, shape and
@@ -384,6 +540,12 @@ def load_torch_file(path: str | os.PathLike) -> Any:
             checkpoint (a ValueError naming the file and what was expected).
     """
     path = os.fspath(path)
+    budget = _Budget(path, max_elements)
+    size = os.path.getsize(path)
+    if size > max_elements * 16 + MAX_PICKLE_BYTES:  # 16: the widest dtype, complex128
+        raise TorchCheckpointError(
+            f"{path}: refusing a file of {size:,} bytes (more than {max_elements:,} elements "
+            "could fill); raise max_elements if the checkpoint is really that large")
     with open(path, "rb") as f:
         data = f.read()
     # As torch does, tell the formats apart by the first bytes (a zip local
@@ -391,10 +553,10 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                return _load_zip(archive, path)
+                return _load_zip(archive, path, budget)
         except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
             raise TorchCheckpointError(f"{path}: corrupt zip checkpoint: {e}") from e
-    return _load_legacy(data, path)
+    return _load_legacy(data, path, budget)
 
 
 def state_dict_from(obj: Any) -> dict[str, np.ndarray]:
@@ -623,5 +785,9 @@ def import_torch_checkpoint(
         ValueError: for an unreadable or unsafe file, or a state dict of
             another architecture (missing/unexpected keys, shape mismatches).
     """
-    return state_dict_to_variables(state_dict_from(load_torch_file(path)),
-                                   template_variables, flattened_inputs)
+    # A checkpoint holds the model and at most a few optimizer buffers of the
+    # same size: anything far larger is refused before it is read.
+    budget = 4 * sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(template_variables))
+    return state_dict_to_variables(
+        state_dict_from(load_torch_file(path, max_elements=budget + (1 << 16))),
+        template_variables, flattened_inputs)

@@ -474,7 +474,7 @@ def test_zip_with_missing_or_short_storage_record(tmp_path):
         records = {n: src.read(n) for n in src.namelist()}
     for change, message in [(lambda r: r.pop("archive/data/0"), "missing storage record"),
                             (lambda r: r.update({"archive/data/0": b"\0" * 8}),
-                             "has 8 bytes, expected 3 x float32 = 12")]:
+                             "declares 8 bytes, expected 3 x float32 = 12")]:
         edited = dict(records)
         change(edited)
         out = io.BytesIO()
