@@ -20,11 +20,12 @@ May import: jax, numpy, tensorflow_datasets (download only).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import gzip
 import importlib.resources
 import io
 import itertools
+import math
 import os
 import pickle
 import tarfile
@@ -115,7 +116,16 @@ _CIFAR10_BINARY = _Original(
 _CIFAR10_PYTHON = _Original(
     "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     170498071, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
+# The shapes the MNIST files must declare: checked on the IDX header, before
+# the rest of a gzipped file is inflated.
+_MNIST_SHAPES = {"train_images": (60000, 28, 28), "train_labels": (60000,),
+                 "test_images": (10000, 28, 28), "test_labels": (10000,)}
 _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+# Uncompressed bytes the CIFAR-10 tars may hold (the originals: 185 MB), and
+# the size of one member of the python archive (31 MB); beyond that, an
+# archive is refused while it is being read (a gzip bomb never inflates).
+_CIFAR_TAR_BUDGET = 256 << 20
+_CIFAR_PICKLE_BUDGET = 40 << 20
 _CIFAR_TEST_BATCH = "test_batch"
 _CIFAR_SHAPE_CHW = (3, 32, 32)
 
@@ -163,9 +173,16 @@ def load_dataset(
     if synthetic_options:
         raise ValueError(
             f"Options {sorted(synthetic_options)} only apply to name='synthetic'.")
-    if name == "mnist":
-        return _load_mnist(data_dir, download)
-    return _load_cifar10(data_dir, download)
+    try:
+        if name == "mnist":
+            return _load_mnist(data_dir, download)
+        return _load_cifar10(data_dir, download)
+    except MemoryError:
+        raise ValueError(f"Not enough memory to load {name}: it needs about "
+                         f"{_NEEDED_MB[name]} MB free.") from None
+
+
+_NEEDED_MB = {"mnist": 120, "cifar10": 800}  # archive + arrays, measured with ru_maxrss
 
 
 def check_available(
@@ -292,7 +309,8 @@ def _verify_sha256(content: bytes, expected: str, what: str) -> None:
 _IDX_UINT8 = 0x08
 
 
-def parse_idx(content: bytes, what: str = "IDX data") -> np.ndarray:
+def parse_idx(content: bytes, what: str = "IDX data",
+              expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Parses an IDX file (the MNIST format) holding unsigned bytes.
 
     Layout: 2 zero bytes, a type byte (0x08 = uint8), the number of dimensions
@@ -302,6 +320,9 @@ def parse_idx(content: bytes, what: str = "IDX data") -> np.ndarray:
     Args:
       content: the file's bytes, gzipped or not.
       what: a name for the data in error messages (e.g. the file's path).
+      expected_shape: when given, the header must declare this example shape
+        and at most this many examples, checked before a gzipped body is
+        inflated (which is then bounded by the declared size).
 
     Returns:
       A uint8 array of the stored shape.
@@ -309,7 +330,10 @@ def parse_idx(content: bytes, what: str = "IDX data") -> np.ndarray:
     Raises:
       ValueError: corrupt or truncated content, or a type other than uint8.
     """
-    content = _gunzip_if_gzipped(content, what)
+    if expected_shape is not None:
+        content = _idx_bytes(content, what, expected_shape)
+    else:
+        content = _gunzip_if_gzipped(content, what)
     if len(content) < 4 or content[:2] != b"\x00\x00":
         raise ValueError(
             f"{what}: not an IDX file (magic number {content[:4].hex() or 'missing'}; "
@@ -334,20 +358,56 @@ def parse_idx(content: bytes, what: str = "IDX data") -> np.ndarray:
     return np.frombuffer(content, np.uint8, offset=header_size).reshape(shape).copy()
 
 
-def _gunzip_if_gzipped(content: bytes, what: str) -> bytes:
+def _idx_bytes(content: bytes, what: str, expected_shape: tuple[int, ...]) -> bytes:
+    """The IDX file's bytes, inflated if gzipped, after checking its header
+    (read from the first inflated bytes) against `expected_shape`: the same
+    example shape and at most as many examples (a subset is fine). Inflation
+    is bounded by the size the declared shape needs."""
+    header_size = 4 + 4 * len(expected_shape)
+    declared = _idx_shape(_gunzip_if_gzipped(content, what, prefix=header_size), what)
+    if (len(declared) != len(expected_shape) or declared[1:] != tuple(expected_shape[1:])
+            or declared[0] > expected_shape[0]):
+        raise ValueError(f"{what}: IDX header declares shape {declared}; expected at most "
+                         f"{tuple(expected_shape)}.")
+    return _gunzip_if_gzipped(content, what, limit=header_size + math.prod(declared))
+
+
+def _idx_shape(header: bytes, what: str) -> tuple[int, ...]:
+    if len(header) < 4 or header[:2] != b"\x00\x00":
+        raise ValueError(f"{what}: not an IDX file (magic number {header[:4].hex() or 'missing'}).")
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return tuple(int(s) for s in np.frombuffer(header, ">u4", count=(len(header) - 4) // 4, offset=4))
+    return tuple(int(s) for s in np.frombuffer(header, ">u4", count=ndim, offset=4))
+
+
+def _gunzip_if_gzipped(content: bytes, what: str, limit: int = 1 << 30,
+                       prefix: int | None = None) -> bytes:
+    """`content` inflated if gzipped, streaming: never more than `limit` bytes
+    (a gzip bomb is refused, not inflated); only the first `prefix` bytes
+    when given (to read a header)."""
     if content[:2] != b"\x1f\x8b":
-        return content
+        return content[:prefix] if prefix is not None else content
+    inflater = zlib.decompressobj(wbits=31)  # gzip framing
     try:
-        return gzip.decompress(content)
-    except (EOFError, OSError, zlib.error) as e:
+        out = inflater.decompress(content, (prefix if prefix is not None else limit) + 1)
+    except zlib.error as e:
         raise ValueError(f"{what}: corrupt or truncated gzip data ({e}).") from e
+    if prefix is not None:
+        return out[:prefix]
+    if len(out) > limit:
+        raise ValueError(f"{what}: gzip data inflates beyond {limit:,} bytes, more than "
+                         "the dataset's file can hold; refusing it.")
+    if not inflater.eof:
+        raise ValueError(f"{what}: corrupt or truncated gzip data (the stream ends early).")
+    return out
 
 
 def _mnist_from_idx(files: Mapping[str, tuple[str, bytes]]) -> Dataset:
     """Builds the MNIST Dataset from {key: (description, raw file bytes)}."""
     arrays = {}
     for key, (what, content) in files.items():
-        content = _gunzip_if_gzipped(content, what)
+        content = _idx_bytes(content, what, _MNIST_SHAPES[key])
         _verify_sha256(content, _MNIST_IDX_SHA256[key], f"{what} (uncompressed)")
         arrays[key] = parse_idx(content, what)
     for split in ("train", "test"):
@@ -369,7 +429,11 @@ def _mnist_from_idx(files: Mapping[str, tuple[str, bytes]]) -> Dataset:
 
 def _checked_labels(labels: np.ndarray, what: str) -> np.ndarray:
     labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"{what}: expected a non-empty 1-D array of labels, got shape {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: labels must be integers, got {labels.dtype}.")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise ValueError(f"{what}: labels outside [0, {NUM_CLASSES}) "
                          f"(min {labels.min()}, max {labels.max()}).")
     return labels.astype(np.int32)
@@ -379,20 +443,63 @@ def _checked_labels(labels: np.ndarray, what: str) -> np.ndarray:
 # CIFAR-10: the binary and the python archives.
 
 
-def _read_tar_members(path: Path, original: _Original, prefix: str,
-                      names: tuple[str, ...]) -> dict[str, bytes]:
-    """Reads named members of an original archive, verifying its sha256."""
+class _LimitedReader(io.RawIOBase):
+    """A read-only stream that refuses to deliver more than `limit` bytes."""
+
+    def __init__(self, stream, limit: int, what: str):
+        self._stream, self._left, self._limit, self._what = stream, limit, limit, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(min(len(buffer), self._left + 1))
+        if len(data) > self._left:
+            raise ValueError(f"{self._what}: the archive inflates beyond {self._limit:,} bytes, "
+                             "more than the dataset holds; refusing it.")
+        self._left -= len(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _read_tar_members(path: Path, original: _Original, prefix: str, names: tuple[str, ...],
+                      sizes: Mapping[str, int] | None = None,
+                      max_member: int = _CIFAR_PICKLE_BUDGET) -> dict[str, bytes]:
+    """Reads named members of an original archive, verifying its sha256.
+
+    The tar is streamed through a gzip decoder capped at `_CIFAR_TAR_BUDGET`
+    bytes, and each member's declared size is checked (`sizes`, else at most
+    `max_member`) before it is read: a bomb or a wrong file is refused
+    without inflating it.
+    """
+    if path.stat().st_size > 2 * original.size:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, far more than the original "
+                         f"{original.filename} ({original.size:,}); refusing it.")
     content = path.read_bytes()
     _verify_sha256(content, original.sha256, str(path))
+    wanted = {prefix + n: n for n in names}
+    found: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as archive:
-            members = {m.name: m for m in archive.getmembers() if m.isfile()}
-            missing = [prefix + n for n in names if prefix + n not in members]
-            if missing:
-                raise ValueError(f"{path}: archive lacks {', '.join(missing)}.")
-            return {n: archive.extractfile(members[prefix + n]).read() for n in names}
+        stream = _LimitedReader(gzip.GzipFile(fileobj=io.BytesIO(content)), _CIFAR_TAR_BUDGET,
+                                str(path))
+        with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as archive:
+            for member in archive:
+                name = wanted.get(member.name)
+                if name is None or not member.isfile():
+                    continue
+                expected = (sizes or {}).get(name)
+                if (expected is not None and member.size != expected) or member.size > max_member:
+                    raise ValueError(
+                        f"{path}: member {member.name} has {member.size:,} bytes, expected "
+                        f"{f'{expected:,}' if expected is not None else f'at most {max_member:,}'}; "
+                        "not the original archive.")
+                found[name] = archive.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise ValueError(f"{path}: corrupt or truncated archive ({e}).") from e
+    missing = [prefix + n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"{path}: archive lacks {', '.join(missing)}.")
+    return found
 
 
 def _cifar_dataset(batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> Dataset:
@@ -413,8 +520,9 @@ def _cifar_dataset(batches: dict[str, tuple[np.ndarray, np.ndarray]]) -> Dataset
 def _read_cifar10_binary(path: Path) -> Dataset:
     """Reads `cifar-10-binary.tar.gz`: records of 1 label byte + 3072 CHW bytes."""
     names = tuple(n + ".bin" for n in (*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH))
-    raw = _read_tar_members(path, _CIFAR10_BINARY, "cifar-10-batches-bin/", names)
     record_size = 1 + int(np.prod(_CIFAR_SHAPE_CHW))
+    raw = _read_tar_members(path, _CIFAR10_BINARY, "cifar-10-batches-bin/", names,
+                            max_member=10000 * record_size)
     batches = {}
     for name, content in raw.items():
         if len(content) % record_size:

@@ -118,8 +118,8 @@ def test_hostile_pickles_are_refused_before_unpickling(tmp_path, case, payload, 
 def test_a_stride_zero_view_larger_than_its_storage_is_refused(tmp_path):
     one = FakeStorage("0", np.zeros(1, np.float32))
     view = FakeTensor(one, 0, (300_000_000,), (0,))  # 1.2 GB if copied
-    for name, data in (("z.pt", zip_bytes({"w": view})), ("l.pt", _legacy({"w": view}))):
-        path = write(tmp_path, name, data)
+    for name, content in (("z.pt", zip_bytes({"w": view})), ("l.pt", _legacy({"w": view}))):
+        path = write(tmp_path, name, content)
         assert_refused(lambda: torch_import.load_torch_file(path), "stride 0")
 
 
@@ -194,3 +194,85 @@ def test_path_traversal_and_code_execution_payloads_do_nothing(tmp_path):
     path = write(tmp_path, "exec.pt", legacy_with_object(pickle.dumps({"w": Payload()}, protocol=2)))
     assert_refused(lambda: torch_import.load_torch_file(path), "refusing to load global")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------
+# Dataset archives.
+
+import tarfile  # noqa: E402
+import warnings  # noqa: E402
+
+from kpjax import data  # noqa: E402
+from test_data import CIFAR_BATCHES, py3_cifar_pickle, tiny_cifar_batches, write_tar_gz, write_tiny_mnist  # noqa: E402
+
+
+def _gzip_bomb(header: bytes, megabytes: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b"\0" * (1 << 20)
+    return (compressor.compress(header) + b"".join(compressor.compress(chunk) for _ in range(megabytes))
+            + compressor.flush())
+
+
+def _load_mnist(directory):
+    def load():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", data.UnverifiedDataWarning)
+            data.load_dataset("mnist", directory)
+    return load
+
+
+def _load_cifar(directory):
+    def load():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", data.UnverifiedDataWarning)
+            data.load_dataset("cifar10", directory)
+    return load
+
+
+def test_an_idx_gzip_bomb_is_refused_on_its_header(tmp_path):
+    write_tiny_mnist(tmp_path)
+    # A header declaring 10^9 images of 28×28, then 600 MB of zeros: < 1 MB on disk.
+    header = b"\0\0\x08\x03" + struct.pack(">III", 10**9, 28, 28)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(_gzip_bomb(header, 600))
+    assert_refused(_load_mnist(tmp_path), "train-images-idx3-ubyte.gz", "declares shape (1000000000, 28, 28)")
+
+
+def test_an_idx_that_inflates_past_its_declared_size_is_refused(tmp_path):
+    write_tiny_mnist(tmp_path)
+    header = b"\0\0\x08\x01" + struct.pack(">I", 6)  # 6 labels declared, 600 MB follow
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(_gzip_bomb(header, 600))
+    assert_refused(_load_mnist(tmp_path), "train-labels-idx1-ubyte.gz", "inflates beyond")
+
+
+def test_a_cifar_tar_gzip_bomb_is_refused_while_streaming(tmp_path):
+    tar_header = tarfile.TarInfo("cifar-10-batches-bin/padding")
+    tar_header.size = 600 << 20
+    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(_gzip_bomb(tar_header.tobuf(), 600))
+    assert_refused(_load_cifar(tmp_path), "cifar-10-binary.tar.gz", "inflates beyond")
+
+
+def test_a_cifar_member_of_the_wrong_size_is_an_error_not_a_warning(tmp_path):
+    members = {f"cifar-10-batches-bin/{n}.bin": b"\0" * (3073 * 3) for n in CIFAR_BATCHES}
+    members["cifar-10-batches-bin/test_batch.bin"] = b"\0" * (3073 * 10001)
+    write_tar_gz(tmp_path / "cifar-10-binary.tar.gz", members)
+    assert_refused(_load_cifar(tmp_path), "test_batch.bin has 30,733,073 bytes")
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0.5, 1.0, 2.0], "labels must be integers"),
+    ([[0, 1], [1, 0], [2, 2]], "1-D"),
+    ([], "non-empty"),
+])
+def test_cifar_labels_must_be_a_non_empty_integer_vector(tmp_path, labels, message):
+    batches = tiny_cifar_batches()
+    members = {}
+    for name, (images, good) in batches.items():
+        content = py3_cifar_pickle(images, good, "numpy._core.multiarray")
+        if name == "test_batch":
+            batch = pickle.loads(content)
+            batch[b"labels"] = labels
+            batch[b"data"] = batch[b"data"][:len(labels)]
+            content = pickle.dumps(batch, protocol=3)
+        members[f"cifar-10-batches-py/{name}"] = content
+    write_tar_gz(tmp_path / "cifar-10-python.tar.gz", members)
+    assert_refused(_load_cifar(tmp_path), message)
