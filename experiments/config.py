@@ -67,6 +67,21 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# Upper bounds of integer flags: beyond them a value is a typo (10^27
+# epochs), not a plan, and would run until killed or overflow int32 steps.
+_MAX_STEPS = 10**9
+_MAX_EPOCHS = 10**5
+_MAX_SEED = 2**31 - 1  # PRNG keys and batch orders are seeded with 32-bit values
+
+
+def _check_range(config: Any, name: str, low: int, high: int, none_ok: bool = False) -> None:
+    value = getattr(config, name)
+    if value is None and none_ok:
+        return
+    _check(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+           f"--{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
 def _int(x: Any) -> int:
     if isinstance(x, bool) or float(x) != int(float(x)):
         raise ValueError(x)
@@ -142,10 +157,11 @@ class DataConfig:
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
         for name in ("synthetic_examples", "batch_size", "eval_batch_size"):
-            _check(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+            _check_range(self, name, 1, 10**7)
         for name in ("max_train_examples", "max_test_examples"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"--{name} must be >= 1 (omit it for all), got {value}")
+            _check_range(self, name, 1, 10**9, none_ok=True)
         _check(self.augment in ("auto", "on", "off"), f"--augment must be auto, on or off, got {self.augment!r}")
         _check(self.normalization in ("pretrained", "shrinkbench"),
                f"--normalization must be pretrained or shrinkbench, got {self.normalization!r}")
@@ -185,8 +201,13 @@ class TrainConfig(DataConfig):
         self.check_sgd_fields()
         for name in ("epochs", "checkpoint_every", "log_every"):
             _check(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+        _check_range(self, "epochs", 1, _MAX_EPOCHS)
+        _check_range(self, "checkpoint_every", 1, _MAX_STEPS)
+        _check_range(self, "log_every", 1, _MAX_STEPS)
         _check(self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        _check_range(self, "steps", 1, _MAX_STEPS, none_ok=True)
         _check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        _check_range(self, "seed", 0, _MAX_SEED)
 
 
 # ---------------------------------------------------------------------------
@@ -236,7 +257,9 @@ class PruningConfig(DataConfig):
         for c in self.compressions:
             _check(math.isfinite(c) and c > 1.0, f"--compressions must be finite and > 1, got {c:g}")
         _check(all(s >= 0 for s in self.seeds), f"--seeds must be >= 0, got {list(self.seeds)}")
+        _check(all(s <= _MAX_SEED for s in self.seeds), f"--seeds must be <= {_MAX_SEED}")
         _check(self.finetune_epochs >= 0, f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _check_range(self, "finetune_epochs", 0, _MAX_EPOCHS)
         _check(0 <= self.rcond < 1, f"--rcond must be in [0, 1), got {self.rcond}")
         self._check_feasible()
 
@@ -248,12 +271,17 @@ class PruningConfig(DataConfig):
         params = shapes["params"]
         select = self.prunable(params)
         total, prunable = count_params(params), count_params(params, select)
+        layers = sum(bool(s) for s in jax.tree_util.tree_leaves(select))
         for c in self.compressions:
             try:
-                pruning.keep_fraction(c, total, prunable)
+                kept = round(pruning.keep_fraction(c, total, prunable) * prunable)
             except ValueError as e:
                 raise ValueError(f"--compressions: {e} (model {self.model}"
                                  f"{'' if self.prune_classifier else ', classifier kept dense'})") from None
+            # Below one kept weight per prunable tensor the network is cut
+            # (global pruning would have to empty some layer).
+            _check(kept >= layers, f"--compressions: {c:g} keeps {kept} of {prunable:,} prunable "
+                   f"parameters, fewer than one per prunable tensor ({layers}) of {self.model}")
 
     def prunable(self, params: Any) -> Any:
         return pruning.prunable(params, include_classifier=self.prune_classifier,
@@ -275,8 +303,10 @@ class PruneConfig(PruningConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.pretrain_epochs >= 0, f"--pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        _check_range(self, "pretrain_epochs", 0, _MAX_EPOCHS)
         _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
                "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
+        _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
 
 
 @dataclass(frozen=True)
@@ -302,8 +332,10 @@ class EarlyConfig(PruningConfig):
         _check(len(set(self.prune_epochs)) == len(self.prune_epochs),
                f"--prune_epochs lists a value twice: {list(self.prune_epochs)}")
         object.__setattr__(self, "prune_epochs", tuple(sorted(self.prune_epochs)))
+        _check(all(e <= _MAX_EPOCHS for e in self.prune_epochs), f"--prune_epochs must be <= {_MAX_EPOCHS}")
         _check(self.window_steps is None or self.window_steps >= 2,
                "--window_steps must be >= 2 (a DMD fit needs 3 snapshots)")
+        _check_range(self, "window_steps", 2, 10**6, none_ok=True)
 
 
 def to_json(config: Any) -> dict[str, Any]:

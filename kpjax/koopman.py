@@ -74,6 +74,9 @@ def stack_snapshots(trajectory: Iterable[PyTree], select: Select) -> tuple[jax.A
 
 
 def _check_snapshots(snapshots: Any) -> None:
+    if np.issubdtype(np.dtype(snapshots.dtype), np.complexfloating):
+        raise ValueError(
+            f"snapshots must be real (parameter trajectories), got dtype {snapshots.dtype}")
     if np.ndim(snapshots) != 2:
         raise ValueError(
             f"snapshots must be a (T+1, N) array, got shape {np.shape(snapshots)}"

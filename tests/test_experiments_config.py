@@ -48,7 +48,7 @@ def test_lists_are_converted_and_frozen():
     (dict(finetune_epochs=-1), "--finetune_epochs must be >= 0"),
     (dict(pretrain_epochs=-2), "--pretrain_epochs must be >= 0"),
     (dict(trajectory_steps=1), "--trajectory_steps must be >= 2"),
-    (dict(batch_size=0), "--batch_size must be >= 1"),
+    (dict(batch_size=0), "--batch_size must be an integer in [1, 10000000], got 0"),
     (dict(max_train_examples=0), "--max_train_examples must be >= 1"),
     (dict(rcond=1.0), "--rcond must be in [0, 1)"),
     (dict(finetune=SGD(lr=0.0)), "--finetune_lr out of range"),
@@ -58,6 +58,12 @@ def test_lists_are_converted_and_frozen():
     # MnistNet's classifier holds 5,010 of 431,080 parameters: kept dense,
     # the rest can reach at most 86x.
     (dict(prune_classifier=False, compressions=(2, 100)), "compression 100.0 is impossible"),
+    # 431,080 parameters in 8 prunable tensors: c = 60,000 keeps 7.
+    (dict(compressions=(60000,)), "fewer than one per prunable tensor (8)"),
+    (dict(finetune_epochs=10**27), "--finetune_epochs must be an integer in [0, 100000]"),
+    (dict(pretrain_epochs=10**27), "--pretrain_epochs must be an integer in [0, 100000]"),
+    (dict(seeds=(2**40,)), "--seeds must be <= 2147483647"),
+    (dict(batch_size=10**12), "--batch_size must be an integer in [1, 10000000]"),
 ])
 def test_prune_config_refuses_bad_values(kwargs, message):
     with pytest.raises(ValueError) as info:
@@ -76,15 +82,18 @@ def test_early_config_refuses_bad_values(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size=0), "--batch_size must be >= 1"),
+    (dict(batch_size=0), "--batch_size must be an integer in [1, 10000000], got 0"),
     (dict(steps=0), "--steps must be >= 1"),
     (dict(train=SGD(lr_boundaries=("a",))), "--train_lr_boundaries must be a list of integers"),
     (dict(train=SGD(lr_boundaries=(-1,))), "--train_lr_boundaries must be >= 0"),
     (dict(seed=-1), "--seed must be >= 0"),
+    (dict(epochs=10**27), "--epochs must be an integer in [1, 100000]"),
+    (dict(steps=10**12), "--steps must be an integer in [1, 1000000000]"),
 ])
 def test_train_config_refuses_bad_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError) as info:
         TrainConfig(**kwargs)
+    assert message in str(info.value)
 
 
 def test_build_config_from_flag_values():

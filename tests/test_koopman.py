@@ -218,3 +218,9 @@ def test_fixed_point_separation_by_hand():
     assert koopman.fixed_point_separation(np.array([0.99])) == float("inf")
     with pytest.raises(ValueError, match="at least one eigenvalue"):
         koopman.fixed_point_separation(np.array([]))
+
+
+def test_complex_snapshots_are_refused():
+    theta = jnp.ones((4, 3), jnp.complex64)
+    with pytest.raises(ValueError, match="snapshots must be real"):
+        koopman.fit_trajectory(theta)

@@ -287,3 +287,14 @@ def test_masked_refuses_a_mask_of_another_structure():
     params, mask, _ = _masked_problem()
     with pytest.raises(ValueError, match="structure"):
         pruning.masked(optax.sgd(0.1), {"conv": mask["conv"]}).init(params)
+
+
+def test_a_trajectory_of_other_shapes_is_refused():
+    # Same leaf names, another model's shapes (fc 32x10 recorded as 8x40).
+    params = _model_params()
+    select = pruning.prunable(params)
+    other = dict(params, fc={"kernel": jnp.zeros((8, 40)), "bias": params["fc"]["bias"]})
+    theta, spec = koopman.stack_snapshots([other] * 4, pruning.prunable(other))
+    inputs = pruning.PruneInputs(params, select, snapshots=theta, spec=spec)
+    with pytest.raises(ValueError, match=r"shapes differ from the params'.*fc/kernel \(32, 10\) vs \(8, 40\)"):
+        pruning.prune("kmp", inputs, 2.0)
