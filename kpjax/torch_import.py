@@ -241,8 +241,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise TorchCheckpointError(
                 f"{self._path}: refusing a tensor of {count:,} elements viewed on a storage "
                 f"of {storage.numel:,} (stride 0 or overlapping strides)")
-        if storage.elements is None:
-            return None
+        if storage.elements is None:  # a layout pass: shape and dtype, no memory
+            return np.broadcast_to(np.zeros((), storage.dtype), size)
         view = np.lib.stride_tricks.as_strided(
             storage.elements[storage_offset:], shape=size,
             strides=tuple(s * storage.dtype.itemsize for s in stride), writeable=False)
@@ -397,7 +397,7 @@ class _Budget:
                 "raise max_elements if the checkpoint is really that large")
 
 
-def _load_legacy(data: bytes, path: str, budget: _Budget) -> Any:
+def _load_legacy(data: bytes, path: str, budget: _Budget, layout_only: bool = False) -> Any:
     stream = io.BytesIO(data)
     magic = _unpickle(stream, path, "magic number")
     if magic != LEGACY_MAGIC_NUMBER:
@@ -429,7 +429,7 @@ def _load_legacy(data: bytes, path: str, budget: _Budget) -> Any:
                 f"{known.dtype} and {ref.numel} x {ref.dtype}")
         return _Storage(None, ref.dtype, ref.numel)
 
-    _unpickle(stream, path, "saved object", record_storage)
+    layout = _unpickle(stream, path, "saved object", record_storage)
     keys = _unpickle(stream, path, "storage key list")
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         raise TorchCheckpointError(f"{path}: the storage key record is not a list of str")
@@ -440,6 +440,8 @@ def _load_legacy(data: bytes, path: str, budget: _Budget) -> Any:
 
     elements: dict[str, np.ndarray] = {}
     offset = stream.tell()
+    if layout_only:
+        return layout
     for i, key in enumerate(keys):
         ref = refs[key]
         nbytes = ref.numel * ref.dtype.itemsize
@@ -462,7 +464,8 @@ def _load_legacy(data: bytes, path: str, budget: _Budget) -> Any:
         lambda ref: _Storage(elements[ref.key], ref.dtype, ref.numel))
 
 
-def _load_zip(archive: zipfile.ZipFile, path: str, budget: _Budget) -> Any:
+def _load_zip(archive: zipfile.ZipFile, path: str, budget: _Budget,
+              layout_only: bool = False) -> Any:
     pickles = [n for n in archive.namelist()
                if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
@@ -496,6 +499,9 @@ def _load_zip(archive: zipfile.ZipFile, path: str, budget: _Budget) -> Any:
             raise TorchCheckpointError(
                 f"{path}: storage record {_describe(record)} declares {declared:,} bytes, "
                 f"expected {ref.numel} x {ref.dtype} = {ref.numel * ref.dtype.itemsize:,}")
+        if layout_only:
+            cache[ref.key] = _Storage(None, ref.dtype, ref.numel)
+            return cache[ref.key]
         raw = archive.read(record)
         if len(raw) != ref.numel * ref.dtype.itemsize:
             raise TorchCheckpointError(
@@ -513,7 +519,8 @@ def _load_zip(archive: zipfile.ZipFile, path: str, budget: _Budget) -> Any:
                      read_storage, legacy=False)
 
 
-def load_torch_file(path: str | os.PathLike, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Any:
+def load_torch_file(path: str | os.PathLike, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                    layout_only: bool = False) -> Any:
     """Reads a file written by `torch.save` without PyTorch and without running its code.
 
     Hostile files are refused before the work they ask for: pickles nested
@@ -526,6 +533,9 @@ def load_torch_file(path: str | os.PathLike, max_elements: int = DEFAULT_MAX_ELE
     Args:
         path: a zip-format (torch >= 1.6) or legacy-format checkpoint.
         max_elements: the most storage elements the file may hold in all.
+        layout_only: read no tensor data: tensors come back as read-only
+            zero-memory arrays of their shape and dtype (to compare a
+            checkpoint with a model before materializing it).
 
     Returns:
         The saved object with tensors as numpy arrays (dtype, shape and
@@ -553,10 +563,10 @@ def load_torch_file(path: str | os.PathLike, max_elements: int = DEFAULT_MAX_ELE
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                return _load_zip(archive, path, budget)
+                return _load_zip(archive, path, budget, layout_only)
         except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
             raise TorchCheckpointError(f"{path}: corrupt zip checkpoint: {e}") from e
-    return _load_legacy(data, path, budget)
+    return _load_legacy(data, path, budget, layout_only)
 
 
 def state_dict_from(obj: Any) -> dict[str, np.ndarray]:
@@ -584,8 +594,8 @@ def state_dict_from(obj: Any) -> dict[str, np.ndarray]:
     if not (isinstance(obj, Mapping) and obj
             and all(isinstance(k, str) and isinstance(v, np.ndarray)
                     for k, v in obj.items())):
-        what = (f"a mapping with keys {list(obj)[:10]}" if isinstance(obj, Mapping)
-                else type(obj).__name__)
+        what = (f"a mapping with keys {[_describe(k) for k in list(obj)[:10]]}"
+                if isinstance(obj, Mapping) else _describe(obj))
         raise ValueError(
             "expected a state dict ({name: tensor}) or a dict holding one under "
             f"'state_dict' or 'model_state_dict', got {what}")
@@ -692,7 +702,7 @@ def _path_str(path: tuple[Any, ...]) -> str:
 
 
 def _abbreviated(names: list[str], limit: int = 20) -> str:
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(n if len(n) <= 120 else n[:120] + "..." for n in names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
@@ -700,7 +710,8 @@ def state_dict_to_variables(
     state_dict: Mapping[str, np.ndarray],
     template_variables: Mapping[str, Any],
     flattened_inputs: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-) -> dict[str, Any]:
+    check_only: bool = False,
+) -> dict[str, Any] | None:
     """Converts a PyTorch state dict to Flax variables shaped like a template.
 
     Args:
@@ -712,6 +723,8 @@ def state_dict_to_variables(
         flattened_inputs: {dense layer: conv layer} for dense layers that
             read the conv's (pooled) output map flattened; their rows are
             permuted from C, H, W to H, W, C order (MnistNet: fc1 <- conv2).
+        check_only: only check names and shapes (no arrays built); returns
+            None.
 
     Returns:
         Variables with the template's structure ('params', and 'batch_stats'
@@ -755,6 +768,8 @@ def state_dict_to_variables(
             f"  missing ({len(missing)}): {_abbreviated(missing)}\n"
             f"  unexpected ({len(unexpected)}): {_abbreviated(unexpected)}\n"
             f"  shape mismatches ({len(mismatched)}): {_abbreviated(mismatched)}")
+    if check_only:
+        return None
     return jax.tree_util.tree_map_with_path(
         lambda p, leaf: jnp.asarray(values[_path_str(p)], dtype=leaf.dtype),
         template_variables)
@@ -786,8 +801,13 @@ def import_torch_checkpoint(
             another architecture (missing/unexpected keys, shape mismatches).
     """
     # A checkpoint holds the model and at most a few optimizer buffers of the
-    # same size: anything far larger is refused before it is read.
+    # same size: anything far larger is refused before it is read. Then the
+    # layout (names, shapes, dtypes) is compared with the model before any
+    # tensor data is read.
     budget = 4 * sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(template_variables))
-    return state_dict_to_variables(
-        state_dict_from(load_torch_file(path, max_elements=budget + (1 << 16))),
-        template_variables, flattened_inputs)
+    budget += 1 << 16
+    layout = state_dict_from(load_torch_file(path, budget, layout_only=True))
+    state_dict_to_variables(layout, template_variables, flattened_inputs,
+                            check_only=True)
+    return state_dict_to_variables(state_dict_from(load_torch_file(path, budget)),
+                                   template_variables, flattened_inputs)

@@ -618,3 +618,20 @@ def test_corrupted_pretrained_file_is_a_clear_error(pretrained, tmp_path):
     data[137:139] = b"\xff\xff"  # the object pickle's PROTO opcode
     with pytest.raises(ValueError, match=r"mnistnet_bad\.pt: corrupt or truncated saved object"):
         torch_import.load_torch_file(write(tmp_path, "mnistnet_bad.pt", bytes(data)))
+
+
+def test_a_checkpoint_of_another_shape_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
+    sd = random_torch_state_dict("mnistnet_tiny")
+    sd["fc2.weight"] = np.zeros((10, 15), np.float32)  # the model's fc2 reads 16
+    obj = collections.OrderedDict((k, tensor(str(i), v)) for i, (k, v) in enumerate(sd.items()))
+    path = write(tmp_path, "other.pt", zip_bytes(obj))
+    reads = []
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, *a: reads.append(name) or real_read(self, name, *a))
+    with pytest.raises(ValueError, match=r"fc2.weight \(10, 15\) -> params/fc2/kernel expects \(16, 10\)"):
+        import_as(path, "mnistnet_tiny")
+    assert reads == ["archive/byteorder", "archive/data.pkl"]  # no storage record
+    # The layout pass gives shapes and dtypes without memory.
+    layout = torch_import.load_torch_file(path, layout_only=True)
+    assert layout["fc2.weight"].shape == (10, 15) and layout["fc2.weight"].strides == (0, 0)
