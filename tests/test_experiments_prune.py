@@ -89,7 +89,7 @@ def test_a_second_run_on_a_busy_workdir_stops_and_the_first_completes(tmp_path):
     work = tmp_path / "busy"
     flags = ["--model=mnistnet_tiny", "--max_train_examples=384", "--max_test_examples=200",
              "--batch_size=64", "--eval_batch_size=100", "--methods=kmp,gmp", "--compressions=2,4",
-             "--trajectory_steps=4", f"--workdir={work}"]
+             "--trajectory_steps=4", "--finetune_epochs=0", f"--workdir={work}"]
     first = subprocess.Popen([sys.executable, "-m", "experiments.prune", *flags], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -99,7 +99,7 @@ def test_a_second_run_on_a_busy_workdir_stops_and_the_first_completes(tmp_path):
             time.sleep(0.05)
         config = PruneConfig(model="mnistnet_tiny", max_train_examples=384, max_test_examples=200,
                              batch_size=64, eval_batch_size=100, methods=("kmp", "gmp"),
-                             compressions=(2, 4), trajectory_steps=4)
+                             compressions=(2, 4), trajectory_steps=4, finetune_epochs=0)
         with pytest.raises(ValueError, match=f"workdir {work} in use by pid {first.pid}"):
             prune.run(config, str(work))
     finally:
