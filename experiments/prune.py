@@ -71,7 +71,8 @@ def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipel
 
 def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows) -> str:
     config = setup.config
-    stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k) for k in ("top1", "speedup")}
+    stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
+             for k in ("top1", "speedup", "compression_achieved")}
     methods = [m for m in setup.methods if any(r["method"] == m for r in rows)]
     seeds = sorted({r["seed"] for r in rows})
     out = [f"# Pruning {setup.spec.name} on {setup.dataset.name}", "",
@@ -82,15 +83,26 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows) -> str:
     if dense:
         out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %", ""]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
-        body = []
-        for c in setup.compressions:
-            speed = next((stats["speedup"][(m, c, phase)] for m in methods
-                          if (m, c, phase) in stats["speedup"]), None)
-            if speed is not None:
-                body.append([f"{c:g}", f"{speed[0]:.2f}"]
-                            + [fmt_pm(stats["top1"].get((m, c, phase))) for m in methods])
+        body = [[f"{c:g}"] + [fmt_pm(stats["top1"].get((m, c, phase))) for m in methods]
+                for c in setup.compressions
+                if any((m, c, phase) in stats["top1"] for m in methods)]
         if body:
-            out += [f"## {title}", "", markdown_table(["compression", "speedup"] + methods, body), ""]
+            out += [f"## {title}", "", markdown_table(["compression"] + methods, body), ""]
+    # Each method's own masks: the speedup (ShrinkBench's dense FLOPs / FLOPs
+    # left) differs between methods at one compression.
+    body = []
+    for c in setup.compressions:
+        cells = []
+        for m in methods:
+            speed, achieved = stats["speedup"].get((m, c, "pruned")), stats["compression_achieved"].get((m, c, "pruned"))
+            cells.append("–" if speed is None else f"{speed[0]:.2f}× (c = {achieved[0]:.2f})")
+        if any(x != "–" for x in cells):
+            body.append([f"{c:g}"] + cells)
+    if body:
+        out += ["## Theoretical speedup and achieved compression of each method's masks", "",
+                "FLOPs of the dense network over those left (conv/dense multiply-adds, "
+                "ShrinkBench's definition); mean over seeds.", "",
+                markdown_table(["compression"] + methods, body), ""]
     if overlap_rows:
         ov = group_mean_std(overlap_rows, ("pair", "compression"), "jaccard")
         pairs = sorted({r["pair"] for r in overlap_rows})
