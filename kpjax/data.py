@@ -27,8 +27,11 @@ import io
 import itertools
 import math
 import os
+import logging
 import pickle
+import socket
 import tarfile
+import urllib.parse
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping
@@ -43,6 +46,8 @@ try:  # NumPy >= 2 moved the array internals to numpy._core.
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
 except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+_log = logging.getLogger(__name__)
 
 DATASET_NAMES = ("mnist", "cifar10", "synthetic")
 NUM_CLASSES = 10
@@ -288,11 +293,33 @@ def _download(originals: list[_Original], data_dir) -> dict[str, Path]:
         orig.url: tfds.download.checksums.UrlInfo(
             size=orig.size, checksum=orig.sha256, filename=orig.filename)
         for orig in originals}
+    _check_reachable(originals[0].url, download_dir)
+    _log.info("downloading %s into %s (TFDS's download manager)",
+              ", ".join(o.filename for o in originals), download_dir)
     manager = tfds.download.DownloadManager(
         download_dir=download_dir, url_infos=url_infos,
         force_checksums_validation=True)
-    paths = manager.download({orig.filename: orig.url for orig in originals})
+    try:
+        paths = manager.download({orig.filename: orig.url for orig in originals})
+    except Exception as e:  # network and checksum failures come in many types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DataNotFoundError(
+            f"download of {', '.join(o.filename for o in originals)} into {download_dir} "
+            f"failed ({type(e).__name__}: {first})") from None
     return {filename: Path(path) for filename, path in paths.items()}
+
+
+def _check_reachable(url: str, download_dir: Path, timeout: float = 5.0) -> None:
+    """One connection attempt to the download host, so that a machine without
+    network fails at once with one line instead of minutes of retries."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        raise DataNotFoundError(
+            f"--download: cannot reach {host} ({type(e).__name__}: {e}); no network here? "
+            f"Downloads would go to {download_dir}. Copy the original files into a folder "
+            "and pass it as --data_dir instead.") from None
 
 
 def _verify_sha256(content: bytes, expected: str, what: str) -> None:

@@ -8,6 +8,7 @@ import itertools
 import pickle
 import struct
 import tarfile
+import time
 import warnings
 from pathlib import Path
 
@@ -365,6 +366,7 @@ def fake_download_manager(monkeypatch):
     FakeDownloadManager.files = {}
     FakeDownloadManager.real_class = tfds.download.DownloadManager
     monkeypatch.setattr(tfds.download, "DownloadManager", FakeDownloadManager)
+    monkeypatch.setattr(data, "_check_reachable", lambda url, download_dir: None)  # no network
     return FakeDownloadManager
 
 
@@ -657,3 +659,22 @@ def test_check_available_says_what_load_dataset_would(tmp_path):
         data.check_available("svhn")
     (tmp_path / "cifar-10-binary.tar.gz").write_bytes(b"")
     data.check_available("cifar10", tmp_path)  # present; corruption is load_dataset's to report
+
+
+def test_download_without_network_fails_at_once_with_one_line(tmp_path, fake_download_manager, monkeypatch):
+    monkeypatch.undo()  # the real reachability check, with the connection refused
+    monkeypatch.setattr(data.socket, "create_connection",
+                        lambda address, timeout: (_ for _ in ()).throw(OSError("Network is unreachable")))
+    start = time.monotonic()
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.load_dataset("cifar10", data_dir=tmp_path / "cache", download=True)
+    message = str(info.value)
+    assert "cannot reach www.cs.toronto.edu" in message and str(tmp_path / "cache") in message
+    assert "\n" not in message and time.monotonic() - start < 5
+    assert not fake_download_manager.instances  # nothing was attempted
+
+
+def test_a_failing_download_is_one_line(tmp_path, fake_download_manager):
+    fake_download_manager.files = {}  # the fake then fails with a KeyError
+    with pytest.raises(data.DataNotFoundError, match=r"download of cifar-10-binary.tar.gz into .* failed \(KeyError"):
+        data.load_dataset("cifar10", data_dir=tmp_path, download=True)
