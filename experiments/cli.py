@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -120,6 +121,9 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
                 raise
             _usage_error(str(e))
 
+    # JAX probes for a TPU at start and logs its absence at INFO on every CPU
+    # run; that line says nothing about the run.
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     app.run(guarded)
 
 

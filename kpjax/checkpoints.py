@@ -141,7 +141,7 @@ def restore_checkpoint(
             f"found steps {sorted(steps)}")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
     options = ocp.CheckpointManagerOptions(
-        create=False, read_only=True, enable_async_checkpointing=False)
+        create=False, enable_async_checkpointing=False)
     try:
         with ocp.CheckpointManager(directory, options=options) as manager:
             restored = manager.restore(step, args=ocp.args.Composite(**{
@@ -163,6 +163,11 @@ def restore_checkpoint(
     return state, dict(restored[_META] or {})
 
 
+# Restoring uses a manager without read_only: orbax's read-only mode logs two
+# warnings per manager ("read only", "save_interval_steps=0") and a manager
+# that never saves writes nothing (create=False, no temporary cleanup).
+
+
 def read_metadata(directory: str | os.PathLike, step: int) -> dict[str, Any]:
     """The JSON metadata saved with ``step``, without reading the state.
 
@@ -170,7 +175,7 @@ def read_metadata(directory: str | os.PathLike, step: int) -> dict[str, Any]:
         ValueError: the step's metadata are missing or unreadable.
     """
     options = ocp.CheckpointManagerOptions(
-        create=False, read_only=True, enable_async_checkpointing=False)
+        create=False, enable_async_checkpointing=False)
     try:
         with ocp.CheckpointManager(os.fspath(directory), options=options) as manager:
             restored = manager.restore(step, args=ocp.args.Composite(**{
@@ -221,7 +226,7 @@ def restore_variables(
         raise FileNotFoundError(f"no checkpoints in {directory}")
     step = max(steps) if step is None else step
     options = ocp.CheckpointManagerOptions(
-        create=False, read_only=True, enable_async_checkpointing=False)
+        create=False, enable_async_checkpointing=False)
     try:
         with ocp.CheckpointManager(directory, options=options) as manager:
             raw = manager.restore(step, args=ocp.args.Composite(**{
