@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags, logging
 
-from experiments import cli, common, pipeline, plots
+from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
@@ -76,18 +76,29 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
     lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
     sep = group_mean_std(window_rows, ("prune_epoch",), "lambda1_separation")
+    pairs_run = [p for p in pipeline.PAIRS if p[0] in setup.methods and p[1] in setup.methods]
+    readings = []
+    for c in setup.compressions:
+        text = report.reading([r for r in rows if r["compression"] == c], pairs_run, by=("prune_epoch",))
+        if text:
+            readings += [f"At c = {c:g}: {text}", ""]
     out = [f"# Early pruning of {setup.spec.name} on {setup.dataset.name}", "",
-           f"Seeds {setup.seeds}; windows of {config.window_steps or setup.steps_per_epoch} steps "
-           f"starting at epochs {epochs}; top-1 % mean ± std over seeds.", ""]
+           *readings,
+           f"Seeds {setup.seeds} (n = {len(setup.seeds)}); windows of "
+           f"{config.window_steps or setup.steps_per_epoch} steps starting at epochs {epochs}; "
+           f"rank cutoff rcond = {config.rcond:g}; top-1 % mean ± std over seeds.", ""]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
+        dense_phase = "dense" if phase == "pruned" else "finetuned"
         body = []
         for e in epochs:
             for c in setup.compressions:
                 cells = [fmt_pm(stats.get((e, m, c, phase))) for m in setup.methods]
                 if any(x != "–" for x in cells):
-                    body.append([e, f"{c:g}"] + cells)
+                    body.append([e, f"{c:g}"] + cells + [fmt_pm(stats.get((e, "dense", 1.0, dense_phase)))])
         if body:
-            out += [f"## {title}", "", markdown_table(["epoch", "compression"] + setup.methods, body), ""]
+            control = "dense θ(t₂)" if phase == "pruned" else "dense, fine-tuned alike"
+            out += [f"## {title}", "",
+                    markdown_table(["epoch", "compression"] + setup.methods + [control], body), ""]
     pairs = sorted({r["pair"] for r in overlap_rows})
     if pairs:
         body = [[e, f"{c:g}"] + [fmt_pm(ov.get((e, p, c)), 1.0, 4) for p in pairs]
@@ -98,7 +109,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
     out += ["## Eigenvalue closest to 1", "",
             "A small separation min |λᵢ − λ₁| means an ill-determined KMP mode φ₁.", "",
             markdown_table(["epoch", "distance of λ₁ to 1", "separation of λ₁"], body), ""]
-    return "\n".join(out)
+    return "\n".join(out + report.provenance())
 
 
 def run(config: EarlyConfig, workdir: str) -> str:
@@ -155,13 +166,9 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
             if seed == setup.seeds[0]:
                 spectra[e] = window.eigenvalues
             if not windows.done(model=model, prune_epoch=e, seed=seed):
-                windows.add([{"model": model, "prune_epoch": e, "seed": seed,
-                              "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
-                              "lambda1_distance": abs(window.lambda1 - 1.0),
-                              "lambda1_separation": window.lambda1_separation,
-                              "rank": len(window.eigenvalues)}])
+                windows.add([pipeline.window_row(setup, window, seed, prune_epoch=e)])
             if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
-                table.add([pipeline.dense_row(setup, window, seed, prune_epoch=e)])
+                table.add(pipeline.dense_cell(setup, window, seed, prune_epoch=e))
             new = [r for r in pipeline.overlap_rows(setup, window, seed, prune_epoch=e)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:

@@ -214,21 +214,27 @@ def row(setup: Setup, method: str, c: float, seed: int, phase: str, ev, params, 
     }
 
 
-def dense_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
-    """θ(t₂) unpruned: the accuracy every method starts from."""
-    start = time.time()
-    state = setup.state(window.variables, seed)
-    return row(setup, "dense", 1.0, seed, "dense", setup.evaluate(state), state.params,
-               train.full_mask(state.params), time.time() - start, **extra)
+def dense_cell(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
+    """The dense references: θ(t₂) unpruned (phase "dense", what every method
+    starts from) and, with refinement, θ(t₂) fine-tuned unpruned for the same
+    steps, learning rate and batch order as every pruned cell (phase
+    "finetuned"): the fair reference for the refined accuracies, since the
+    pruned networks get those steps too."""
+    return run_cell(setup, window, "dense", 1.0, seed, **extra)
 
 
 def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **extra) -> list[dict]:
-    """Prune θ(t₂) with `method` at compression c, evaluate, refine, evaluate."""
+    """Prune θ(t₂) with `method` at compression c, evaluate, refine, evaluate.
+
+    method "dense" (c = 1) is the unpruned control (`dense_cell`).
+    """
     start = time.time()
-    mask = window.mask(setup, method, c)
+    dense = method == "dense"
+    params = window.variables["params"]
+    mask = train.full_mask(params) if dense else window.mask(setup, method, c)
     state = setup.state(window.variables, seed, mask=mask)
-    rows = [row(setup, method, c, seed, "pruned", setup.evaluate(state), state.params, mask,
-                time.time() - start, **extra)]
+    rows = [row(setup, method, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
+                state.params, mask, time.time() - start, **extra)]
     if setup.config.finetune_epochs:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
         state = common.run_steps(setup.finetune_step, state, setup.stream(seed, FINETUNE), steps,
@@ -238,6 +244,16 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
     logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",
                  "  ".join(f"{r['phase']} top-1 {100 * r['top1']:.2f}%" for r in rows))
     return rows
+
+
+def window_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
+    """What the Koopman fit of a window says: λ₁ (the eigenvalue closest to
+    1), its distance to 1 and to the rest of the spectrum, the rank, rcond."""
+    return {"model": setup.spec.name, **extra, "seed": seed,
+            "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
+            "lambda1_distance": abs(window.lambda1 - 1.0),
+            "lambda1_separation": window.lambda1_separation,
+            "rank": len(window.eigenvalues), "rcond": setup.config.rcond}
 
 
 def overlap_rows(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:

@@ -29,11 +29,12 @@ import os
 
 from absl import flags, logging
 
-from experiments import cli, common, pipeline, plots
+from experiments import cli, common, pipeline, plots, report
 from experiments.config import PruneConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
 from kpjax import loop
+from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")
 
@@ -69,25 +70,46 @@ def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipel
                                   f"seed {seed}")
 
 
-def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows) -> str:
+def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows) -> str:
     config = setup.config
     stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
              for k in ("top1", "speedup", "compression_achieved")}
     methods = [m for m in setup.methods if any(r["method"] == m for r in rows)]
     seeds = sorted({r["seed"] for r in rows})
+    params = setup.variables0["params"]
     out = [f"# Pruning {setup.spec.name} on {setup.dataset.name}", "",
-           f"Seeds {seeds}; window T = {steps} steps; fine-tuning {config.finetune_epochs} epoch(s) "
-           f"at lr {config.finetune.lr:g}; classifier {'pruned' if config.prune_classifier else 'kept dense'}. "
-           "Top-1 % as mean ± std over seeds.", ""]
+           report.reading(rows, [p for p in pipeline.PAIRS if p[0] in methods and p[1] in methods]),
+           "",
+           f"Seeds {seeds} (n = {len(seeds)}); window T = {steps} steps; fine-tuning "
+           f"{config.finetune_epochs} epoch(s) at lr {config.finetune.lr:g}; classifier "
+           f"{'pruned' if config.prune_classifier else 'kept dense'}. Top-1 % as mean ± std over "
+           "seeds (std when n > 1).", "",
+           f"Model: {count_params(params):,} parameters, {count_params(params, setup.select):,} "
+           f"prunable; {sum(setup.flops.values()):,} multiply-adds per example (conv/dense).", ""]
+    if window_rows:
+        lam = group_mean_std(window_rows, (), "lambda1_real")
+        dist = group_mean_std(window_rows, (), "lambda1_distance")
+        sep = group_mean_std(window_rows, (), "lambda1_separation")
+        rank = group_mean_std(window_rows, (), "rank")
+        out += [f"Koopman fit (rank cutoff rcond = {config.rcond:g}): rank "
+                f"{fmt_pm(rank.get(()), 1.0, 1)}, Re λ₁ {fmt_pm(lam.get(()), 1.0, 6)}, "
+                f"|λ₁ − 1| = {_sci(dist.get(()))}, separation of λ₁ from the rest "
+                f"{_sci(sep.get(()))}. KMP's comparison with GMP can change with rcond "
+                "(BUILD_NOTES); a small separation means an ill-determined mode φ₁.", ""]
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
     if dense:
-        out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %", ""]
+        out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %"
+                + (f"; fine-tuned unpruned for the same steps: {fmt_pm(dense[('finetuned',)])} %"
+                   if ("finetuned",) in dense else ""), ""]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
+        control = phase == "finetuned" and ("finetuned",) in dense
         body = [[f"{c:g}"] + [fmt_pm(stats["top1"].get((m, c, phase))) for m in methods]
+                + ([fmt_pm(dense[("finetuned",)])] if control else [])
                 for c in setup.compressions
                 if any((m, c, phase) in stats["top1"] for m in methods)]
         if body:
-            out += [f"## {title}", "", markdown_table(["compression"] + methods, body), ""]
+            header = ["compression"] + methods + (["dense, fine-tuned alike"] if control else [])
+            out += [f"## {title}", "", markdown_table(header, body), ""]
     # Each method's own masks: the speedup (ShrinkBench's dense FLOPs / FLOPs
     # left) differs between methods at one compression.
     body = []
@@ -110,7 +132,14 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows) -> str:
                 for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["compression"] + pairs, body), ""]
-    return "\n".join(out)
+    return "\n".join(out + report.provenance())
+
+
+def _sci(stats) -> str:
+    if stats is None:
+        return "–"
+    mean, std, n = stats
+    return f"{mean:.2e} ± {std:.1e}" if n > 1 else f"{mean:.2e}"
 
 
 def run(config: PruneConfig, workdir: str) -> str:
@@ -126,12 +155,14 @@ def run(config: PruneConfig, workdir: str) -> str:
         table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
         overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
         window = pipeline.cached_window(setup, os.path.join(workdir, f"seed{setup.seeds[0]}", "window.npz"))
-        return _write_outputs(setup, steps, workdir, table, overlap,
+        windows = ResultTable(workdir, ("model", "seed"), stem="windows")
+        return _write_outputs(setup, steps, workdir, table, overlap, windows,
                               None if window is None else window.eigenvalues)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
         table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
         overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
+        windows = ResultTable(workdir, ("model", "seed"), stem="windows")
         model = setup.spec.name
         cells = [(s, m, c) for s in setup.seeds for m in setup.methods for c in setup.compressions]
         todo = [x for x in cells if not table.done(model=model, method=x[1], compression=x[2], seed=x[0])]
@@ -144,7 +175,9 @@ def run(config: PruneConfig, workdir: str) -> str:
             if spectrum is None:
                 spectrum = window.eigenvalues
             if not table.done(model=model, method="dense", compression=1.0, seed=seed):
-                table.add([pipeline.dense_row(setup, window, seed)])
+                table.add(pipeline.dense_cell(setup, window, seed))
+            if not windows.done(model=model, seed=seed):
+                windows.add([pipeline.window_row(setup, window, seed)])
             new = [r for r in pipeline.overlap_rows(setup, window, seed)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:
@@ -152,11 +185,11 @@ def run(config: PruneConfig, workdir: str) -> str:
             for _, method, c in [x for x in todo if x[0] == seed]:
                 table.add(pipeline.run_cell(setup, window, method, c, seed))
                 progress.update(1)
-        return _write_outputs(setup, steps, workdir, table, overlap, spectrum)
+        return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
 
 
-def _write_outputs(setup, steps, workdir, table, overlap, spectrum) -> str:
-    summary = _summary(setup, steps, table.rows, overlap.rows)
+def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:
+    summary = _summary(setup, steps, table.rows, overlap.rows, windows.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
     if table.rows:

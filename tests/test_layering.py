@@ -55,7 +55,7 @@ def test_the_rules_see_imports():
 
 
 STDLIB = {"__future__", "abc", "ast", "collections", "concurrent", "contextlib", "csv", "dataclasses",
-          "errno", "fcntl", "glob", "socket",
+          "errno", "fcntl", "glob", "platform", "resource", "socket", "subprocess",
           "functools", "gzip", "hashlib", "importlib", "io", "itertools", "json", "logging", "math",
           "os", "pathlib", "pickle", "pickletools", "queue", "re", "shutil", "struct", "sys", "tarfile",
           "tempfile", "threading", "time", "types", "typing", "urllib", "warnings", "zipfile", "zlib"}
