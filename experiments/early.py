@@ -186,7 +186,8 @@ def _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra) -> 
     out = lambda name: os.path.join(workdir, name)
     if table.rows:
         plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"),
-                                "finetuned" if setup.config.finetune_epochs else "pruned")
+                                "finetuned" if setup.config.finetune_epochs else "pruned",
+                                f"{setup.spec.name} on {setup.dataset.name}")
     if overlap.rows:
         plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window")
     if windows.rows:

@@ -13,17 +13,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.results import Row, atomic_write_bytes, group_mean_std  # noqa: E402
 
+# Distinguishable at a glance and when lines coincide (KMP ≈ GMP): hollow
+# large markers over small filled ones, solid over dashed.
 _METHOD_STYLE = {
-    "kmp": dict(color="tab:red", marker="o"),
-    "gmp": dict(color="tab:blue", marker="s", linestyle="--"),
-    "kgp": dict(color="tab:orange", marker="^"),
-    "grad": dict(color="tab:green", marker="v", linestyle="--"),
+    "kmp": dict(color="tab:red", marker="o", markersize=9, markerfacecolor="none", linewidth=1.6),
+    "gmp": dict(color="tab:blue", marker="s", markersize=4, linestyle="--", linewidth=1.2),
+    "kgp": dict(color="tab:orange", marker="^", markersize=9, markerfacecolor="none", linewidth=1.6),
+    "grad": dict(color="tab:green", marker="v", markersize=4, linestyle="--", linewidth=1.2),
     "random": dict(color="tab:gray", marker="x", linestyle=":"),
 }
+_NAMES = {"kmp": "KMP", "gmp": "GMP", "kgp": "KGP", "grad": "gradient", "random": "random"}
 
 
 def _save(fig, path: str) -> None:
@@ -41,67 +45,115 @@ def _methods(rows: Sequence[Row]) -> list[str]:
     return seen
 
 
+def _n_seeds(rows: Sequence[Row]) -> int:
+    return len({r["seed"] for r in rows})
+
+
+def _line(ax, x, stats, label, style, scale=100.0) -> None:
+    """A mean line with std error bars, only where there is a spread (n > 1)."""
+    y = [scale * s[0] for s in stats]
+    if any(s[2] > 1 for s in stats):
+        ax.errorbar(x, y, yerr=[scale * s[1] for s in stats], capsize=3, label=label, **style)
+    else:
+        ax.plot(x, y, label=label, **style)
+
+
 def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> None:
-    """Top-1 vs compression, pruned and after refinement (the paper's Fig. 1)."""
+    """Top-1 vs compression, pruned and after refinement (the paper's Fig. 1).
+
+    One shared y-axis; the dense reference of each panel as a horizontal line
+    (θ(t₂) before, θ(t₂) fine-tuned for the same steps after refinement);
+    error bars (std over seeds) only when there are several seeds.
+    """
     phases = [p for p in ("pruned", "finetuned") if any(r["phase"] == p for r in rows)]
-    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4.2), squeeze=False,
+                             sharey=True)
     stats = group_mean_std(rows, ("phase", "method", "compression"), "top1")
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
     for ax, phase in zip(axes[0], phases):
         for method in _methods(rows):
             pts = sorted((c, s) for (p, m, c), s in stats.items() if p == phase and m == method)
-            if not pts:
-                continue
-            x = [c for c, _ in pts]
-            y = [100 * s[0] for _, s in pts]
-            e = [100 * s[1] for _, s in pts]
-            ax.errorbar(x, y, yerr=e, label=method, capsize=3, **_METHOD_STYLE.get(method, {}))
-        if ("dense",) in dense:
-            ax.axhline(100 * dense[("dense",)][0], color="k", lw=0.8, label="dense")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("compression ratio")
-        ax.set_ylabel("top-1 accuracy (%)")
+            if pts:
+                _line(ax, [c for c, _ in pts], [s for _, s in pts], _NAMES.get(method, method),
+                      _METHOD_STYLE.get(method, dict(marker="o")))
+        reference = ("dense", "unpruned θ(t₂)") if phase == "pruned" else (
+            "finetuned", "unpruned, fine-tuned alike")
+        if (reference[0],) in dense:
+            ax.axhline(100 * dense[(reference[0],)][0], color="k", lw=0.9, ls=":",
+                       label=reference[1])
+        _compression_axis(ax, [r["compression"] for r in rows if r["method"] != "dense"])
+        ax.set_xlabel("compression ratio (total / nonzero parameters)")
         ax.set_title({"pruned": "immediately after pruning", "finetuned": "after refinement"}[phase])
         ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("top-1 accuracy (%)")
+    n = _n_seeds([r for r in rows if r["method"] != "dense"])
+    fig.suptitle(f"{title}, n = {n} seed{'s' if n > 1 else ''}" + (" (mean ± std)" if n > 1 else ""))
     _save(fig, path)
 
 
+def _compression_axis(ax, values) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(values))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{c:g}" for c in ticks])
+    ax.minorticks_off()
+
+
 def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool = False) -> None:
-    """Jaccard overlap of two methods' kept sets vs `x`, one line per pair (and per
-    compression unless x is the compression); error bars: std over seeds."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    lines = sorted({(r["pair"], None if x == "compression" else r["compression"]) for r in rows},
-                   key=lambda k: (k[0], k[1] or 0))
-    for pair, c in lines:
-        sel = [r for r in rows if r["pair"] == pair and (c is None or r["compression"] == c)]
-        stats = group_mean_std(sel, (x,), "jaccard")
-        pts = sorted((k[0], s) for k, s in stats.items())
-        ax.errorbar([p for p, _ in pts], [s[0] for _, s in pts], yerr=[s[1] for _, s in pts],
-                    marker="o", capsize=3, label=pair if c is None else f"{pair} c={c:g}")
-    if log2:
-        ax.set_xscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Jaccard overlap of kept parameters")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    """Jaccard overlap of two methods' kept sets vs `x`: one panel per pair,
+    each zoomed on its own range (KMP~GMP sits near 1, KGP~grad far below);
+    one line per compression unless x is the compression; error bars: std
+    over seeds, when there are several."""
+    pairs = sorted({r["pair"] for r in rows})
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.0 * len(pairs), 4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        mine = [r for r in rows if r["pair"] == pair]
+        for c in sorted({None if x == "compression" else r["compression"] for r in mine},
+                        key=lambda v: v or 0):
+            sel = [r for r in mine if c is None or r["compression"] == c]
+            pts = sorted(group_mean_std(sel, (x,), "jaccard").items())
+            _line(ax, [k[0] for k, _ in pts], [s for _, s in pts], pair if c is None else f"c={c:g}",
+                  dict(marker="o"), scale=1.0)
+        if log2:
+            _compression_axis(ax, [r[x] for r in mine])
+        if x == "prune_epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        low = min(r["jaccard"] for r in mine)
+        ax.set_ylim(max(0.0, low - 0.1 * (1.0 - low) - 0.002), 1.0 + 0.05 * (1.0 - low) + 0.001)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{pair.replace('~', ' vs ')}, n = {_n_seeds(mine)} seed"
+                     f"{'s' if _n_seeds(mine) > 1 else ''}")
+        ax.grid(alpha=0.3)
+        if x != "compression":
+            ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("Jaccard overlap of kept parameters")
     _save(fig, path)
 
 
 def spectrum(eigenvalues: np.ndarray, path: str, title: str = "") -> None:
-    """Koopman eigenvalues in the complex plane with the unit circle; λ≈1 marked."""
+    """Koopman eigenvalues in the complex plane with the unit circle, λ₁ (the
+    one closest to 1) marked with |λ₁ − 1| in scientific notation, and an
+    inset zoomed near 1 where the modes that matter for KMP sit."""
     lam = np.asarray(eigenvalues)
-    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    fig, ax = plt.subplots(figsize=(5.2, 5.2))
     t = np.linspace(0, 2 * np.pi, 400)
-    ax.plot(np.cos(t), np.sin(t), color="k", lw=0.8)
-    ax.scatter(lam.real, lam.imag, s=12, alpha=0.7, label=f"λ ({lam.size} modes)")
+    inset = ax.inset_axes([0.58, 0.58, 0.4, 0.4])
+    for a in (ax, inset):
+        a.plot(np.cos(t), np.sin(t), color="k", lw=0.8)
+        a.scatter(lam.real, lam.imag, s=12, alpha=0.7, label=f"λ ({lam.size} modes)")
     if lam.size:
         i = int(np.argmin(np.abs(lam - 1)))
-        ax.scatter([lam[i].real], [lam[i].imag], s=90, facecolors="none", edgecolors="r",
-                   linewidths=1.5, label=f"λ₁ = {lam[i].real:.6f}{lam[i].imag:+.1e}i")
+        label = f"λ₁: |λ₁ − 1| = {abs(lam[i] - 1):.2e}"
+        for a in (ax, inset):
+            a.scatter([lam[i].real], [lam[i].imag], s=90, facecolors="none", edgecolors="r",
+                      linewidths=1.5, label=label)
+        near = lam[np.abs(lam - 1) < 0.1]
+        half = max(float(np.max(np.abs(near - 1))) if near.size else 0.0, 1e-3) * 1.3
+        inset.set_xlim(1 - half, 1 + half)
+        inset.set_ylim(-half, half)
+    inset.set_title("near 1", fontsize=8)
+    inset.tick_params(labelsize=7)
     ax.set_aspect("equal")
     ax.set_xlabel("Re λ")
     ax.set_ylabel("Im λ")
@@ -112,20 +164,32 @@ def spectrum(eigenvalues: np.ndarray, path: str, title: str = "") -> None:
     _save(fig, path)
 
 
-def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned") -> None:
-    """Top-1 vs the epoch at which the network was pruned, per method and compression."""
-    rows = [r for r in rows if r["phase"] == phase]
-    fig, ax = plt.subplots(figsize=(6, 4))
+def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned", title: str = "") -> None:
+    """Top-1 vs the epoch at which the network was pruned, per method and
+    compression, with the dense reference (fine-tuned alike after refinement)."""
+    dense_phase = "dense" if phase == "pruned" else "finetuned"
+    dense = group_mean_std([r for r in rows if r["method"] == "dense" and r["phase"] == dense_phase],
+                           ("prune_epoch",), "top1")
+    rows = [r for r in rows if r["phase"] == phase and r["method"] != "dense"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     stats = group_mean_std(rows, ("method", "compression", "prune_epoch"), "top1")
+    dashes = ["-", "--", "-.", ":"]
     for method in _methods(rows):
-        for c in sorted({k[1] for k in stats if k[0] == method}):
+        for j, c in enumerate(sorted({k[1] for k in stats if k[0] == method})):
             pts = sorted((k[2], s) for k, s in stats.items() if k[0] == method and k[1] == c)
-            style = dict(_METHOD_STYLE.get(method, {}))
-            ax.errorbar([p for p, _ in pts], [100 * s[0] for _, s in pts],
-                        yerr=[100 * s[1] for _, s in pts], capsize=3,
-                        label=f"{method} c={c:g}", **style)
+            style = dict(_METHOD_STYLE.get(method, {}), linestyle=dashes[j % len(dashes)])
+            _line(ax, [p for p, _ in pts], [s for _, s in pts], f"{_NAMES.get(method, method)} c={c:g}", style)
+    if dense:
+        pts = sorted(dense.items())
+        _line(ax, [k[0] for k, _ in pts], [s for _, s in pts],
+              "unpruned" + (", fine-tuned alike" if phase == "finetuned" else ""),
+              dict(color="k", marker=".", linestyle=":"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch at which the Koopman window starts")
-    ax.set_ylabel(f"top-1 accuracy (%), {phase}")
+    ax.set_ylabel("top-1 accuracy (%)")
+    n = _n_seeds(rows)
+    when = "after refinement" if phase == "finetuned" else "immediately after pruning"
+    ax.set_title(f"{title + ': ' if title else ''}{when}, n = {n} seed{'s' if n > 1 else ''}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -136,9 +200,11 @@ def lambda_vs_epoch(rows: Sequence[Row], path: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     stats = group_mean_std(rows, ("prune_epoch",), "lambda1_distance")
     pts = sorted((k[0], s) for k, s in stats.items())
-    ax.errorbar([p for p, _ in pts], [s[0] for _, s in pts], yerr=[s[1] for _, s in pts],
-                marker="o", capsize=3)
+    _line(ax, [p for p, _ in pts], [s for _, s in pts], "|λ₁ − 1|", dict(marker="o"), scale=1.0)
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    n = _n_seeds(rows)
+    ax.set_title(f"eigenvalue closest to 1, n = {n} seed{'s' if n > 1 else ''}")
     ax.set_xlabel("epoch of the Koopman window")
     ax.set_ylabel("|λ₁ − 1|, eigenvalue closest to 1")
     ax.grid(alpha=0.3)
