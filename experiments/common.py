@@ -143,6 +143,46 @@ class Progress:
                      fmt_seconds(eta), extra)
 
 
+class JobClock:
+    """One progress line for a whole run, with an ETA over every phase.
+
+    The run states its work up front in units of one training step
+    (pretraining, the recorded windows, every cell's fine-tuning); an
+    evaluation counts as the training steps its forward passes are worth
+    (`eval_units`). The ETA is the remaining units at the rate measured so
+    far over everything (compilation, fits and evaluations included), so it
+    is there from the first logged line and tightens as the run goes.
+    """
+
+    def __init__(self, every_s: float = 30.0):
+        self.total = self.done = 0.0
+        self.every_s = every_s
+        self.start = time.time()
+        self.last = self.start - every_s + min(10.0, every_s)  # the first line after 10 s
+
+    def plan(self, units: float) -> None:
+        self.total += units
+
+    def tick(self, units: float = 1.0) -> None:
+        self.done += units
+        now = time.time()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = max(self.total - self.done, 0.0)
+        eta = elapsed / self.done * left if self.done else float("nan")
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        logging.info("job %3.0f%% done, %s elapsed, ETA %s (all phases: training, windows, fits, "
+                     "evaluations)", min(percent, 100.0), fmt_seconds(elapsed), fmt_seconds(eta))
+
+
+def eval_units(num_examples: int, batch_size: int) -> float:
+    """An evaluation in training-step units: a forward pass costs about a third
+    of a forward and backward pass, per example."""
+    return num_examples / batch_size / 3.0
+
+
 def fmt_rate(per_second: float) -> str:
     """'12.3 it/s', or seconds per item when slower than one a second (cells)."""
     if per_second >= 1 or per_second <= 0:
@@ -165,14 +205,18 @@ def run_steps(
     num_steps: int,
     desc: str,
     checkpointing: loop.Checkpointing | None = None,
+    job: JobClock | None = None,
 ) -> train.TrainState:
     """`num_steps` more steps of `kpjax.loop.train_steps` with a progress bar
-    (resuming from `checkpointing`, if given); logs the last batch's loss."""
+    (resuming from `checkpointing`, if given); logs the last batch's loss and
+    ticks the run's `job` clock."""
     progress = Progress(num_steps, desc)
     last: list[Any] = []
 
     def on_step(step, state, metrics):
         progress.update(1, wait=lambda: jax.block_until_ready(metrics))
+        if job is not None:
+            job.tick()
         last[:] = [metrics]
 
     state = loop.train_steps(train_step, state, batches_from, int(state.step) + num_steps,

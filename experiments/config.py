@@ -292,6 +292,15 @@ class PruningConfig(DataConfig):
 class PruneConfig(PruningConfig):
     """The paper's Fig. 1: dense model → one recorded window → prune θ(t₂)."""
 
+    # The default main job (`python -m experiments.prune`, no flags): 3 seeds so
+    # that every gap has a spread, at 3 compressions so that it stays within
+    # 15 minutes on 2 cores (measured: BUILD_NOTES); c = 2, where every method
+    # is within 0.2 points of dense, and c = 8 are left out. The paper's
+    # figure: --compressions=2,4,8,16,32.
+    compressions: tuple[float, ...] = opt((4.0, 16.0, 32.0), "compression ratios (total / nonzero "
+                                          "parameters); the paper's figure: 2,4,8,16,32", "floats")
+    seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: each has its own training run, window, gradient "
+                                 "batch and fine-tuning order", "ints")
     init_checkpoint: str | None = opt(
         None, "dense model: a PyTorch file (.pt/.th, e.g. the ShrinkBench weights) or an orbax "
         "checkpoint directory of experiments.train; default: train one (--pretrain_epochs)", "str")

@@ -66,7 +66,8 @@ class MainRun:
             if todo:
                 self.state = common.run_steps(
                     self.step_fn, self.state, self.setup.stream(self.seed, pipeline.PRETRAIN),
-                    todo, f"seed {self.seed} train to step {step}", self.checkpointing)
+                    todo, f"seed {self.seed} train to step {step}", self.checkpointing,
+                    job=self.setup.job)
         return _copy(self.state)
 
 
@@ -150,6 +151,14 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
                                                method=x[2], compression=x[3])]
     logging.info("%s: %d cells, %d to do; workdir %s", model, len(cells), len(todo), workdir)
+    for seed in setup.seeds:  # the job clock's plan: what is not cached yet
+        missing = [e for e in epochs
+                   if not os.path.exists(os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz"))]
+        if missing:
+            setup.job.plan(max(missing) * setup.steps_per_epoch + len(missing) * steps)
+        setup.plan_cells(sum(not table.done(model=model, prune_epoch=e, method="dense",
+                                            compression=1.0, seed=seed) for e in epochs))
+    setup.plan_cells(len(todo))
     progress = common.Progress(len(todo), "cells", every_s=0.0)
     spectra = {}
     for seed in setup.seeds:

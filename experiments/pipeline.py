@@ -57,6 +57,8 @@ class Setup:
         self.select = config.prunable(params)
         self.flat_spec = flatten.flat_spec(params, self.select)
         self.flops = metrics.layer_flops(self.spec.module, self.variables0, self.spec.input_shape)
+        self.job = common.JobClock()
+        self.eval_units = common.eval_units(len(self.dataset.test_labels), config.batch_size)
 
     def train_step(self, tx):
         return train.make_train_step(self.spec.module.apply, tx, augment_fn=self.augment,
@@ -69,7 +71,15 @@ class Setup:
             seed=seed * 1000 + purpose, start_step=start_step)
 
     def evaluate(self, state) -> dict[str, float]:
-        return common.evaluate(self.eval_step, state, self.dataset, self.config.eval_batch_size)
+        result = common.evaluate(self.eval_step, state, self.dataset, self.config.eval_batch_size)
+        self.job.tick(self.eval_units)
+        return result
+
+    def plan_cells(self, count: int) -> None:
+        """Adds `count` cells (evaluations and fine-tuning) to the job clock."""
+        per_cell = (self.eval_units * (1 + bool(self.config.finetune_epochs))
+                    + self.config.finetune_epochs * self.steps_per_epoch)
+        self.job.plan(count * per_cell)
 
     def state(self, variables, seed: int, tx=None, mask=None) -> train.TrainState:
         return train.create_train_state(variables["params"], tx or self.finetune_tx,
@@ -170,8 +180,8 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     start = time.time()
     recorder = recording.make_recording_train_step(step_fn, setup.select)
     batches = iter(batches)
-    state, theta = recording.record_trajectory(recorder, state, _with_progress(batches, steps, desc),
-                                               steps, setup.select)
+    state, theta = recording.record_trajectory(
+        recorder, state, _with_progress(batches, steps, desc, setup.job), steps, setup.select)
     fit = koopman.fit_trajectory(theta, rcond=setup.config.rcond)
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
@@ -195,10 +205,11 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     return Window(variables, scores, lam, seconds)
 
 
-def _with_progress(batches, steps: int, desc: str):
+def _with_progress(batches, steps: int, desc: str, job: common.JobClock):
     progress = common.Progress(steps, f"{desc} window")
     for batch in batches:
         progress.update(1)
+        job.tick()
         yield batch
 
 
@@ -238,7 +249,7 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
     if setup.config.finetune_epochs:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
         state = common.run_steps(setup.finetune_step, state, setup.stream(seed, FINETUNE), steps,
-                                 f"seed {seed} {method} c={c:g} fine-tune")
+                                 f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
         rows.append(row(setup, method, c, seed, "finetuned", setup.evaluate(state), state.params,
                         mask, time.time() - start, **extra))
     logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",

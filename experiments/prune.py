@@ -55,7 +55,7 @@ def _dense_variables(setup: pipeline.Setup, seed: int, workdir: str):
         every=setup.steps_per_epoch, metadata={"model": setup.spec.name, "seed": seed})
     state = common.run_steps(setup.train_step(tx), state, setup.stream(seed, pipeline.PRETRAIN),
                              config.pretrain_epochs * setup.steps_per_epoch,
-                             f"seed {seed} pretrain", checkpointing)
+                             f"seed {seed} pretrain", checkpointing, job=setup.job)
     return pipeline.variables_of(state)
 
 
@@ -168,6 +168,7 @@ def run(config: PruneConfig, workdir: str) -> str:
         todo = [x for x in cells if not table.done(model=model, method=x[1], compression=x[2], seed=x[0])]
         logging.info("%s on %s: %d cells, %d to do; workdir %s", model, setup.dataset.name,
                      len(cells), len(todo), workdir)
+        _plan(setup, steps, workdir, table, len(todo))
         progress = common.Progress(len(todo), "cells", every_s=0.0)
         spectrum = None
         for seed in setup.seeds:
@@ -186,6 +187,18 @@ def run(config: PruneConfig, workdir: str) -> str:
                 table.add(pipeline.run_cell(setup, window, method, c, seed))
                 progress.update(1)
         return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
+
+
+def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, cells: int) -> None:
+    """The run's work for the job clock: what is not cached yet."""
+    config = setup.config
+    for seed in setup.seeds:
+        if not os.path.exists(os.path.join(workdir, f"seed{seed}", "window.npz")):
+            pretrain = 0 if config.init_checkpoint else config.pretrain_epochs * setup.steps_per_epoch
+            setup.job.plan(pretrain + steps)
+        if not table.done(model=setup.spec.name, method="dense", compression=1.0, seed=seed):
+            setup.plan_cells(1)
+    setup.plan_cells(cells)
 
 
 def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:

@@ -35,3 +35,18 @@ def test_progress_logs_count_and_eta(caplog, monkeypatch):
         assert len(caplog.records) == count
         progress.update(1)
     assert "4/4" in caplog.records[-1].getMessage()
+
+
+def test_job_clock_eta_counts_every_planned_unit(caplog, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(common.time, "time", lambda: now[0])
+    job = common.JobClock(every_s=5.0)
+    job.plan(80)                         # training steps of two phases...
+    job.plan(common.eval_units(3840, 128))  # ...and an evaluation: 10 step-equivalents
+    assert common.eval_units(3840, 128) == 10
+    now[0] = 10.0
+    with caplog.at_level(py_logging.INFO, logger=logging.get_absl_logger().name):
+        job.tick(30)
+    # 30 of 90 units in 10 s: 60 left at 3 units/s → 20 s.
+    line = caplog.records[-1].getMessage()
+    assert "33% done" in line and "0m10s elapsed" in line and "ETA 0m20s" in line
