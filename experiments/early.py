@@ -71,7 +71,7 @@ class MainRun:
         return _copy(self.state)
 
 
-def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
+def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
     config = setup.config
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
@@ -110,7 +110,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows) -> str:
     out += ["## Eigenvalue closest to 1", "",
             "A small separation min |λᵢ − λ₁| means an ill-determined KMP mode φ₁.", "",
             markdown_table(["epoch", "distance of λ₁ to 1", "separation of λ₁"], body), ""]
-    return "\n".join(out + report.provenance())
+    return "\n".join(out + report.provenance(timings))
 
 
 def run(config: EarlyConfig, workdir: str) -> str:
@@ -190,7 +190,8 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
 
 
 def _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra) -> str:
-    summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows)
+    summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows,
+                       table.timings.rows if table.timings else ())
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
     if table.rows:

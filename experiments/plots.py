@@ -132,35 +132,34 @@ def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool =
 
 
 def spectrum(eigenvalues: np.ndarray, path: str, title: str = "") -> None:
-    """Koopman eigenvalues in the complex plane with the unit circle, λ₁ (the
-    one closest to 1) marked with |λ₁ − 1| in scientific notation, and an
-    inset zoomed near 1 where the modes that matter for KMP sit."""
+    """Koopman eigenvalues in the complex plane with the unit circle, and a
+    second panel zoomed on the eigenvalues nearest 1 (where KMP's mode and
+    the ones that can be confused with it sit); λ₁, the closest to 1, is
+    marked with |λ₁ − 1| in scientific notation."""
     lam = np.asarray(eigenvalues)
-    fig, ax = plt.subplots(figsize=(5.2, 5.2))
-    t = np.linspace(0, 2 * np.pi, 400)
-    inset = ax.inset_axes([0.58, 0.58, 0.4, 0.4])
-    for a in (ax, inset):
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9.6, 4.8))
+    t = np.linspace(0, 2 * np.pi, 2000)
+    for a in (ax, zoom):
         a.plot(np.cos(t), np.sin(t), color="k", lw=0.8)
         a.scatter(lam.real, lam.imag, s=12, alpha=0.7, label=f"λ ({lam.size} modes)")
+        a.set_aspect("equal")
+        a.set_xlabel("Re λ")
+        a.grid(alpha=0.3)
     if lam.size:
         i = int(np.argmin(np.abs(lam - 1)))
         label = f"λ₁: |λ₁ − 1| = {abs(lam[i] - 1):.2e}"
-        for a in (ax, inset):
+        for a in (ax, zoom):
             a.scatter([lam[i].real], [lam[i].imag], s=90, facecolors="none", edgecolors="r",
                       linewidths=1.5, label=label)
-        near = lam[np.abs(lam - 1) < 0.1]
-        half = max(float(np.max(np.abs(near - 1))) if near.size else 0.0, 1e-3) * 1.3
-        inset.set_xlim(1 - half, 1 + half)
-        inset.set_ylim(-half, half)
-    inset.set_title("near 1", fontsize=8)
-    inset.tick_params(labelsize=7)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Re λ")
+        distances = np.sort(np.abs(lam - 1))
+        half = max(1.3 * float(distances[min(8, distances.size - 1)]), 1e-4)
+        zoom.set_xlim(1 - half, 1 + half)
+        zoom.set_ylim(-half, half)
     ax.set_ylabel("Im λ")
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
+    zoom.set_title("the eigenvalues nearest 1", fontsize=10)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     _save(fig, path)
 
 

@@ -70,7 +70,7 @@ def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipel
                                   f"seed {seed}")
 
 
-def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows) -> str:
+def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=()) -> str:
     config = setup.config
     stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
              for k in ("top1", "speedup", "compression_achieved")}
@@ -132,7 +132,7 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows)
                 for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["compression"] + pairs, body), ""]
-    return "\n".join(out + report.provenance())
+    return "\n".join(out + report.provenance(timings))
 
 
 def _sci(stats) -> str:
@@ -202,7 +202,8 @@ def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, c
 
 
 def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:
-    summary = _summary(setup, steps, table.rows, overlap.rows, windows.rows)
+    summary = _summary(setup, steps, table.rows, overlap.rows, windows.rows,
+                       table.timings.rows if table.timings else ())
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
     if table.rows:

@@ -108,8 +108,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance() -> list[str]:
-    """Markdown lines: commit, versions, CPU, cores, this invocation's times."""
+def provenance(timings: Sequence[Row] = ()) -> list[str]:
+    """Markdown lines: commit, versions, CPU, cores, this invocation's times and
+    the cells' wall times summed over every invocation (`timings` rows)."""
     versions = []
     for package in _PACKAGES:
         try:
@@ -124,7 +125,9 @@ def provenance() -> list[str]:
         f"- Python {platform.python_version()}; {', '.join(versions)}",
         f"- CPU: {cpu_model()}; {cores} cores available to the run (of {os.cpu_count()})",
         f"- this invocation: {time.time() - _START:.0f} s wall, "
-        f"{usage.ru_utime + usage.ru_stime:.0f} s CPU (a resumed run counts only its own part; "
-        "timings.csv has every cell's)",
+        f"{usage.ru_utime + usage.ru_stime:.0f} s CPU (a resumed or summarize-only run counts only "
+        "its own part)",
+        f"- the cells' wall times summed over every invocation (timings.csv): "
+        f"{sum(float(r.get('seconds') or 0) for r in timings):.0f} s",
         "- bit-identical reruns need the same CPU model and core count (BUILD_NOTES, "
         "\"Reproducibility\")", ""]
