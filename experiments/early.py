@@ -100,6 +100,12 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
             control = "dense θ(t₂)" if phase == "pruned" else "dense, fine-tuned alike"
             out += [f"## {title}", "",
                     markdown_table(["epoch", "compression"] + setup.methods + [control], body), ""]
+    speed = group_mean_std([r for r in rows if r["phase"] == "pruned"], ("method", "compression"), "speedup")
+    body = [[f"{c:g}"] + [f"{speed[(m, c)][0]:.2f}×" if (m, c) in speed else "–" for m in setup.methods]
+            for c in setup.compressions]
+    out += ["## Theoretical speedup of each method's masks", "",
+            "Dense FLOPs over those left (ShrinkBench's definition), mean over seeds and epochs.", "",
+            markdown_table(["compression"] + setup.methods, body), ""]
     pairs = sorted({r["pair"] for r in overlap_rows})
     if pairs:
         body = [[e, f"{c:g}"] + [fmt_pm(ov.get((e, p, c)), 1.0, 4) for p in pairs]
@@ -199,11 +205,14 @@ def _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra) -> 
                                 "finetuned" if setup.config.finetune_epochs else "pruned",
                                 f"{setup.spec.name} on {setup.dataset.name}")
     if overlap.rows:
-        plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window")
+        plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window",
+                         title=f"{setup.spec.name} on {setup.dataset.name}")
     if windows.rows:
-        plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"))
+        plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"),
+                              f"{setup.spec.name} on {setup.dataset.name}")
     if spectra:
-        plots.spectra_by(spectra, out("fig_spectra.png"), "epoch")
+        plots.spectra_by(spectra, out("fig_spectra.png"), "epoch",
+                         f"Koopman spectra, {setup.spec.name} on {setup.dataset.name}, seed {setup.seeds[0]}")
     return summary
 
 

@@ -100,7 +100,8 @@ def _compression_axis(ax, values) -> None:
     ax.minorticks_off()
 
 
-def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool = False) -> None:
+def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool = False,
+               title: str = "") -> None:
     """Jaccard overlap of two methods' kept sets vs `x`: one panel per pair,
     each zoomed on its own range (KMP~GMP sits near 1, KGP~grad far below);
     one line per compression unless x is the compression; error bars: std
@@ -128,6 +129,8 @@ def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool =
         if x != "compression":
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel("Jaccard overlap of kept parameters")
+    if title:
+        fig.suptitle(title)
     _save(fig, path)
 
 
@@ -194,7 +197,7 @@ def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned", 
     _save(fig, path)
 
 
-def lambda_vs_epoch(rows: Sequence[Row], path: str) -> None:
+def lambda_vs_epoch(rows: Sequence[Row], path: str, title: str = "") -> None:
     """The eigenvalue closest to 1 (|λ₁ − 1|) vs the epoch of the window."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     stats = group_mean_std(rows, ("prune_epoch",), "lambda1_distance")
@@ -203,24 +206,36 @@ def lambda_vs_epoch(rows: Sequence[Row], path: str) -> None:
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     n = _n_seeds(rows)
-    ax.set_title(f"eigenvalue closest to 1, n = {n} seed{'s' if n > 1 else ''}")
+    ax.set_title(f"{title + ': ' if title else ''}eigenvalue closest to 1, n = {n} seed{'s' if n > 1 else ''}")
     ax.set_xlabel("epoch of the Koopman window")
     ax.set_ylabel("|λ₁ − 1|, eigenvalue closest to 1")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
 
-def spectra_by(groups: dict[Any, np.ndarray], path: str, label: str) -> None:
-    """Several spectra in one complex plane (e.g. one per pruning epoch)."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.8))
-    t = np.linspace(0, 2 * np.pi, 400)
-    ax.plot(np.cos(t), np.sin(t), color="k", lw=0.8)
+def spectra_by(groups: dict[Any, np.ndarray], path: str, label: str, title: str = "") -> None:
+    """Several spectra (e.g. one per pruning epoch) in the complex plane, and
+    zoomed on the eigenvalues nearest 1."""
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9.6, 4.8))
+    t = np.linspace(0, 2 * np.pi, 2000)
+    half = 1e-4
+    for a in (ax, zoom):
+        a.plot(np.cos(t), np.sin(t), color="k", lw=0.8)
     for key, lam in groups.items():
         lam = np.asarray(lam)
-        ax.scatter(lam.real, lam.imag, s=10, alpha=0.6, label=f"{label} {key}")
-    ax.set_aspect("equal")
-    ax.set_xlabel("Re λ")
+        for a in (ax, zoom):
+            a.scatter(lam.real, lam.imag, s=10, alpha=0.6, label=f"{label} {key}")
+        if lam.size:
+            distances = np.sort(np.abs(lam - 1))
+            half = max(half, 1.3 * float(distances[min(4, distances.size - 1)]))
+    zoom.set_xlim(1 - half, 1 + half)
+    zoom.set_ylim(-half, half)
+    for a in (ax, zoom):
+        a.set_aspect("equal")
+        a.set_xlabel("Re λ")
+        a.grid(alpha=0.3)
     ax.set_ylabel("Im λ")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    zoom.set_title("the eigenvalues nearest 1", fontsize=10)
+    ax.set_title(title or "Koopman spectra", fontsize=10)
     _save(fig, path)

@@ -210,7 +210,7 @@ def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> 
         plots.accuracy_vs_compression(table.rows, os.path.join(workdir, "fig_accuracy.png"), title)
     if overlap.rows:
         plots.overlap_vs(overlap.rows, "compression", os.path.join(workdir, "fig_overlap.png"),
-                         "compression ratio", log2=True)
+                         "compression ratio", log2=True, title=title)
     if spectrum is not None:
         plots.spectrum(spectrum, os.path.join(workdir, "fig_spectrum.png"),
                        f"Koopman spectrum, {title}, seed {setup.seeds[0]}")

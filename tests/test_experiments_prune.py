@@ -5,6 +5,7 @@ usage-error output and --help."""
 import csv
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +143,21 @@ def test_main_turns_bad_flags_into_one_usage_line_and_help_lists_every_flag(tmp_
                  "--finetune_lr", "--train_lr", "--prune_epochs", "resnet20", "kmp: Koopman"):
         assert flag in helped.stdout, flag
     assert "(default: 'runs/early')" in helped.stdout
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
+    work = tmp_path / "interrupted"
+    run = subprocess.Popen([sys.executable, "-m", "experiments.prune", "--model=mnistnet_tiny",
+                            "--max_train_examples=384", "--max_test_examples=200", "--batch_size=64",
+                            "--methods=kmp,gmp", "--compressions=2", "--seeds=0",
+                            "--trajectory_steps=4", f"--workdir={work}"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (work / ".lock").exists():  # running: the workdir is claimed
+        assert run.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-2000:]
+    assert "interrupted — rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
