@@ -26,6 +26,10 @@ from test_torch_import import FakeStorage, FakeTensor, legacy_header, pickle_obj
 
 SECONDS, EXTRA_MB = 5.0, 200
 
+# JAX warns on every fork of its multithreaded process; the child here runs
+# only numpy and pickle code (JAX was imported, never called) and _exits.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/status") as f:
