@@ -77,6 +77,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
     lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
     sep = group_mean_std(window_rows, ("prune_epoch",), "lambda1_separation")
+    res = group_mean_std(window_rows, ("prune_epoch",), "lambda1_residual")
     pairs_run = [p for p in pipeline.PAIRS if p[0] in setup.methods and p[1] in setup.methods]
     readings = []
     for c in setup.compressions:
@@ -112,10 +113,12 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
                 for e in epochs for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["epoch", "compression"] + pairs, body), ""]
-    body = [[e, fmt_pm(lam.get((e,)), 1.0, 6), fmt_pm(sep.get((e,)), 1.0, 6)] for e in epochs]
+    body = [[e, fmt_pm(lam.get((e,)), 1.0, 6), fmt_pm(sep.get((e,)), 1.0, 6), fmt_pm(res.get((e,)), 1.0, 6)]
+            for e in epochs]
     out += ["## Eigenvalue closest to 1", "",
             "A small separation min |λᵢ − λ₁| means an ill-determined KMP mode φ₁.", "",
-            markdown_table(["epoch", "distance of λ₁ to 1", "separation of λ₁"], body), ""]
+            markdown_table(["epoch", "distance of λ₁ to 1", "separation of λ₁",
+                            "residual of φ₁ (‖Yv − λ₁Xv‖/‖Xv‖)"], body), ""]
     return "\n".join(out + report.provenance(timings))
 
 

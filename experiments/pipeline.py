@@ -120,9 +120,11 @@ class Window:
     flat scores over the prunable parameters, and the Koopman fit's spectrum.
     Masks are built once per (method, compression) and kept (`mask`)."""
 
-    def __init__(self, variables, scores: dict[str, np.ndarray], eigenvalues, seconds):
+    def __init__(self, variables, scores: dict[str, np.ndarray], eigenvalues, seconds,
+                 residual1: float = float("nan")):
         self.variables, self.scores, self.eigenvalues = variables, scores, eigenvalues
         self.seconds = seconds
+        self.residual1 = residual1  # ‖Yv − λ₁Xv‖/‖Xv‖ of the KMP mode (koopman.mode_residuals)
         self._masks: dict[tuple[str, float], Any] = {}
 
     @property
@@ -158,6 +160,7 @@ def cached_window(setup: Setup, path: str) -> Window | None:
             variables = jax.tree_util.tree_unflatten(treedef, leaves)
             scores = {m: f[f"score_{m}"] for m in setup.methods}
             eigenvalues, seconds = f["eigenvalues"], float(f["seconds"])
+            residual1 = float(f["residual1"]) if "residual1" in f else float("nan")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} (a cached window) is damaged ({type(e).__name__}: {e}); "
                          "delete it and rerun: the window is recorded again") from None
@@ -167,7 +170,7 @@ def cached_window(setup: Setup, path: str) -> Window | None:
         raise ValueError(f"{path} (a cached window) holds another model's arrays; "
                          "delete it and rerun: the window is recorded again")
     logging.info("window restored from %s", path)
-    return Window(variables, scores, eigenvalues, seconds)
+    return Window(variables, scores, eigenvalues, seconds, residual1)
 
 
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
@@ -182,8 +185,10 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     batches = iter(batches)
     state, theta = recording.record_trajectory(
         recorder, state, _with_progress(batches, steps, desc, setup.job), steps, setup.select)
-    fit = koopman.fit_trajectory(theta, rcond=setup.config.rcond)
+    k = koopman.gram(theta)
+    fit = koopman.fit_dmd(k, rcond=setup.config.rcond)
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+    residual1 = float(koopman.mode_residuals(k, fit)[0]) if lam.size else float("nan")
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     if any("grads" in pruning.get_method(m).needs for m in setup.methods):
@@ -200,9 +205,9 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     arrays = {f"var{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(variables))}
     arrays.update({f"score_{m}": s for m, s in scores.items()})
     buf = io.BytesIO()
-    np.savez(buf, eigenvalues=lam, seconds=seconds, **arrays)
+    np.savez(buf, eigenvalues=lam, seconds=seconds, residual1=residual1, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-    return Window(variables, scores, lam, seconds)
+    return Window(variables, scores, lam, seconds, residual1)
 
 
 def _with_progress(batches, steps: int, desc: str, job: common.JobClock):
@@ -259,11 +264,13 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
 
 def window_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
     """What the Koopman fit of a window says: λ₁ (the eigenvalue closest to
-    1), its distance to 1 and to the rest of the spectrum, the rank, rcond."""
+    1), its distance to 1 and to the rest of the spectrum, its mode's
+    residual (how well φ₁ is an eigen-direction of the data), the rank, rcond."""
     return {"model": setup.spec.name, **extra, "seed": seed,
             "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
             "lambda1_distance": abs(window.lambda1 - 1.0),
             "lambda1_separation": window.lambda1_separation,
+            "lambda1_residual": window.residual1,
             "rank": len(window.eigenvalues), "rcond": setup.config.rcond}
 
 

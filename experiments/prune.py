@@ -91,10 +91,12 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
         dist = group_mean_std(window_rows, (), "lambda1_distance")
         sep = group_mean_std(window_rows, (), "lambda1_separation")
         rank = group_mean_std(window_rows, (), "rank")
+        res = group_mean_std(window_rows, (), "lambda1_residual")
         out += [f"Koopman fit (rank cutoff rcond = {config.rcond:g}): rank "
                 f"{fmt_pm(rank.get(()), 1.0, 1)}, Re λ₁ {fmt_pm(lam.get(()), 1.0, 6)}, "
                 f"|λ₁ − 1| = {_sci(dist.get(()))}, separation of λ₁ from the rest "
-                f"{_sci(sep.get(()))}. KMP's comparison with GMP can change with rcond "
+                f"{_sci(sep.get(()))}, residual of its mode ‖Yv − λ₁Xv‖/‖Xv‖ "
+                f"{_sci(res.get(()))}. KMP's comparison with GMP can change with rcond "
                 "(BUILD_NOTES); a small separation means an ill-determined mode φ₁.", ""]
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
     if dense:

@@ -509,6 +509,46 @@ def predicted_step(snapshots: Any, fit: DMDFit, t: float) -> jax.Array:
         return combine_snapshots(snapshots, _time_weights(fit, t, step=True)).real
 
 
+def mode_residuals(k: Any, fit: DMDFit) -> jax.Array:
+    """How well each mode is an eigen-direction of the data: the relative
+    residual r_i = ‖Y v_i − λ_i X v_i‖ / ‖X v_i‖ (ResDMD-style), from K alone.
+
+    With X = Θ[:-1]ᵀ, Y = Θ[1:]ᵀ and v_i = λ_i C[1:, i] = V Σ⁻¹ w_i (so that
+    X v_i is the projected mode and Y v_i the same combination one step
+    later), K gives every norm without an N-sized pass:
+
+      ‖Y v − λ X v‖² = vᴴ K_yy v − 2 Re(λ vᴴ K_yx v) + |λ|² vᴴ K_xx v,
+      ‖X v‖² = vᴴ K_xx v.
+
+    r_i = 0 when span(X) is invariant under the dynamics and φ_i is an exact
+    eigenvector (exact linear dynamics); noise and nonlinearity make it
+    grow. The float64 cancellation floors it near 1e-8.
+
+    Args:
+      k: the Gram matrix K = ΘΘᵀ the fit was computed from, (T+1, T+1).
+      fit: `fit_dmd(k)`.
+
+    Returns:
+      (T,) float64 residuals in the fit's order; NaN for invalid modes.
+    """
+    _validate_gram(k)
+    with jax.enable_x64(True):
+        return _mode_residuals(jnp.asarray(k, jnp.float64), fit.coefficients,
+                               fit.eigenvalues, fit.valid)
+
+
+@jax.jit
+def _mode_residuals(k, c, lam, valid):
+    v = c[1:, :] * lam[None, :]  # (T, T) complex: v_i = λ_i C[1:, i]
+    kxx, kyy, kyx = k[:-1, :-1], k[1:, 1:], k[1:, :-1]
+    quad = lambda m: jnp.real(jnp.sum(v.conj() * (m @ v), axis=0))
+    cross = jnp.sum(v.conj() * (kyx @ v), axis=0)  # vᴴ K_yx v
+    gg = quad(kxx)
+    num = quad(kyy) - 2.0 * jnp.real(lam * cross) + jnp.abs(lam) ** 2 * gg
+    r = jnp.sqrt(jnp.maximum(num, 0.0) / jnp.where(gg > 0, gg, 1.0))
+    return jnp.where(valid & (gg > 0), r, jnp.nan)
+
+
 def fit_trajectory(
     snapshots: Any,
     rcond: float = DEFAULT_RCOND,

@@ -224,3 +224,37 @@ def test_complex_snapshots_are_refused():
     theta = jnp.ones((4, 3), jnp.complex64)
     with pytest.raises(ValueError, match="snapshots must be real"):
         koopman.fit_trajectory(theta)
+
+
+def test_mode_residuals_vanish_on_linear_dynamics_and_grow_with_noise():
+    oracle = quadratic_gd()
+    theta = jnp.asarray(oracle.snapshots)
+    k = koopman.gram(theta)
+    fit = koopman.fit_dmd(k)
+    r = np.asarray(koopman.mode_residuals(k, fit))
+    valid = np.asarray(fit.valid)
+    assert np.all(np.isnan(r[~valid])) and valid.sum() >= 2
+    assert np.all(r[valid] < 1e-6), r[valid]
+    rng = np.random.default_rng(0)
+    scale = float(np.abs(oracle.snapshots).max())
+    residual_of_lambda1 = []
+    for noise in (1e-6, 1e-4, 1e-2):
+        noisy = oracle.snapshots + noise * scale * rng.normal(size=oracle.snapshots.shape)
+        k = koopman.gram(jnp.asarray(noisy))
+        fit = koopman.fit_dmd(k, rcond=0.0)
+        residual_of_lambda1.append(float(koopman.mode_residuals(k, fit)[0]))
+    assert residual_of_lambda1[0] < residual_of_lambda1[1] < residual_of_lambda1[2]
+
+
+def test_mode_residuals_equal_the_direct_n_sized_computation():
+    rng = np.random.default_rng(3)
+    theta = rng.normal(size=(9, 40))
+    k = koopman.gram(jnp.asarray(theta))
+    fit = koopman.fit_dmd(k, rcond=0.0)
+    x, y = theta[:-1].T, theta[1:].T
+    c, lam = np.asarray(fit.coefficients), np.asarray(fit.eigenvalues)
+    r = np.asarray(koopman.mode_residuals(k, fit))
+    for i in np.flatnonzero(np.asarray(fit.valid)):
+        v = lam[i] * c[1:, i]
+        direct = np.linalg.norm(y @ v - lam[i] * (x @ v)) / np.linalg.norm(x @ v)
+        assert r[i] == pytest.approx(direct, rel=1e-6, abs=1e-9)
