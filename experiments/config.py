@@ -234,7 +234,10 @@ class PruningConfig(DataConfig):
     finetune: SGD = opt(SGD(lr=1e-3, momentum=0.9, nesterov=True), "the fine-tuning optimizer "
                         "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
     prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
-    rcond: float = opt(koopman.DEFAULT_RCOND, "DMD rank cutoff: keep σ_i > rcond·σ_max")
+    rcond: tuple[float, ...] = opt(
+        (koopman.DEFAULT_RCOND,), "DMD rank cutoffs (keep σ_i > rcond·σ_max): the first is the "
+        "run's; KMP and KGP are also scored, pruned and evaluated (before refinement) at the "
+        "others, from the same Gram matrix, for the sensitivity table", "floats")
     summarize_only: bool = opt(False, "only rewrite summary.md and the figures of a finished "
                                "workdir from its result files (no training; config.json untouched)")
 
@@ -260,7 +263,11 @@ class PruningConfig(DataConfig):
         _check(all(s <= _MAX_SEED for s in self.seeds), f"--seeds must be <= {_MAX_SEED}")
         _check(self.finetune_epochs >= 0, f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
         _check_range(self, "finetune_epochs", 0, _MAX_EPOCHS)
-        _check(0 <= self.rcond < 1, f"--rcond must be in [0, 1), got {self.rcond}")
+        _freeze(self, "rcond", _parse_compression)
+        _check(bool(self.rcond), "--rcond must not be empty")
+        _check(len(set(self.rcond)) == len(self.rcond), f"--rcond lists a value twice: {list(self.rcond)}")
+        for r in self.rcond:
+            _check(0 <= r < 1, f"--rcond must be in [0, 1), got {r:g}")
         self._check_feasible()
 
     def _check_feasible(self) -> None:
@@ -301,6 +308,13 @@ class PruneConfig(PruningConfig):
                                           "parameters); the paper's figure: 2,4,8,16,32", "floats")
     seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: each has its own training run, window, gradient "
                                  "batch and fine-tuning order", "ints")
+    # The cutoff decides KMP vs GMP on some trajectories (issue 12): the run's
+    # 1e-6, the reference implementation's σ² > 1e-14 σ²max (1e-7), and no
+    # truncation beyond exact zeros.
+    rcond: tuple[float, ...] = opt(
+        (koopman.DEFAULT_RCOND, 1e-7, 0.0), "DMD rank cutoffs (keep σ_i > rcond·σ_max): the first "
+        "is the run's; KMP and KGP are also scored, pruned and evaluated (before refinement) at "
+        "the others, from the same Gram matrix, for the sensitivity table", "floats")
     init_checkpoint: str | None = opt(
         None, "dense model: a PyTorch file (.pt/.th, e.g. the ShrinkBench weights) or an orbax "
         "checkpoint directory of experiments.train; default: train one (--pretrain_epochs)", "str")

@@ -88,7 +88,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
            *readings,
            f"Seeds {setup.seeds} (n = {len(setup.seeds)}); windows of "
            f"{config.window_steps or setup.steps_per_epoch} steps starting at epochs {epochs}; "
-           f"rank cutoff rcond = {config.rcond:g}; top-1 % mean ± std over seeds.", ""]
+           f"rank cutoff rcond = {config.rcond[0]:g}; top-1 % mean ± std over seeds.", ""]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
         dense_phase = "dense" if phase == "pruned" else "finetuned"
         body = []
@@ -107,7 +107,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
     out += ["## Theoretical speedup of each method's masks", "",
             "Dense FLOPs over those left (ShrinkBench's definition), mean over seeds and epochs.", "",
             markdown_table(["compression"] + setup.methods, body), ""]
-    pairs = sorted({r["pair"] for r in overlap_rows})
+    pairs = sorted({r["pair"] for r in overlap_rows if "@" not in r["pair"]})
     if pairs:
         body = [[e, f"{c:g}"] + [fmt_pm(ov.get((e, p, c)), 1.0, 4) for p in pairs]
                 for e in epochs for c in setup.compressions]

@@ -31,6 +31,17 @@ from kpjax.flatten import count_params
 # methods, compressions or seeds only add cells; summarize_only is a mode.
 NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only")
 PAIRS = (("kmp", "gmp"), ("kgp", "grad"))
+# Methods that the rank-cutoff sensitivity scores again at the extra cutoffs.
+CUTOFF_SENSITIVE = ("kmp", "kgp")
+
+
+def at_cutoff(method: str, rcond: float) -> str:
+    """The name of `method` scored at an extra rank cutoff, e.g. 'kmp@rcond=1e-07'."""
+    return f"{method}@rcond={rcond:g}"
+
+
+def base_method(name: str) -> str:
+    return name.split("@", 1)[0]
 
 # Batch orders: each purpose of a seed gets its own (seed * 1000 + purpose).
 PRETRAIN, WINDOW, FINETUNE = 0, 1, 2
@@ -43,6 +54,10 @@ class Setup:
         self.config = config
         self.spec = config.spec()
         self.methods = list(config.methods)
+        # (name, base method, rcond) of the cutoff-sensitivity scores.
+        self.sensitivity = [(at_cutoff(m, r), m, r) for r in config.rcond[1:]
+                            for m in CUTOFF_SENSITIVE if m in config.methods]
+        self.score_names = self.methods + [name for name, _, _ in self.sensitivity]
         self.compressions = list(config.compressions)
         self.seeds = list(config.seeds)
         self.dataset = common.load_data(config)
@@ -75,8 +90,10 @@ class Setup:
         self.job.tick(self.eval_units)
         return result
 
-    def plan_cells(self, count: int) -> None:
-        """Adds `count` cells (evaluations and fine-tuning) to the job clock."""
+    def plan_cells(self, count: int, sensitivity: int = 0) -> None:
+        """Adds `count` cells (evaluations and fine-tuning) and `sensitivity`
+        evaluation-only cells to the job clock."""
+        self.job.plan(sensitivity * self.eval_units)
         per_cell = (self.eval_units * (1 + bool(self.config.finetune_epochs))
                     + self.config.finetune_epochs * self.steps_per_epoch)
         self.job.plan(count * per_cell)
@@ -121,9 +138,10 @@ class Window:
     Masks are built once per (method, compression) and kept (`mask`)."""
 
     def __init__(self, variables, scores: dict[str, np.ndarray], eigenvalues, seconds,
-                 residual1: float = float("nan")):
+                 residual1: float = float("nan"), ranks: dict[str, int] | None = None):
         self.variables, self.scores, self.eigenvalues = variables, scores, eigenvalues
         self.seconds = seconds
+        self.ranks = ranks or {}  # rank of the fit at each extra cutoff ('1e-07': r)
         self.residual1 = residual1  # ‖Yv − λ₁Xv‖/‖Xv‖ of the KMP mode (koopman.mode_residuals)
         self._masks: dict[tuple[str, float], Any] = {}
 
@@ -141,7 +159,7 @@ class Window:
         """The bool pytree mask of `method` at compression c (built once)."""
         if (method, c) not in self._masks:
             params = self.variables["params"]
-            keep = pruning.method_flat_mask(method, self.scores[method], setup.flat_spec,
+            keep = pruning.method_flat_mask(base_method(method), self.scores[method], setup.flat_spec,
                                             count_params(params), c)
             self._masks[(method, c)] = pruning.mask_from_flat(keep, setup.flat_spec, params)
         return self._masks[(method, c)]
@@ -154,11 +172,12 @@ def cached_window(setup: Setup, path: str) -> Window | None:
     treedef = jax.tree_util.tree_structure(setup.variables0)
     try:
         with np.load(path, allow_pickle=False) as f:
-            if any(f"score_{m}" not in f for m in setup.methods):
+            if any(f"score_{m}" not in f for m in setup.score_names):
                 return None
             leaves = [f[f"var{i}"] for i in range(treedef.num_leaves)]
             variables = jax.tree_util.tree_unflatten(treedef, leaves)
-            scores = {m: f[f"score_{m}"] for m in setup.methods}
+            scores = {m: f[f"score_{m}"] for m in setup.score_names}
+            ranks = {k[len("rank_"):]: int(f[k]) for k in f.files if k.startswith("rank_")}
             eigenvalues, seconds = f["eigenvalues"], float(f["seconds"])
             residual1 = float(f["residual1"]) if "residual1" in f else float("nan")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -170,7 +189,7 @@ def cached_window(setup: Setup, path: str) -> Window | None:
         raise ValueError(f"{path} (a cached window) holds another model's arrays; "
                          "delete it and rerun: the window is recorded again")
     logging.info("window restored from %s", path)
-    return Window(variables, scores, eigenvalues, seconds, residual1)
+    return Window(variables, scores, eigenvalues, seconds, residual1, ranks)
 
 
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
@@ -186,7 +205,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     state, theta = recording.record_trajectory(
         recorder, state, _with_progress(batches, steps, desc, setup.job), steps, setup.select)
     k = koopman.gram(theta)
-    fit = koopman.fit_dmd(k, rcond=setup.config.rcond)
+    fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
     residual1 = float(koopman.mode_residuals(k, fit)[0]) if lam.size else float("nan")
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
@@ -197,6 +216,14 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
                                         setup.normalize(images), labels)
         inputs = inputs._replace(grads=grads)
     scores = {m: np.asarray(pruning.method_flat_scores(m, inputs)) for m in setup.methods}
+    # The other cutoffs: new fits of the same K (no second Gram pass over Θ).
+    ranks = {}
+    for r in sorted({r for _, _, r in setup.sensitivity}):
+        fit_r = koopman.fit_dmd(k, rcond=r)
+        ranks[f"{r:g}"] = int(fit_r.rank)
+        for name, m, rr in setup.sensitivity:
+            if rr == r:
+                scores[name] = np.asarray(pruning.method_flat_scores(m, inputs._replace(fit=fit_r)))
     del theta, inputs
     seconds = time.time() - start
     logging.info("%s: Koopman fit rank %d, λ₁ = %s; window + fit + scores %.1fs",
@@ -205,9 +232,10 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     arrays = {f"var{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(variables))}
     arrays.update({f"score_{m}": s for m, s in scores.items()})
     buf = io.BytesIO()
+    arrays.update({f"rank_{r}": np.asarray(n) for r, n in ranks.items()})
     np.savez(buf, eigenvalues=lam, seconds=seconds, residual1=residual1, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-    return Window(variables, scores, lam, seconds, residual1)
+    return Window(variables, scores, lam, seconds, residual1, ranks)
 
 
 def _with_progress(batches, steps: int, desc: str, job: common.JobClock):
@@ -242,7 +270,9 @@ def dense_cell(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
 def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **extra) -> list[dict]:
     """Prune θ(t₂) with `method` at compression c, evaluate, refine, evaluate.
 
-    method "dense" (c = 1) is the unpruned control (`dense_cell`).
+    method "dense" (c = 1) is the unpruned control (`dense_cell`); a method
+    scored at an extra cutoff ('kmp@rcond=1e-07') is evaluated before
+    refinement only (the sensitivity table).
     """
     start = time.time()
     dense = method == "dense"
@@ -251,7 +281,7 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
     state = setup.state(window.variables, seed, mask=mask)
     rows = [row(setup, method, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
                 state.params, mask, time.time() - start, **extra)]
-    if setup.config.finetune_epochs:
+    if setup.config.finetune_epochs and "@" not in method:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
         state = common.run_steps(setup.finetune_step, state, setup.stream(seed, FINETUNE), steps,
                                  f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
@@ -271,13 +301,15 @@ def window_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
             "lambda1_distance": abs(window.lambda1 - 1.0),
             "lambda1_separation": window.lambda1_separation,
             "lambda1_residual": window.residual1,
-            "rank": len(window.eigenvalues), "rcond": setup.config.rcond}
+            "rank": len(window.eigenvalues), "rcond": setup.config.rcond[0],
+            **{f"rank@rcond={r}": n for r, n in window.ranks.items()}}
 
 
 def overlap_rows(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
     """Jaccard overlap of the kept sets of KMP/GMP and KGP/grad at every compression."""
     rows = []
-    for a, b in PAIRS:
+    pairs = list(PAIRS) + [(name, {"kmp": "gmp", "kgp": "grad"}[m]) for name, m, _ in setup.sensitivity]
+    for a, b in pairs:
         if a in window.scores and b in window.scores:
             for c in setup.compressions:
                 rows.append({"model": setup.spec.name, **extra, "pair": f"{a}~{b}",

@@ -20,13 +20,14 @@ kept sets, KMP vs GMP and KGP vs grad), summary.md (mean ± std over seeds),
 fig_accuracy.png, fig_overlap.png, fig_spectrum.png. A rerun with the same
 --workdir skips finished cells; files are replaced atomically.
 
-May import: absl, experiments, kpjax.
+May import: absl, numpy, experiments, kpjax.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import flags, logging
 
 from experiments import cli, common, pipeline, plots, report
@@ -92,7 +93,7 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
         sep = group_mean_std(window_rows, (), "lambda1_separation")
         rank = group_mean_std(window_rows, (), "rank")
         res = group_mean_std(window_rows, (), "lambda1_residual")
-        out += [f"Koopman fit (rank cutoff rcond = {config.rcond:g}): rank "
+        out += [f"Koopman fit (rank cutoff rcond = {config.rcond[0]:g}): rank "
                 f"{fmt_pm(rank.get(()), 1.0, 1)}, Re λ₁ {fmt_pm(lam.get(()), 1.0, 6)}, "
                 f"|λ₁ − 1| = {_sci(dist.get(()))}, separation of λ₁ from the rest "
                 f"{_sci(sep.get(()))}, residual of its mode ‖Yv − λ₁Xv‖/‖Xv‖ "
@@ -127,14 +128,60 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 "FLOPs of the dense network over those left (conv/dense multiply-adds, "
                 "ShrinkBench's definition); mean over seeds.", "",
                 markdown_table(["compression"] + methods, body), ""]
+    out += _sensitivity(setup, rows, overlap_rows, window_rows)
     if overlap_rows:
         ov = group_mean_std(overlap_rows, ("pair", "compression"), "jaccard")
-        pairs = sorted({r["pair"] for r in overlap_rows})
+        pairs = sorted({r["pair"] for r in overlap_rows if "@" not in r["pair"]})
         body = [[f"{c:g}"] + [fmt_pm(ov.get((p, c)), scale=1.0, digits=4) for p in pairs]
                 for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["compression"] + pairs, body), ""]
     return "\n".join(out + report.provenance(timings))
+
+
+def _sensitivity(setup: pipeline.Setup, rows, overlap_rows, window_rows) -> list[str]:
+    """The rank-cutoff sensitivity: KMP and KGP immediately after pruning, and
+    their overlap with GMP / gradient pruning, at every cutoff of --rcond,
+    all from the same Gram matrix. Says where the sign against the baseline
+    flips with the cutoff."""
+    config = setup.config
+    if len(config.rcond) < 2:
+        return []
+    stats = group_mean_std([r for r in rows if r["phase"] == "pruned"], ("method", "compression"), "top1")
+    ov = group_mean_std(overlap_rows, ("pair", "compression"), "jaccard")
+    rank = {"main": group_mean_std(window_rows, (), "rank").get(())}
+    rank.update({f"{r:g}": group_mean_std(window_rows, (), f"rank@rcond={r:g}").get(())
+                 for r in config.rcond[1:]})
+    out = ["## Sensitivity to the rank cutoff (immediately after pruning)", "",
+           "Top-1 % (Jaccard overlap of kept sets with the baseline) at every cutoff of --rcond; "
+           f"the run's cutoff is {config.rcond[0]:g}. Refined cells use the run's cutoff only.", ""]
+    flips = []
+    for m, baseline in (("kmp", "gmp"), ("kgp", "grad")):
+        if m not in setup.methods or baseline not in setup.methods:
+            continue
+        body, signs = [], {}
+        for i, r in enumerate(config.rcond):
+            name = m if i == 0 else pipeline.at_cutoff(m, r)
+            rk = rank["main" if i == 0 else f"{r:g}"]
+            cells = []
+            for c in setup.compressions:
+                s, o = stats.get((name, c)), ov.get((f"{name}~{baseline}", c))
+                b = stats.get((baseline, c))
+                if s is not None and b is not None:
+                    signs.setdefault(c, set()).add(np.sign(round(100 * (s[0] - b[0]), 2)))
+                cells.append(f"{fmt_pm(s)} ({fmt_pm(o, 1.0, 4)})")
+            body.append([f"{r:g}" + (" (run's)" if i == 0 else ""), fmt_pm(rk, 1.0, 1)] + cells)
+        base = [f"{report.name(baseline)} (baseline)", "–"] + [fmt_pm(stats.get((baseline, c))) for c in setup.compressions]
+        out += [f"{report.name(m)} vs {report.name(baseline)}:", "",
+                markdown_table(["rcond", "rank"] + [f"c = {c:g}" for c in setup.compressions],
+                               body + [base]), ""]
+        flipped = [c for c, s in signs.items() if {1.0, -1.0} <= s]
+        if flipped:
+            flips.append(f"{report.name(m)} − {report.name(baseline)} changes sign with the cutoff at c = "
+                         + ", ".join(f"{c:g}" for c in flipped))
+    out += [("Where the conclusion depends on the cutoff: " + "; ".join(flips) + ".") if flips else
+            "At these cutoffs the sign of KMP − GMP and KGP − gradient pruning does not change.", ""]
+    return out
 
 
 def _sci(stats) -> str:
@@ -166,11 +213,13 @@ def run(config: PruneConfig, workdir: str) -> str:
         overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
         windows = ResultTable(workdir, ("model", "seed"), stem="windows")
         model = setup.spec.name
-        cells = [(s, m, c) for s in setup.seeds for m in setup.methods for c in setup.compressions]
+        names = setup.methods + [name for name, _, _ in setup.sensitivity]
+        cells = [(s, m, c) for s in setup.seeds for m in names for c in setup.compressions]
         todo = [x for x in cells if not table.done(model=model, method=x[1], compression=x[2], seed=x[0])]
         logging.info("%s on %s: %d cells, %d to do; workdir %s", model, setup.dataset.name,
                      len(cells), len(todo), workdir)
-        _plan(setup, steps, workdir, table, len(todo))
+        _plan(setup, steps, workdir, table, sum("@" not in x[1] for x in todo),
+              sum("@" in x[1] for x in todo))
         progress = common.Progress(len(todo), "cells", every_s=0.0)
         spectrum = None
         for seed in setup.seeds:
@@ -191,7 +240,8 @@ def run(config: PruneConfig, workdir: str) -> str:
         return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
 
 
-def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, cells: int) -> None:
+def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, cells: int,
+          sensitivity: int) -> None:
     """The run's work for the job clock: what is not cached yet."""
     config = setup.config
     for seed in setup.seeds:
@@ -200,7 +250,7 @@ def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, c
             setup.job.plan(pretrain + steps)
         if not table.done(model=setup.spec.name, method="dense", compression=1.0, seed=seed):
             setup.plan_cells(1)
-    setup.plan_cells(cells)
+    setup.plan_cells(cells, sensitivity)
 
 
 def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:
@@ -208,10 +258,12 @@ def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> 
                        table.timings.rows if table.timings else ())
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
-    if table.rows:
-        plots.accuracy_vs_compression(table.rows, os.path.join(workdir, "fig_accuracy.png"), title)
-    if overlap.rows:
-        plots.overlap_vs(overlap.rows, "compression", os.path.join(workdir, "fig_overlap.png"),
+    main_rows = [r for r in table.rows if "@" not in r["method"]]
+    main_overlap = [r for r in overlap.rows if "@" not in r["pair"]]
+    if main_rows:
+        plots.accuracy_vs_compression(main_rows, os.path.join(workdir, "fig_accuracy.png"), title)
+    if main_overlap:
+        plots.overlap_vs(main_overlap, "compression", os.path.join(workdir, "fig_overlap.png"),
                          "compression ratio", log2=True, title=title)
     if spectrum is not None:
         plots.spectrum(spectrum, os.path.join(workdir, "fig_spectrum.png"),

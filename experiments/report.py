@@ -26,7 +26,8 @@ _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 _NAMES = {"kmp": "KMP", "gmp": "GMP", "kgp": "KGP", "grad": "gradient pruning", "dense": "dense"}
 
 
-def _name(method: str) -> str:
+def name(method: str) -> str:
+    """A method's name in prose (KMP, gradient pruning, ...)."""
     return _NAMES.get(method, method)
 
 
@@ -56,15 +57,15 @@ def compare(rows: Sequence[Row], a: str, b: str, phase: str, by: Sequence[str] =
     label = {"compression": "c", "prune_epoch": "epoch"}.get(by[-1], by[-1])
     parts = []
     if ahead:
-        parts.append(f"leads {_name(b)} at {label} = {_cs(ahead)}")
+        parts.append(f"leads {name(b)} at {label} = {_cs(ahead)}")
     if behind:
-        parts.append(f"trails {'it' if parts else _name(b)} at {label} = {_cs(behind)}")
+        parts.append(f"trails {'it' if parts else name(b)} at {label} = {_cs(behind)}")
     if tied:
-        parts.append(f"ties {'it' if parts else _name(b)} at {label} = {_cs(tied)}")
+        parts.append(f"ties {'it' if parts else name(b)} at {label} = {_cs(tied)}")
     spread = ("with one seed there is no spread to compare the gaps with" if n == 1 else
               f"the gap exceeds the seed spread (n = {n}) at {label} = {_cs(beyond)}" if beyond else
               f"no gap exceeds the seed spread (n = {n})")
-    return (f"{_name(a)} {' and '.join(parts)} (top-1 gaps up to {largest:.2f} points); "
+    return (f"{name(a)} {' and '.join(parts)} (top-1 gaps up to {largest:.2f} points); "
             f"{spread}.")
 
 

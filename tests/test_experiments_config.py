@@ -17,6 +17,7 @@ def test_defaults_are_valid_and_typed():
     prune, early, train = PruneConfig(), EarlyConfig(), TrainConfig()
     assert prune.methods == ("kmp", "gmp", "kgp", "grad")
     assert prune.compressions == (4.0, 16.0, 32.0) and prune.seeds == (0, 1, 2)  # the main job
+    assert prune.rcond == (1e-6, 1e-7, 0.0) and early.rcond == (1e-6,)  # cutoff sensitivity
     assert prune.finetune == SGD(lr=1e-3, momentum=0.9, nesterov=True)
     assert prune.train == train.train == SGD(lr=0.05, momentum=0.9, nesterov=False)
     # early's own defaults hold however it is used, not only as a script
@@ -50,7 +51,9 @@ def test_lists_are_converted_and_frozen():
     (dict(trajectory_steps=1), "--trajectory_steps must be >= 2"),
     (dict(batch_size=0), "--batch_size must be an integer in [1, 10000000], got 0"),
     (dict(max_train_examples=0), "--max_train_examples must be >= 1"),
-    (dict(rcond=1.0), "--rcond must be in [0, 1)"),
+    (dict(rcond=(1e-6, 1.0)), "--rcond must be in [0, 1), got 1"),
+    (dict(rcond=(1e-6, 1e-6)), "--rcond lists a value twice"),
+    (dict(rcond=()), "--rcond must not be empty"),
     (dict(finetune=SGD(lr=0.0)), "--finetune_lr out of range"),
     (dict(train=SGD(momentum=0.0, nesterov=True)), "--train_nesterov needs --train_momentum > 0"),
     (dict(model="resnet20"), "No cifar10 data found"),

@@ -42,14 +42,21 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
         assert column in header
     assert "seconds" not in header  # wall times live in timings.csv
     assert "seconds" in (work / "timings.csv").read_text().splitlines()[0]
-    cells = [r for r in table if r["method"] != "dense"]
+    cells = [r for r in table if r["method"] != "dense" and "@" not in r["method"]]
     assert len(cells) == 5 * 2 * 2  # methods × seeds × (pruned, finetuned)
+    # The rank-cutoff sensitivity: KMP and KGP at the two other cutoffs, before refinement.
+    sensitivity = {(r["method"], r["phase"]) for r in table if "@" in r["method"]}
+    assert sensitivity == {(f"{m}@rcond={c}", "pruned") for m in ("kmp", "kgp") for c in ("1e-07", "0")}
+    summary_text = (work / "summary.md").read_text()
+    assert "## Sensitivity to the rank cutoff" in summary_text
+    assert "1e-07" in (work / "windows.csv").read_text().splitlines()[0]
     for r in cells:
         assert abs(r["compression_achieved"] - 2.0) < 0.01
         assert r["speedup"] > 1.0
         assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
     overlaps = rows(work / "overlap.json")
-    assert {r["pair"] for r in overlaps} == {"kmp~gmp", "kgp~grad"}
+    assert {r["pair"] for r in overlaps} == {"kmp~gmp", "kgp~grad", "kmp@rcond=1e-07~gmp", "kmp@rcond=0~gmp",
+                                            "kgp@rcond=1e-07~grad", "kgp@rcond=0~grad"}
     assert all(0.0 <= r["jaccard"] <= 1.0 for r in overlaps)
 
     # A rerun with one more compression computes only the new cells, from
@@ -60,7 +67,8 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
                         lambda *a, **k: computed.append(a[2:5]) or real_cell(*a, **k))
     monkeypatch.setattr(prune, "_dense_variables", lambda *a: pytest.fail("retrained"))
     prune.run(PruneConfig(**TINY, trajectory_steps=6, compressions=(2, 8), methods=methods), str(work))
-    assert sorted(computed) == sorted((m, 8.0, s) for m in methods for s in (0, 1))
+    sensitive = [f"{m}@rcond={c}" for m in ("kmp", "kgp") for c in ("1e-07", "0")]
+    assert sorted(computed) == sorted((m, 8.0, s) for m in (*methods, *sensitive) for s in (0, 1))
     again = rows(work / "results.json")
     assert again[:len(table)] == table
     assert {r["compression"] for r in again if r["method"] != "dense"} == {2.0, 8.0}
