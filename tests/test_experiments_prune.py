@@ -115,7 +115,8 @@ def test_a_second_run_on_a_busy_workdir_stops_and_the_first_completes(tmp_path):
         _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-2000:]
     cells = {(r["method"], r["compression"]) for r in rows(work / "results.json") if r["method"] != "dense"}
-    assert cells == {(m, c) for m in ("kmp", "gmp") for c in (2.0, 4.0)}
+    sensitive = [f"kmp@rcond={r}" for r in ("1e-07", "0")]  # PruneConfig's default cutoffs
+    assert cells == {(m, c) for m in ("kmp", "gmp", *sensitive) for c in (2.0, 4.0)}
 
 
 def test_early_end_to_end(tmp_path):
