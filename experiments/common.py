@@ -85,22 +85,12 @@ def augment_fn(config: DataConfig, dataset: data.Dataset) -> Callable | None:
 # Dense models.
 
 
-def init_variables(spec: models.ModelSpec, seed: int) -> PyTree:
-    return spec.module.init(jax.random.PRNGKey(seed),
-                            np.zeros((1, *spec.input_shape), np.float32), train=False)
-
-
-def variables_template(spec: models.ModelSpec) -> PyTree:
-    """Shapes and dtypes of the model's variables (nothing computed)."""
-    return jax.eval_shape(lambda: init_variables(spec, 0))
-
-
 def load_variables(path: str, spec: models.ModelSpec) -> PyTree:
     """{'params', 'batch_stats'?} from a PyTorch file or an orbax checkpoint directory."""
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise ValueError(f"--init_checkpoint={path}: no such file or directory")
-    template = variables_template(spec)
+    template = models.variable_shapes(spec)
     try:
         if os.path.isdir(path):
             variables = checkpoints.restore_variables(path, template)

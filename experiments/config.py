@@ -19,7 +19,7 @@ feasibility of every compression for the model's prunable set. Errors are
 ValueErrors whose message starts with the flag (`--compressions ...`).
 No flags are read and nothing is trained here.
 
-May import: jax, numpy, kpjax.
+May import: jax, kpjax.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import numpy as np
 
 from kpjax import data, koopman, models, pruning, train
 from kpjax.flatten import count_params
@@ -272,10 +271,7 @@ class PruningConfig(DataConfig):
 
     def _check_feasible(self) -> None:
         """Every compression is reachable with the model's prunable set."""
-        spec = self.spec()
-        shapes = jax.eval_shape(lambda: spec.module.init(
-            jax.random.PRNGKey(0), np.zeros((1, *spec.input_shape), np.float32), train=False))
-        params = shapes["params"]
+        params = models.variable_shapes(self.spec())["params"]
         select = self.prunable(params)
         total, prunable = count_params(params), count_params(params, select)
         layers = sum(bool(s) for s in jax.tree_util.tree_leaves(select))

@@ -32,7 +32,7 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import loop, train
+from kpjax import loop, models, train
 
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")
 
@@ -53,7 +53,7 @@ class MainRun:
         self.checkpointing = loop.Checkpointing(
             os.path.abspath(os.path.join(workdir, f"seed{seed}", "main")),
             metadata={"model": setup.spec.name, "seed": seed}, max_to_keep=None)
-        self.state = setup.state(common.init_variables(setup.spec, seed), seed, tx=self.tx)
+        self.state = setup.state(models.init_variables(setup.spec, seed), seed, tx=self.tx)
 
     def at(self, step: int) -> train.TrainState:
         """A copy of the training state after `step` steps (steps only increase)."""

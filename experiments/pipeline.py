@@ -24,7 +24,7 @@ from absl import logging
 from experiments import common
 from experiments.config import PruningConfig, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
-from kpjax import data, flatten, koopman, metrics, pruning, recording, train
+from kpjax import data, flatten, koopman, metrics, models, pruning, recording, train
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
@@ -67,7 +67,7 @@ class Setup:
         self.finetune_tx = config.finetune.optimizer(self.steps_per_epoch)
         self.finetune_step = self.train_step(self.finetune_tx)
         self.eval_step = train.make_eval_step(self.spec.module.apply, normalize_fn=self.normalize)
-        self.variables0 = common.init_variables(self.spec, 0)
+        self.variables0 = models.init_variables(self.spec, 0)
         params = self.variables0["params"]
         self.select = config.prunable(params)
         self.flat_spec = flatten.flat_spec(params, self.select)

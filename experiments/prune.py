@@ -34,7 +34,7 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import PruneConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import loop
+from kpjax import loop, models
 from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")
@@ -46,7 +46,7 @@ def _dense_variables(setup: pipeline.Setup, seed: int, workdir: str):
     config = setup.config
     if config.init_checkpoint:
         return common.load_variables(config.init_checkpoint, setup.spec)
-    variables = common.init_variables(setup.spec, seed)
+    variables = models.init_variables(setup.spec, seed)
     if config.pretrain_epochs == 0:
         return variables
     tx = config.train.optimizer(setup.steps_per_epoch)

@@ -29,9 +29,9 @@ PyTree = Any
 Batch = tuple[Any, Any]
 # step(state, images, labels) -> (state, metrics), e.g. from make_train_step.
 StepFn = Callable[[Any, Any, Any], tuple[Any, Mapping[str, jax.Array]]]
-# on_step(step, state, metrics) after each step; `step` counts from 0 (the
-# number of steps done), metrics are device arrays (JAX dispatches steps
-# asynchronously: reading them waits for the step).
+# on_step(step, state, metrics) after each step; `step` is the global step
+# count after it (1 after the first step), metrics are device arrays (JAX
+# dispatches steps asynchronously: reading them waits for the step).
 OnStep = Callable[[int, Any, Mapping[str, jax.Array]], None]
 
 _log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ def train_steps(
         os.makedirs(checkpointing.directory, exist_ok=True)
         manager = checkpoints.checkpoint_manager(
             checkpointing.directory, max_to_keep=checkpointing.max_to_keep)
+    every = checkpointing.every if checkpointing is not None else None
     try:
         batches = iter(batches_from(step))
         for step in range(step + 1, until + 1):
@@ -152,7 +153,6 @@ def train_steps(
             state, metrics = train_step(state, *batch)
             if on_step is not None:
                 on_step(step, state, metrics)
-            every = checkpointing.every if checkpointing is not None else None
             if manager is not None and (step == until or (every and step % every == 0)):
                 checkpoints.save_checkpoint(manager, state, dict(checkpointing.metadata))
     finally:

@@ -6,7 +6,7 @@
 ResNets). Parameter names mirror the PyTorch state dicts of the pretrained
 checkpoints.
 
-May import: flax, kpjax.models.
+May import: flax, jax, kpjax.models.
 """
 
 from collections.abc import Callable
@@ -14,6 +14,8 @@ import functools
 from typing import Literal, NamedTuple
 
 from flax import linen as nn
+import jax
+import jax.numpy as jnp
 
 from kpjax.models.mnistnet import MnistNet
 from kpjax.models.resnet import BasicBlock, ResNet, shortcut_option_a
@@ -69,6 +71,17 @@ MODELS: dict[str, Callable[[str, int], ModelSpec]] = {
 }
 
 
+def init_variables(spec: ModelSpec, seed: int) -> dict:
+    """The model's variables {'params'} (+ {'batch_stats'}) initialized with `seed`."""
+    return spec.module.init(jax.random.PRNGKey(seed),
+                            jnp.zeros((1, *spec.input_shape), jnp.float32), train=False)
+
+
+def variable_shapes(spec: ModelSpec) -> dict:
+    """The shapes and dtypes of `init_variables` (jax.ShapeDtypeStructs), nothing computed."""
+    return jax.eval_shape(lambda: init_variables(spec, 0))
+
+
 def get_model(name: str, num_classes: int = 10) -> ModelSpec:
     """Looks up a model by name.
 
@@ -92,6 +105,6 @@ def get_model(name: str, num_classes: int = 10) -> ModelSpec:
 
 
 __all__ = [
-    "MODELS", "BasicBlock", "MnistNet", "ModelSpec", "ResNet", "get_model",
-    "shortcut_option_a",
+    "MODELS", "BasicBlock", "MnistNet", "ModelSpec", "ResNet", "get_model", "init_variables",
+    "shortcut_option_a", "variable_shapes",
 ]
