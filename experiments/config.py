@@ -233,10 +233,13 @@ class PruningConfig(DataConfig):
     finetune: SGD = opt(SGD(lr=1e-3, momentum=0.9, nesterov=True), "the fine-tuning optimizer "
                         "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
     prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
+    # The cutoff decides KMP vs GMP on some trajectories (issue 12): the run's
+    # 1e-6, the reference implementation's σ² > 1e-14 σ²max (1e-7), and no
+    # truncation beyond exact zeros.
     rcond: tuple[float, ...] = opt(
-        (koopman.DEFAULT_RCOND,), "DMD rank cutoffs (keep σ_i > rcond·σ_max): the first is the "
-        "run's; KMP and KGP are also scored, pruned and evaluated (before refinement) at the "
-        "others, from the same Gram matrix, for the sensitivity table", "floats")
+        (koopman.DEFAULT_RCOND, 1e-7, 0.0), "DMD rank cutoffs (keep σ_i > rcond·σ_max): the first "
+        "is the run's; the Koopman methods are also scored, pruned and evaluated (before "
+        "refinement) at the others, from the same Gram matrix, for the sensitivity table", "floats")
     summarize_only: bool = opt(False, "only rewrite summary.md and the figures of a finished "
                                "workdir from its result files (no training; config.json untouched)")
 
@@ -304,13 +307,6 @@ class PruneConfig(PruningConfig):
                                           "parameters); the paper's figure: 2,4,8,16,32", "floats")
     seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: each has its own training run, window, gradient "
                                  "batch and fine-tuning order", "ints")
-    # The cutoff decides KMP vs GMP on some trajectories (issue 12): the run's
-    # 1e-6, the reference implementation's σ² > 1e-14 σ²max (1e-7), and no
-    # truncation beyond exact zeros.
-    rcond: tuple[float, ...] = opt(
-        (koopman.DEFAULT_RCOND, 1e-7, 0.0), "DMD rank cutoffs (keep σ_i > rcond·σ_max): the first "
-        "is the run's; KMP and KGP are also scored, pruned and evaluated (before refinement) at "
-        "the others, from the same Gram matrix, for the sensitivity table", "floats")
     init_checkpoint: str | None = opt(
         None, "dense model: a PyTorch file (.pt/.th, e.g. the ShrinkBench weights) or an orbax "
         "checkpoint directory of experiments.train; default: train one (--pretrain_epochs)", "str")
@@ -333,10 +329,11 @@ class EarlyConfig(PruningConfig):
     """KMP vs GMP on windows early in training from scratch.
 
     The question is KMP vs GMP, and 4 methods × 5 compressions would cost
-    100 fine-tuning epochs for 5 windows: two methods at two compressions.
+    100 fine-tuning epochs for 5 windows: KMP, its stable subspace variant
+    and GMP at two compressions.
     """
 
-    methods: tuple[str, ...] = opt(("kmp", "gmp"), "pruning methods", "strs")
+    methods: tuple[str, ...] = opt(("kmp", "kmp_subspace", "gmp"), "pruning methods", "strs")
     compressions: tuple[float, ...] = opt((4.0, 16.0), "compression ratios (total / nonzero parameters)",
                                           "floats")
     prune_epochs: tuple[int, ...] = opt((0, 1, 2, 4, 8), "epochs at which a window starts", "ints")

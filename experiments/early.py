@@ -32,7 +32,7 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import loop, models, train
+from kpjax import koopman, loop, models, train
 
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")
 
@@ -76,8 +76,6 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
     lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
-    sep = group_mean_std(window_rows, ("prune_epoch",), "lambda1_separation")
-    res = group_mean_std(window_rows, ("prune_epoch",), "lambda1_residual")
     pairs_run = [p for p in pipeline.PAIRS if p[0] in setup.methods and p[1] in setup.methods]
     readings = []
     for c in setup.compressions:
@@ -113,12 +111,11 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
                 for e in epochs for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["epoch", "compression"] + pairs, body), ""]
-    body = [[e, fmt_pm(lam.get((e,)), 1.0, 6), fmt_pm(sep.get((e,)), 1.0, 6), fmt_pm(res.get((e,)), 1.0, 6)]
-            for e in epochs]
-    out += ["## Eigenvalue closest to 1", "",
-            "A small separation min |λᵢ − λ₁| means an ill-determined KMP mode φ₁.", "",
-            markdown_table(["epoch", "distance of λ₁ to 1", "separation of λ₁",
-                            "residual of φ₁ (‖Yv − λ₁Xv‖/‖Xv‖)"], body), ""]
+    body = [[e, report.sci(lam.get((e,)))] for e in epochs]
+    out += ["## Eigenvalue closest to 1", "", markdown_table(["epoch", "|λ₁ − 1|"], body), ""]
+    out += report.fit_table(window_rows, config.rcond, koopman.DEFAULT_CLUSTER_TOL, by=("prune_epoch",))
+    out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
+                                     config.rcond, by=("prune_epoch",))
     return "\n".join(out + report.provenance(timings))
 
 
@@ -155,7 +152,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
     table, overlap, windows = _tables(workdir)
-    cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.methods
+    cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.score_names
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
                                                method=x[2], compression=x[3])]
@@ -167,7 +164,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
             setup.job.plan(max(missing) * setup.steps_per_epoch + len(missing) * steps)
         setup.plan_cells(sum(not table.done(model=model, prune_epoch=e, method="dense",
                                             compression=1.0, seed=seed) for e in epochs))
-    setup.plan_cells(len(todo))
+    setup.plan_cells(sum("@" not in x[2] for x in todo), sum("@" in x[2] for x in todo))
     progress = common.Progress(len(todo), "cells", every_s=0.0)
     spectra = {}
     for seed in setup.seeds:

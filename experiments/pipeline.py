@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common
+from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
 from kpjax import data, flatten, koopman, metrics, models, pruning, recording, train
@@ -30,18 +31,15 @@ from kpjax.flatten import count_params
 # Config fields that are not settings of the results in a workdir: more
 # methods, compressions or seeds only add cells; summarize_only is a mode.
 NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only")
-PAIRS = (("kmp", "gmp"), ("kgp", "grad"))
+# Each Koopman method and the baseline it is compared with.
+BASELINE = {"kmp": "gmp", "kgp": "grad", "kmp_subspace": "gmp"}
+PAIRS = tuple(BASELINE.items())
+# Kept-set overlaps: every pair, and subspace KMP against single-mode KMP.
+OVERLAPS = PAIRS + (("kmp_subspace", "kmp"),)
 # Methods that the rank-cutoff sensitivity scores again at the extra cutoffs.
-CUTOFF_SENSITIVE = ("kmp", "kgp")
+CUTOFF_SENSITIVE = tuple(BASELINE)
 
 
-def at_cutoff(method: str, rcond: float) -> str:
-    """The name of `method` scored at an extra rank cutoff, e.g. 'kmp@rcond=1e-07'."""
-    return f"{method}@rcond={rcond:g}"
-
-
-def base_method(name: str) -> str:
-    return name.split("@", 1)[0]
 
 # Batch orders: each purpose of a seed gets its own (seed * 1000 + purpose).
 PRETRAIN, WINDOW, FINETUNE = 0, 1, 2
@@ -138,22 +136,16 @@ class Window:
     Masks are built once per (method, compression) and kept (`mask`)."""
 
     def __init__(self, variables, scores: dict[str, np.ndarray], eigenvalues, seconds,
-                 residual1: float = float("nan"), ranks: dict[str, int] | None = None):
+                 diagnostics: dict[str, float]):
         self.variables, self.scores, self.eigenvalues = variables, scores, eigenvalues
         self.seconds = seconds
-        self.ranks = ranks or {}  # rank of the fit at each extra cutoff ('1e-07': r)
-        self.residual1 = residual1  # ‖Yv − λ₁Xv‖/‖Xv‖ of the KMP mode (koopman.mode_residuals)
+        # `fit_diagnostics` of the run's fit, and of the others as 'rank@rcond=1e-07', ...
+        self.diagnostics = diagnostics
         self._masks: dict[tuple[str, float], Any] = {}
 
     @property
     def lambda1(self) -> complex:
         return complex(self.eigenvalues[0]) if len(self.eigenvalues) else complex("nan")
-
-    @property
-    def lambda1_separation(self) -> float:
-        if not len(self.eigenvalues):
-            return float("nan")
-        return koopman.fixed_point_separation(self.eigenvalues)
 
     def mask(self, setup: Setup, method: str, c: float):
         """The bool pytree mask of `method` at compression c (built once)."""
@@ -177,9 +169,10 @@ def cached_window(setup: Setup, path: str) -> Window | None:
             leaves = [f[f"var{i}"] for i in range(treedef.num_leaves)]
             variables = jax.tree_util.tree_unflatten(treedef, leaves)
             scores = {m: f[f"score_{m}"] for m in setup.score_names}
-            ranks = {k[len("rank_"):]: int(f[k]) for k in f.files if k.startswith("rank_")}
+            if "diag_rank" not in f:  # recorded before the diagnostics: record again
+                return None
+            diagnostics = {k[len("diag_"):]: float(f[k]) for k in f.files if k.startswith("diag_")}
             eigenvalues, seconds = f["eigenvalues"], float(f["seconds"])
-            residual1 = float(f["residual1"]) if "residual1" in f else float("nan")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} (a cached window) is damaged ({type(e).__name__}: {e}); "
                          "delete it and rerun: the window is recorded again") from None
@@ -189,7 +182,24 @@ def cached_window(setup: Setup, path: str) -> Window | None:
         raise ValueError(f"{path} (a cached window) holds another model's arrays; "
                          "delete it and rerun: the window is recorded again")
     logging.info("window restored from %s", path)
-    return Window(variables, scores, eigenvalues, seconds, residual1, ranks)
+    return Window(variables, scores, eigenvalues, seconds, diagnostics)
+
+
+def fit_diagnostics(k, fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
+    """What a result depends on in one fit: its rank, the energy of X the
+    cutoff keeps, and λ₁'s separation from the rest of the spectrum, its
+    mode's residual and the size of its cluster (the modes within
+    koopman.DEFAULT_CLUSTER_TOL of 1, which subspace KMP sums)."""
+    valid = np.asarray(fit.valid)
+    lam = np.asarray(fit.eigenvalues)[valid]
+    out = {"rank": float(valid.sum()), "energy_kept": float(koopman.energy_kept(fit)),
+           "lambda1_separation": float("nan"), "lambda1_residual": float("nan"),
+           "cluster_size": 0.0}
+    if lam.size:
+        out.update(lambda1_separation=koopman.fixed_point_separation(lam),
+                   lambda1_residual=float(koopman.mode_residuals(k, fit)[0]),
+                   cluster_size=float(len(koopman.fixed_point_cluster(fit))))
+    return {key + suffix: value for key, value in out.items()}
 
 
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
@@ -207,7 +217,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     k = koopman.gram(theta)
     fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
-    residual1 = float(koopman.mode_residuals(k, fit)[0]) if lam.size else float("nan")
+    diagnostics = fit_diagnostics(k, fit)
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     if any("grads" in pruning.get_method(m).needs for m in setup.methods):
@@ -217,10 +227,9 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
         inputs = inputs._replace(grads=grads)
     scores = {m: np.asarray(pruning.method_flat_scores(m, inputs)) for m in setup.methods}
     # The other cutoffs: new fits of the same K (no second Gram pass over Θ).
-    ranks = {}
     for r in sorted({r for _, _, r in setup.sensitivity}):
         fit_r = koopman.fit_dmd(k, rcond=r)
-        ranks[f"{r:g}"] = int(fit_r.rank)
+        diagnostics.update(fit_diagnostics(k, fit_r, f"@rcond={r:g}"))
         for name, m, rr in setup.sensitivity:
             if rr == r:
                 scores[name] = np.asarray(pruning.method_flat_scores(m, inputs._replace(fit=fit_r)))
@@ -231,11 +240,11 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     variables = variables_of(state)
     arrays = {f"var{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(variables))}
     arrays.update({f"score_{m}": s for m, s in scores.items()})
+    arrays.update({f"diag_{key}": np.asarray(v) for key, v in diagnostics.items()})
     buf = io.BytesIO()
-    arrays.update({f"rank_{r}": np.asarray(n) for r, n in ranks.items()})
-    np.savez(buf, eigenvalues=lam, seconds=seconds, residual1=residual1, **arrays)
+    np.savez(buf, eigenvalues=lam, seconds=seconds, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-    return Window(variables, scores, lam, seconds, residual1, ranks)
+    return Window(variables, scores, lam, seconds, diagnostics)
 
 
 def _with_progress(batches, steps: int, desc: str, job: common.JobClock):
@@ -294,21 +303,19 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
 
 def window_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
     """What the Koopman fit of a window says: λ₁ (the eigenvalue closest to
-    1), its distance to 1 and to the rest of the spectrum, its mode's
-    residual (how well φ₁ is an eigen-direction of the data), the rank, rcond."""
+    1) and its distance to 1, rcond, and `fit_diagnostics` at every cutoff
+    (the extra ones suffixed '@rcond=1e-07')."""
     return {"model": setup.spec.name, **extra, "seed": seed,
             "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
-            "lambda1_distance": abs(window.lambda1 - 1.0),
-            "lambda1_separation": window.lambda1_separation,
-            "lambda1_residual": window.residual1,
-            "rank": len(window.eigenvalues), "rcond": setup.config.rcond[0],
-            **{f"rank@rcond={r}": n for r, n in window.ranks.items()}}
+            "lambda1_distance": abs(window.lambda1 - 1.0), "rcond": setup.config.rcond[0],
+            **window.diagnostics}
 
 
 def overlap_rows(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
-    """Jaccard overlap of the kept sets of KMP/GMP and KGP/grad at every compression."""
+    """Jaccard overlap of the kept sets of each Koopman method and its baseline
+    (at every cutoff) and of subspace and single-mode KMP, at every compression."""
     rows = []
-    pairs = list(PAIRS) + [(name, {"kmp": "gmp", "kgp": "grad"}[m]) for name, m, _ in setup.sensitivity]
+    pairs = list(OVERLAPS) + [(name, BASELINE[m]) for name, m, _ in setup.sensitivity]
     for a, b in pairs:
         if a in window.scores and b in window.scores:
             for c in setup.compressions:

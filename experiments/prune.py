@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from absl import flags, logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import PruneConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import loop, models
+from kpjax import koopman, loop, models
 from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")
@@ -90,15 +89,10 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
     if window_rows:
         lam = group_mean_std(window_rows, (), "lambda1_real")
         dist = group_mean_std(window_rows, (), "lambda1_distance")
-        sep = group_mean_std(window_rows, (), "lambda1_separation")
-        rank = group_mean_std(window_rows, (), "rank")
-        res = group_mean_std(window_rows, (), "lambda1_residual")
-        out += [f"Koopman fit (rank cutoff rcond = {config.rcond[0]:g}): rank "
-                f"{fmt_pm(rank.get(()), 1.0, 1)}, Re λ₁ {fmt_pm(lam.get(()), 1.0, 6)}, "
-                f"|λ₁ − 1| = {_sci(dist.get(()))}, separation of λ₁ from the rest "
-                f"{_sci(sep.get(()))}, residual of its mode ‖Yv − λ₁Xv‖/‖Xv‖ "
-                f"{_sci(res.get(()))}. KMP's comparison with GMP can change with rcond "
-                "(BUILD_NOTES); a small separation means an ill-determined mode φ₁.", ""]
+        out += [f"Koopman fit: rank cutoff rcond = {config.rcond[0]:g} (σᵢ > rcond·σ_max), "
+                f"Re λ₁ {fmt_pm(lam.get(()), 1.0, 6)}, |λ₁ − 1| = {report.sci(dist.get(()))}; "
+                "rank, energy, separation and residual at every cutoff below (\"The Koopman fit "
+                "at each rank cutoff\").", ""]
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
     if dense:
         out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %"
@@ -128,7 +122,9 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 "FLOPs of the dense network over those left (conv/dense multiply-adds, "
                 "ShrinkBench's definition); mean over seeds.", "",
                 markdown_table(["compression"] + methods, body), ""]
-    out += _sensitivity(setup, rows, overlap_rows, window_rows)
+    out += report.fit_table(window_rows, config.rcond, koopman.DEFAULT_CLUSTER_TOL)
+    out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
+                                     config.rcond)
     if overlap_rows:
         ov = group_mean_std(overlap_rows, ("pair", "compression"), "jaccard")
         pairs = sorted({r["pair"] for r in overlap_rows if "@" not in r["pair"]})
@@ -137,58 +133,6 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["compression"] + pairs, body), ""]
     return "\n".join(out + report.provenance(timings))
-
-
-def _sensitivity(setup: pipeline.Setup, rows, overlap_rows, window_rows) -> list[str]:
-    """The rank-cutoff sensitivity: KMP and KGP immediately after pruning, and
-    their overlap with GMP / gradient pruning, at every cutoff of --rcond,
-    all from the same Gram matrix. Says where the sign against the baseline
-    flips with the cutoff."""
-    config = setup.config
-    if len(config.rcond) < 2:
-        return []
-    stats = group_mean_std([r for r in rows if r["phase"] == "pruned"], ("method", "compression"), "top1")
-    ov = group_mean_std(overlap_rows, ("pair", "compression"), "jaccard")
-    rank = {"main": group_mean_std(window_rows, (), "rank").get(())}
-    rank.update({f"{r:g}": group_mean_std(window_rows, (), f"rank@rcond={r:g}").get(())
-                 for r in config.rcond[1:]})
-    out = ["## Sensitivity to the rank cutoff (immediately after pruning)", "",
-           "Top-1 % (Jaccard overlap of kept sets with the baseline) at every cutoff of --rcond; "
-           f"the run's cutoff is {config.rcond[0]:g}. Refined cells use the run's cutoff only.", ""]
-    flips = []
-    for m, baseline in (("kmp", "gmp"), ("kgp", "grad")):
-        if m not in setup.methods or baseline not in setup.methods:
-            continue
-        body, signs = [], {}
-        for i, r in enumerate(config.rcond):
-            name = m if i == 0 else pipeline.at_cutoff(m, r)
-            rk = rank["main" if i == 0 else f"{r:g}"]
-            cells = []
-            for c in setup.compressions:
-                s, o = stats.get((name, c)), ov.get((f"{name}~{baseline}", c))
-                b = stats.get((baseline, c))
-                if s is not None and b is not None:
-                    signs.setdefault(c, set()).add(np.sign(round(100 * (s[0] - b[0]), 2)))
-                cells.append(f"{fmt_pm(s)} ({fmt_pm(o, 1.0, 4)})")
-            body.append([f"{r:g}" + (" (run's)" if i == 0 else ""), fmt_pm(rk, 1.0, 1)] + cells)
-        base = [f"{report.name(baseline)} (baseline)", "–"] + [fmt_pm(stats.get((baseline, c))) for c in setup.compressions]
-        out += [f"{report.name(m)} vs {report.name(baseline)}:", "",
-                markdown_table(["rcond", "rank"] + [f"c = {c:g}" for c in setup.compressions],
-                               body + [base]), ""]
-        flipped = [c for c, s in signs.items() if {1.0, -1.0} <= s]
-        if flipped:
-            flips.append(f"{report.name(m)} − {report.name(baseline)} changes sign with the cutoff at c = "
-                         + ", ".join(f"{c:g}" for c in flipped))
-    out += [("Where the conclusion depends on the cutoff: " + "; ".join(flips) + ".") if flips else
-            "At these cutoffs the sign of KMP − GMP and KGP − gradient pruning does not change.", ""]
-    return out
-
-
-def _sci(stats) -> str:
-    if stats is None:
-        return "–"
-    mean, std, n = stats
-    return f"{mean:.2e} ± {std:.1e}" if n > 1 else f"{mean:.2e}"
 
 
 def run(config: PruneConfig, workdir: str) -> str:

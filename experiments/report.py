@@ -2,6 +2,8 @@
 the numbers, the model's size, and where the numbers came from.
 
 `reading` compares two methods cell by cell against the seed spread;
+`fit_table` and `cutoff_sensitivity` show what the Koopman results depend
+on (the rank cutoff, the energy it keeps, λ₁'s separation and residual);
 `provenance` records the commit, package versions, CPU model, cores and
 times, since bits depend on the CPU and the core count (BUILD_NOTES,
 "Reproducibility").
@@ -19,16 +21,120 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from experiments.results import Row, group_mean_std
+from experiments.results import Row, fmt_pm, group_mean_std, markdown_table
 
 _START = time.time()
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-_NAMES = {"kmp": "KMP", "gmp": "GMP", "kgp": "KGP", "grad": "gradient pruning", "dense": "dense"}
+_NAMES = {"kmp": "KMP", "gmp": "GMP", "kgp": "KGP", "grad": "gradient pruning", "dense": "dense",
+          "kmp_subspace": "subspace KMP"}
+_LABELS = {"compression": "c", "prune_epoch": "epoch"}
 
 
 def name(method: str) -> str:
     """A method's name in prose (KMP, gradient pruning, ...)."""
     return _NAMES.get(method, method)
+
+
+def at_cutoff(method: str, rcond: float) -> str:
+    """The name of `method` scored at an extra rank cutoff, e.g. 'kmp@rcond=1e-07'."""
+    return f"{method}@rcond={rcond:g}"
+
+
+def base_method(name: str) -> str:
+    """'kmp' of 'kmp@rcond=1e-07'."""
+    return name.split("@", 1)[0]
+
+
+def sci(stats: tuple[float, float, int] | None) -> str:
+    """mean ± std in scientific notation (the std only when n > 1)."""
+    if stats is None:
+        return "–"
+    mean, std, n = stats
+    return f"{mean:.2e} ± {std:.1e}" if n > 1 else f"{mean:.2e}"
+
+
+def _groups(rows: Sequence[Row], by: Sequence[str]) -> list[tuple]:
+    return sorted({tuple(r[k] for k in by) for r in rows})
+
+
+def fit_table(window_rows: Sequence[Row], rcond: Sequence[float], cluster_tol: float,
+              by: Sequence[str] = ()) -> list[str]:
+    """Markdown lines: the Koopman fit at every cutoff (the run's first), mean ±
+    std over seeds: rank, the energy of X left out, λ₁'s separation from the
+    rest of the spectrum, its mode's residual, and how many modes lie within
+    the cluster tolerance of 1 (what subspace KMP sums)."""
+    if not window_rows:
+        return []
+    body = []
+    for g in _groups(window_rows, by):
+        rows = [r for r in window_rows if tuple(r[k] for k in by) == g]
+        for i, r in enumerate(rcond):
+            at = "" if i == 0 else f"@rcond={r:g}"
+            st = lambda key: group_mean_std(rows, (), key + at).get(())
+            lost = group_mean_std([{"x": 1.0 - float(w[f"energy_kept{at}"])} for w in rows
+                                   if w.get(f"energy_kept{at}") is not None], (), "x").get(())
+            body.append([*g, f"{r:g}" + (" (run's)" if i == 0 else ""), fmt_pm(st("rank"), 1.0, 1),
+                         sci(lost), sci(st("lambda1_separation")), sci(st("lambda1_residual")),
+                         fmt_pm(st("cluster_size"), 1.0, 1)])
+    header = [_LABELS.get(k, k) for k in by] + [
+        "rcond", "rank", "energy left out", "separation of λ₁", "residual of φ₁", "modes near 1"]
+    return ["## The Koopman fit at each rank cutoff", "",
+            "Mean ± std over seeds. Energy left out: Σ of the dropped σᵢ² over ‖X‖²_F. "
+            "Separation: min |λᵢ − λ₁| (a small one makes φ₁ ill-determined). Residual: "
+            "‖Yv − λ₁Xv‖/‖Xv‖ of φ₁ (0 for an exact eigen-direction of the data). Modes near 1: "
+            f"|λᵢ − 1| ≤ {cluster_tol:g}, the cluster subspace KMP sums.", "",
+            markdown_table(header, body), ""]
+
+
+def cutoff_sensitivity(rows: Sequence[Row], overlap_rows: Sequence[Row],
+                       pairs: Sequence[tuple[str, str]], compressions: Sequence[float],
+                       rcond: Sequence[float], by: Sequence[str] = ()) -> list[str]:
+    """Markdown lines: each Koopman method of `pairs` immediately after pruning,
+    with its kept-set overlap with the baseline, at every cutoff (all from one
+    Gram matrix), and the baseline; ends with where the sign against the
+    baseline flips with the cutoff."""
+    if len(rcond) < 2:
+        return []
+    stats = group_mean_std([r for r in rows if r["phase"] == "pruned"],
+                           (*by, "method", "compression"), "top1")
+    ov = group_mean_std(overlap_rows, (*by, "pair", "compression"), "jaccard")
+    groups = sorted({k[:len(by)] for k in stats})
+    out = ["## Sensitivity to the rank cutoff (immediately after pruning)", "",
+           "Top-1 % (Jaccard overlap of kept sets with the baseline) at every cutoff of --rcond; "
+           f"the run's cutoff is {rcond[0]:g}. Refined cells use the run's cutoff only.", ""]
+    flips = []
+    for m, baseline in pairs:
+        if not any(k[len(by)] == m for k in stats) or not any(k[len(by)] == baseline for k in stats):
+            continue
+        body, signs = [], {}
+        for g in groups:
+            for i, r in enumerate(rcond):
+                method = m if i == 0 else at_cutoff(m, r)
+                cells = []
+                for c in compressions:
+                    s, b = stats.get((*g, method, c)), stats.get((*g, baseline, c))
+                    if s is not None and b is not None:
+                        signs.setdefault((*g, c), set()).add(_sign(100 * (s[0] - b[0])))
+                    cells.append(f"{fmt_pm(s)} ({fmt_pm(ov.get((*g, f'{method}~{baseline}', c)), 1.0, 4)})")
+                body.append([*g, f"{r:g}" + (" (run's)" if i == 0 else "")] + cells)
+            body.append([*g, f"{name(baseline)} (baseline)"]
+                        + [fmt_pm(stats.get((*g, baseline, c))) for c in compressions])
+        header = [_LABELS.get(k, k) for k in by] + ["rcond"] + [f"c = {c:g}" for c in compressions]
+        out += [f"{name(m)} vs {name(baseline)}:", "", markdown_table(header, body), ""]
+        flipped = [k for k, s in signs.items() if {1, -1} <= s]
+        if flipped:
+            where = ", ".join(" ".join(f"{_LABELS.get(key, key)} = {v:g}"
+                                       for key, v in zip((*by, "compression"), k)) for k in flipped)
+            flips.append(f"{name(m)} − {name(baseline)} changes sign with the cutoff at {where}")
+    out += [("Where the conclusion depends on the cutoff: " + "; ".join(flips) + ".") if flips else
+            "At these cutoffs no Koopman method changes sign against its baseline.", ""]
+    return out
+
+
+def _sign(gap: float) -> int:
+    """The sign of a top-1 gap in points, as shown (two decimals): 0.004 is a tie."""
+    rounded = round(gap, 2)
+    return (rounded > 0) - (rounded < 0)
 
 
 def _cs(values: Sequence[float]) -> str:
@@ -54,7 +160,7 @@ def compare(rows: Sequence[Row], a: str, b: str, phase: str, by: Sequence[str] =
         largest = max(largest, abs(gap))
         if min(na, nb) > 1 and abs(gap) > 100 * max(sa, sb):
             beyond.append(k[-1])
-    label = {"compression": "c", "prune_epoch": "epoch"}.get(by[-1], by[-1])
+    label = _LABELS.get(by[-1], by[-1])
     parts = []
     if ahead:
         parts.append(f"leads {name(b)} at {label} = {_cs(ahead)}")

@@ -48,6 +48,14 @@ DEFAULT_BLOCK_SIZE = 4096
 
 MIN_SNAPSHOTS = 3
 
+# Eigenvalues within this distance of 1 form the fixed-point cluster of
+# `fixed_point_subspace`: over a window of T = 469 steps (one MNIST epoch) a
+# mode with |λ − 1| ≤ 1e-4 changes by at most |λ^T − 1| ≈ 5 %, so on the
+# window's time scale it does not move. Single modes that close to λ_1 are
+# where KMP became fragile early in training (separations down to 1.7e-5,
+# BUILD_NOTES).
+DEFAULT_CLUSTER_TOL = 1e-4
+
 # Bytes a blocked pass needs per entry of a (T+1)×block panel of Θ, measured
 # with XLA's compiled memory analysis (tests/test_koopman.py): the block as
 # passed (≤ 8 bytes), its float64 cast (8) and, for Θᵀw with up to T complex
@@ -269,6 +277,8 @@ class DMDFit(NamedTuple):
       amplitudes: b, (T,) complex128, θ(t) ≈ Σ_i b_i λ_i^t φ_i.
       singular_values: σ of X, (T,) float64, descending (all of them).
       valid: (T,) bool, the r modes kept by the rank cutoff.
+      directions: () int, the singular directions of X the cutoff kept (the
+        size of Ã); r is smaller when Ã has zero eigenvalues.
     """
 
     eigenvalues: jax.Array
@@ -276,6 +286,7 @@ class DMDFit(NamedTuple):
     amplitudes: jax.Array
     singular_values: jax.Array
     valid: jax.Array
+    directions: jax.Array
 
     @property
     def rank(self) -> jax.Array:
@@ -380,6 +391,7 @@ def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first") -> 
             amplitudes=b[order],
             singular_values=sigma,
             valid=jnp.asarray(valid)[order],
+            directions=jnp.sum(keep),
         )
 
 
@@ -436,6 +448,7 @@ def fit_dmd_batched(
             amplitudes=take(b, 1),
             singular_values=sigma,
             valid=take(jnp.asarray(valid), 1),
+            directions=jnp.asarray(ranks),
         )
 
 
@@ -470,6 +483,47 @@ def fixed_point_separation(eigenvalues: Any) -> float:
     i = int(np.argmin(np.abs(lam - 1.0)))
     others = np.delete(lam, i)
     return float(np.min(np.abs(others - lam[i]))) if others.size else float("inf")
+
+
+def energy_kept(fit: DMDFit) -> jax.Array:
+    """Σ_{kept} σ_i² / Σ_i σ_i²: the fraction of X's energy ‖X‖_F² inside the
+    directions the rank cutoff keeps (1 at rcond = 0). Batched fits give one
+    value per entry."""
+    with jax.enable_x64(True):
+        s2 = jnp.square(fit.singular_values)
+        kept = jnp.arange(s2.shape[-1]) < jnp.asarray(fit.directions)[..., None]  # σ descends
+        total = jnp.sum(s2, axis=-1)
+        return jnp.sum(jnp.where(kept, s2, 0.0), axis=-1) / jnp.where(total > 0, total, 1.0)
+
+
+def fixed_point_cluster(fit: DMDFit, tol: float = DEFAULT_CLUSTER_TOL) -> np.ndarray:
+    """Indices of the valid modes with |λ_i − 1| ≤ tol, always including λ_1
+    (the one closest to 1). Conjugate eigenvalues are equally far from 1, so
+    the cluster is closed under conjugation and its modes sum to a real vector."""
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be finite and >= 0, got {tol}")
+    i = fixed_point_index(fit)
+    dist = np.abs(np.asarray(fit.eigenvalues) - 1.0)
+    inside = np.asarray(fit.valid) & (dist <= tol)
+    inside[i] = True
+    return np.flatnonzero(inside)
+
+
+def fixed_point_subspace(snapshots: Any, fit: DMDFit, tol: float = DEFAULT_CLUSTER_TOL) -> jax.Array:
+    """θ_S = Re Σ_{|λ_i − 1| ≤ tol} b_i φ_i: the part of θ_0 in the invariant
+    subspace of the eigenvalues near 1 (float64, (N,)).
+
+    When several eigenvalues sit within the data's perturbation of each other,
+    each eigenvector is ill-determined (its perturbation scales like
+    1/separation) and "the" mode φ_1 is decided by rounding; their invariant
+    subspace, and the oblique projection of θ_0 onto it along the other
+    modes, is determined by the gap to the rest of the spectrum instead. With
+    one eigenvalue inside, θ_S = Re b_1 φ_1 (= b_1 φ_1 for a real λ_1).
+    """
+    idx = jnp.asarray(fixed_point_cluster(fit, tol))
+    with jax.enable_x64(True):
+        weights = fit.coefficients[:, idx] @ fit.amplitudes[idx]
+        return combine_snapshots(snapshots, weights).real
 
 
 def modes(snapshots: Any, fit: DMDFit, index: Union[int, Sequence[int]]) -> jax.Array:

@@ -124,6 +124,30 @@ def kmp_scores(
     return scores_from_flat(kmp_flat_scores(snapshots, fit), spec, params)
 
 
+def kmp_subspace_flat_scores(
+    snapshots: Any, fit: koopman.DMDFit, tol: float = koopman.DEFAULT_CLUSTER_TOL
+) -> jax.Array:
+    """|θ_S|, θ_S = Re Σ_{|λ_i − 1| ≤ tol} b_i φ_i (float32, (N,)); see `kmp_subspace_scores`."""
+    theta_s = koopman.fixed_point_subspace(snapshots, fit, tol)
+    with jax.enable_x64(True):
+        return jnp.abs(theta_s).astype(jnp.float32)
+
+
+def kmp_subspace_scores(
+    snapshots: Any, fit: koopman.DMDFit, spec: flatten.FlatSpec, params: PyTree,
+    tol: float = koopman.DEFAULT_CLUSTER_TOL,
+) -> PyTree:
+    """Subspace KMP: the magnitude of the fixed-point part of θ summed over
+    every mode with |λ_i − 1| ≤ tol (`koopman.fixed_point_subspace`).
+
+    KMP's single mode φ_1 is ill-determined when another eigenvalue lies
+    within the data's perturbation of λ_1; the sum over the cluster is not.
+    With only λ_1 in the cluster it equals KMP for a real λ_1 (for a complex
+    λ_1 alone it is |Re b_1 φ_1| where KMP takes |b_1 φ_1|).
+    """
+    return scores_from_flat(kmp_subspace_flat_scores(snapshots, fit, tol), spec, params)
+
+
 def kgp_flat_scores(snapshots: Any, fit: koopman.DMDFit) -> jax.Array:
     """|θ(t2) ⊙ Δθ_K(t2)| over Θ's columns (float32, (N,)); see `kgp_scores`."""
     t2 = snapshots.shape[0] - 1
@@ -528,6 +552,9 @@ register_method("random", PruningMethod(
 register_method("kmp", PruningMethod(
     _koopman_method(kmp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1"))
+register_method("kmp_subspace", PruningMethod(
+    _koopman_method(kmp_subspace_flat_scores), global_flat_mask, _TRAJECTORY,
+    f"subspace KMP: |Re Σ b_iφ_i| over all |λ_i − 1| ≤ {koopman.DEFAULT_CLUSTER_TOL:g}"))
 register_method("kgp", PruningMethod(
     _koopman_method(kgp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman gradient pruning: |θ(t₂) ⊙ Δθ_K(t₂)|"))

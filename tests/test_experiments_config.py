@@ -17,11 +17,12 @@ def test_defaults_are_valid_and_typed():
     prune, early, train = PruneConfig(), EarlyConfig(), TrainConfig()
     assert prune.methods == ("kmp", "gmp", "kgp", "grad")
     assert prune.compressions == (4.0, 16.0, 32.0) and prune.seeds == (0, 1, 2)  # the main job
-    assert prune.rcond == (1e-6, 1e-7, 0.0) and early.rcond == (1e-6,)  # cutoff sensitivity
+    assert prune.rcond == early.rcond == (1e-6, 1e-7, 0.0)  # cutoff sensitivity
+    assert early.methods == ("kmp", "kmp_subspace", "gmp")
     assert prune.finetune == SGD(lr=1e-3, momentum=0.9, nesterov=True)
     assert prune.train == train.train == SGD(lr=0.05, momentum=0.9, nesterov=False)
     # early's own defaults hold however it is used, not only as a script
-    assert early.methods == ("kmp", "gmp") and early.compressions == (4.0, 16.0)
+    assert early.compressions == (4.0, 16.0)
     assert early.prune_epochs == (0, 1, 2, 4, 8)
 
 
@@ -113,4 +114,4 @@ def test_build_config_from_flag_values():
     assert len(names) == len(set(names))
     assert {"finetune_lr", "train_lr", "prune_epochs", "window_steps", "model"} <= set(names)
     defaults = {n: d for n, _, d, _ in cli._flag_fields(EarlyConfig)}
-    assert defaults["methods"] == ("kmp", "gmp") and defaults["finetune_lr"] == 1e-3
+    assert defaults["methods"] == ("kmp", "kmp_subspace", "gmp") and defaults["finetune_lr"] == 1e-3

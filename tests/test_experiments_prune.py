@@ -128,12 +128,26 @@ def test_early_end_to_end(tmp_path):
                  "fig_lambda_vs_epoch.png", "fig_spectra.png", "summary.md", "windows.csv"):
         assert (work / name).stat().st_size > 0, name
     table = [r for r in rows(work / "results.json") if r["method"] != "dense"]
+    # EarlyConfig's defaults: KMP, subspace KMP and GMP; the Koopman methods also
+    # at the two other default cutoffs.
+    koopman_methods = ("kmp", "kmp_subspace")
+    methods = koopman_methods + ("gmp",) + tuple(
+        f"{m}@rcond={r}" for m in koopman_methods for r in ("1e-07", "0"))
     assert {(r["prune_epoch"], r["method"], r["seed"]) for r in table} == {
-        (e, m, s) for e in (0, 1) for m in ("kmp", "gmp") for s in (0, 1)}
+        (e, m, s) for e in (0, 1) for m in methods for s in (0, 1)}
     assert all(r["phase"] == "pruned" for r in table)
     windows = rows(work / "windows.json")
     assert len(windows) == 4
-    assert all(w["lambda1_separation"] > 0 for w in windows)
+    for w in windows:
+        for at in ("", "@rcond=1e-07", "@rcond=0"):
+            assert w[f"lambda1_separation{at}"] > 0
+            assert 0.0 < w[f"energy_kept{at}"] <= 1.0
+            assert w[f"cluster_size{at}"] >= 1
+        assert w["energy_kept@rcond=0"] == 1.0  # nothing but exact zeros dropped
+    summary = (work / "summary.md").read_text()
+    for section in ("## The Koopman fit at each rank cutoff", "## Sensitivity to the rank cutoff",
+                    "subspace KMP vs GMP:"):
+        assert section in summary, section
 
 
 def test_main_turns_bad_flags_into_one_usage_line_and_help_lists_every_flag(tmp_path):
