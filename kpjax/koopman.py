@@ -293,17 +293,32 @@ class DMDFit(NamedTuple):
         return jnp.sum(self.valid, axis=-1)
 
 
-@jax.jit
-def _reduced_operator(k: jax.Array, rcond: jax.Array):
-    """Ã = Σ⁻¹ Vᵀ (XᵀY) V Σ⁻¹ with dropped directions zeroed."""
+@functools.partial(jax.jit, static_argnames=("tls",))
+def _reduced_operator(k: jax.Array, rcond: jax.Array, tls: bool = False):
+    """Ã = Σ⁻¹ Vᵀ (XᵀY) V Σ⁻¹ with dropped directions zeroed, and the basis
+    B (T×T) in which mode coefficients are expressed (c = B Σ⁻¹ w / λ).
+
+    With `tls`, X and Y are first projected onto the leading joint
+    right-singular subspace of Z = [X; Y] (total-least-squares DMD, Hemati
+    et al. 2017): ZᵀZ = XᵀX + YᵀY = Q S² Qᵀ, P = Q_r Q_rᵀ with the r
+    directions σ_z > rcond·σ_z,max, and X̄ = XP, Ȳ = YP, so X̄ᵀX̄ = P XᵀX P,
+    X̄ᵀȲ = P XᵀY P and the modes Ȳ V Σ⁻¹ w stay combinations of Θ's rows
+    (B = P V). Noise in X then no longer biases the eigenvalues towards 0.
+    """
     kxx, kxy = k[:-1, :-1], k[:-1, 1:]
+    if tls:
+        s2z, q = jnp.linalg.eigh(kxx + k[1:, 1:])
+        sz = jnp.sqrt(jnp.maximum(s2z, 0.0))
+        p = (q * (sz > rcond * sz[-1])[None, :]) @ q.T
+        kxx, kxy = p @ kxx @ p, p @ kxy @ p
     s2, v = jnp.linalg.eigh(kxx)
     s2, v = s2[::-1], v[:, ::-1]
     sigma = jnp.sqrt(jnp.maximum(s2, 0.0))
     keep = sigma > rcond * sigma[0]
     inv_sigma = jnp.where(keep, 1.0 / jnp.where(keep, sigma, 1.0), 0.0)
     a = inv_sigma[:, None] * (v.T @ kxy @ v) * inv_sigma[None, :]
-    return a, v, sigma, keep, inv_sigma
+    basis = p @ v if tls else v
+    return a, basis, sigma, keep, inv_sigma
 
 
 def _eig_cpu(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,7 +376,8 @@ def _check_amplitudes(amplitudes: str) -> None:
         raise ValueError(f"amplitudes must be 'first' or 'all', got {amplitudes!r}")
 
 
-def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first") -> DMDFit:
+def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first",
+            tls: bool = False) -> DMDFit:
     """Exact DMD from the Gram matrix K = ΘΘᵀ (method of snapshots).
 
     Args:
@@ -371,6 +387,9 @@ def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first") -> 
         injects spurious eigenvalues.
       amplitudes: "first" fits b to θ_0 (Tu et al.); "all" fits b to every
         snapshot in least squares (better predictions under noise).
+      tls: total-least-squares DMD (see `_reduced_operator`): less biased
+        eigenvalues when the snapshots are noisy; the same fit on exact
+        low-rank data. singular_values are then those of the projected X̄.
 
     Returns:
       A DMDFit. Modes whose λ is 0 (the null space of Ã) are dropped: they do
@@ -381,7 +400,7 @@ def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first") -> 
     _check_amplitudes(amplitudes)
     with jax.enable_x64(True):
         k = jnp.asarray(k, jnp.float64)
-        a, v, sigma, keep, inv_sigma = _reduced_operator(k, jnp.float64(rcond))
+        a, v, sigma, keep, inv_sigma = _reduced_operator(k, jnp.float64(rcond), tls)
         lam, w, valid = _eig_truncated(np.asarray(a), int(np.sum(keep)))
         c, b = _assemble(k, v, inv_sigma, jnp.asarray(lam), jnp.asarray(w), jnp.asarray(valid), amplitudes)
         order = _order_by_distance_to_one(lam, valid)
@@ -609,8 +628,9 @@ def fit_trajectory(
     amplitudes: str = "first",
     block_size: int = DEFAULT_BLOCK_SIZE,
     memory_budget: int | None = None,
+    tls: bool = False,
 ) -> DMDFit:
     """`fit_dmd(gram(Θ))`: the whole fit from the snapshot stack."""
     return fit_dmd(
-        gram(snapshots, block_size, memory_budget), rcond=rcond, amplitudes=amplitudes
+        gram(snapshots, block_size, memory_budget), rcond=rcond, amplitudes=amplitudes, tls=tls
     )

@@ -258,3 +258,110 @@ def test_mode_residuals_equal_the_direct_n_sized_computation():
         v = lam[i] * c[1:, i]
         direct = np.linalg.norm(y @ v - lam[i] * (x @ v)) / np.linalg.norm(x @ v)
         assert r[i] == pytest.approx(direct, rel=1e-6, abs=1e-9)
+
+
+def test_energy_kept_equals_the_svd_energy_above_the_cutoff():
+    oracle = quadratic_gd()
+    theta = oracle.snapshots + 1e-7 * np.random.default_rng(0).normal(size=oracle.snapshots.shape)
+    s = np.linalg.svd(theta[:-1].T, compute_uv=False)  # independent: NumPy's SVD of X
+    k = koopman.gram(jnp.asarray(theta))
+    for rcond in (1e-6, 1e-9, 0.0):
+        fit = koopman.fit_dmd(k, rcond=rcond)
+        kept = s > rcond * s[0]
+        assert int(fit.directions) == kept.sum()
+        expected = np.sum(s[kept] ** 2) / np.sum(s**2)
+        assert float(koopman.energy_kept(fit)) == pytest.approx(expected, rel=1e-12)
+    assert float(koopman.energy_kept(koopman.fit_dmd(k, rcond=0.0))) == 1.0
+    batched = koopman.fit_dmd_batched(jnp.stack([k, k]), rcond=1e-6)
+    np.testing.assert_allclose(np.asarray(koopman.energy_kept(batched)),
+                               float(koopman.energy_kept(koopman.fit_dmd(k, rcond=1e-6))))
+
+
+def _nearly_flat_quadratic(steps=60):
+    """GD on a quadratic whose iteration map has the eigenvalue 1 (θ*) and
+    1 − ηh = 1 − 2e-5 (a nearly flat direction u): a double eigenvalue at 1
+    up to 2e-5. On the window's horizon the flat direction does not move
+    (T·ηh ≈ 1e-3), so the fixed point there is θ_S = θ* + u uᵀ(θ_0 − θ*),
+    which is also the limit of θ(∞) as the flat direction's curvature → 0."""
+    oracle = quadratic_gd(excited_h=(2e-4, 1.0, 2.0), eta=0.1, steps=steps)
+    h, q = np.linalg.eigh(oracle.hessian)
+    u = q[:, np.argmin(np.abs(h - 2e-4))]
+    theta_s = oracle.theta_star + u * (u @ (oracle.snapshots[0] - oracle.theta_star))
+    return oracle, theta_s
+
+
+@pytest.mark.parametrize("steps", [30, 60])
+def test_subspace_kmp_recovers_the_fixed_point_where_single_mode_kmp_is_ill_defined(steps):
+    oracle, theta_s = _nearly_flat_quadratic(steps)
+    theta = jnp.asarray(oracle.snapshots)
+    fit = koopman.fit_trajectory(theta)
+    lam = np.asarray(fit.eigenvalues)
+    cluster = koopman.fixed_point_cluster(fit)
+    assert len(cluster) == 2 and np.all(np.abs(lam[cluster] - 1) < 1e-4)
+    # Rounding alone already moves the two eigenvalues by more than their
+    # separation, so the single mode φ₁ is an arbitrary vector of the plane
+    # span{θ*, u}: neither θ_S nor θ*.
+    assert abs(lam[1] - (1 - 2e-5)) > 2e-6 or abs(lam[0] - 1) > 2e-6
+    rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
+    single = np.asarray(koopman.fixed_point_mode(theta, fit)).real
+    assert rel(single, theta_s) > 0.05 and rel(single, oracle.theta_star) > 0.05
+    subspace = np.asarray(koopman.fixed_point_subspace(theta, fit))
+    assert rel(subspace, theta_s) < 1e-5
+    # The pruning scores: |θ_S| up to the same error.
+    from kpjax import pruning
+    scores = np.asarray(pruning.kmp_subspace_flat_scores(theta, fit))
+    np.testing.assert_allclose(scores, np.abs(theta_s), atol=1e-5 * np.abs(theta_s).max())
+
+
+def test_subspace_kmp_with_one_eigenvalue_near_1_is_kmp():
+    oracle = quadratic_gd()
+    theta = jnp.asarray(oracle.snapshots)
+    fit = koopman.fit_trajectory(theta)
+    assert list(koopman.fixed_point_cluster(fit)) == [0]
+    np.testing.assert_array_equal(np.asarray(koopman.fixed_point_subspace(theta, fit)),
+                                  np.asarray(koopman.fixed_point_mode(theta, fit)).real)
+    # tol = 0 keeps λ₁ alone; a tolerance that reaches every mode sums them all: θ_0.
+    assert list(koopman.fixed_point_cluster(fit, 0.0)) == [0]
+    everything = koopman.fixed_point_subspace(theta, fit, 10.0)
+    np.testing.assert_allclose(np.asarray(everything), oracle.snapshots[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="tol"):
+        koopman.fixed_point_cluster(fit, float("nan"))
+
+
+def test_the_cluster_is_closed_under_conjugation():
+    # A slow rotation, λ = 0.9995·e^{±2e-4 i}: the fit puts the pair 5e-4 from 1.
+    theta, _ = damped_rotation(radius=0.9995, omega=2e-4, steps=40)
+    fit = koopman.fit_trajectory(jnp.asarray(theta))
+    lam = np.asarray(fit.eigenvalues)
+    assert int(fit.rank) == 3 and abs(lam[1].imag) > 0 and lam[2] == np.conj(lam[1])
+    assert list(koopman.fixed_point_cluster(fit, 1e-4)) == [0]
+    assert list(koopman.fixed_point_cluster(fit, 1e-3)) == [0, 1, 2]
+    # With the pair, the cluster holds every mode: θ_S is θ_0 (real by the
+    # conjugate symmetry, not by dropping an imaginary part).
+    idx = koopman.fixed_point_cluster(fit, 1e-3)
+    weights = np.asarray(fit.coefficients)[:, idx] @ np.asarray(fit.amplitudes)[idx]
+    combined = koopman.combine_snapshots(jnp.asarray(theta), weights)
+    np.testing.assert_allclose(np.asarray(combined).imag, 0.0, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(combined).real, theta[0], rtol=1e-6, atol=1e-6)
+
+
+def test_tls_dmd_is_exact_dmd_on_clean_data_and_less_biased_under_noise():
+    theta, lam_true = damped_rotation(n=400, steps=40, radius=0.95, omega=0.4)
+    k = koopman.gram(jnp.asarray(theta))
+    for tls in (False, True):
+        fit = koopman.fit_dmd(k, rcond=0.03, tls=tls)
+        lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+        assert int(fit.rank) == 3
+        np.testing.assert_allclose(np.sort_complex(lam[1:]), np.sort_complex(lam_true), atol=1e-8)
+    # Measurement noise (std 0.1 per entry, 10 draws): exact DMD's eigenvalues
+    # are biased towards 0, TLS's far less.
+    rng = np.random.default_rng(0)
+    errors = {False: [], True: []}
+    for _ in range(10):
+        k = koopman.gram(jnp.asarray(theta + 0.1 * rng.normal(size=theta.shape)))
+        for tls in (False, True):
+            fit = koopman.fit_dmd(k, rcond=0.03, tls=tls)
+            lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+            assert int(fit.rank) == 3
+            errors[tls].append(np.max(np.min(np.abs(lam[:, None] - lam_true[None, :]), axis=0)))
+    assert np.mean(errors[True]) < 0.5 * np.mean(errors[False]), errors
