@@ -324,3 +324,21 @@ def overlap_rows(setup: Setup, window: Window, seed: int, **extra) -> list[dict]
                              "jaccard": pruning.mask_jaccard(window.mask(setup, a, c),
                                                              window.mask(setup, b, c), setup.select)})
     return rows
+
+
+def seed_agreement(setup: Setup, windows: dict[int, Window], **extra) -> list[dict]:
+    """Jaccard overlap of each method's kept sets between every two seeds, at
+    every compression. With one dense model for all seeds (--init_checkpoint)
+    the seeds differ only in the window's batches: a method whose masks
+    agree across seeds does not hinge on them."""
+    rows, seeds = [], sorted(windows)
+    for method in setup.score_names:
+        for c in setup.compressions:
+            for i, a in enumerate(seeds):
+                for b in seeds[i + 1:]:
+                    rows.append({"model": setup.spec.name, **extra, "method": method,
+                                 "compression": c, "seeds": f"{a}~{b}",
+                                 "jaccard": pruning.mask_jaccard(windows[a].mask(setup, method, c),
+                                                                 windows[b].mask(setup, method, c),
+                                                                 setup.select)})
+    return rows

@@ -16,8 +16,10 @@ From Python: `run(PruneConfig(seeds=(0, 1)), workdir)`.
 
 Writes to --workdir: results.csv / results.json (one row per
 model/method/compression/seed/phase), overlap.csv / overlap.json (Jaccard of
-kept sets, KMP vs GMP and KGP vs grad), summary.md (mean ± std over seeds),
-fig_accuracy.png, fig_overlap.png, fig_spectrum.png. A rerun with the same
+kept sets of each Koopman method and its baseline), windows.csv / .json (the
+Koopman fit at every cutoff), agreement.csv (kept sets of two seeds, with
+--init_checkpoint), summary.md (mean ± std over seeds), fig_accuracy.png,
+fig_overlap.png, fig_spectrum.png. A rerun with the same
 --workdir skips finished cells; files are replaced atomically.
 
 May import: absl, numpy, experiments, kpjax.
@@ -31,7 +33,8 @@ from absl import flags, logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import PruneConfig
-from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
+from experiments.results import (ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table,
+                                 rows_to_csv)
 from experiments.workdir import claim
 from kpjax import koopman, loop, models
 from kpjax.flatten import count_params
@@ -70,7 +73,8 @@ def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipel
                                   f"seed {seed}")
 
 
-def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=()) -> str:
+def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=(),
+             agreement=()) -> str:
     config = setup.config
     stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
              for k in ("top1", "speedup", "compression_achieved")}
@@ -132,6 +136,7 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["compression"] + pairs, body), ""]
+    out += _agreement_table(setup, agreement)
     return "\n".join(out + report.provenance(timings))
 
 
@@ -197,9 +202,40 @@ def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, c
     setup.plan_cells(cells, sensitivity)
 
 
+def _agreement(setup: pipeline.Setup, workdir: str) -> list[dict]:
+    """`pipeline.seed_agreement` of the cached windows, written to agreement.csv;
+    only with one dense model for every seed (--init_checkpoint): seeds that
+    each train their own network share no weights to agree on."""
+    if not setup.config.init_checkpoint or len(setup.seeds) < 2:
+        return []
+    windows = {}
+    for seed in setup.seeds:
+        window = pipeline.cached_window(setup, os.path.join(workdir, f"seed{seed}", "window.npz"))
+        if window is not None:
+            windows[seed] = window
+    rows = pipeline.seed_agreement(setup, windows) if len(windows) > 1 else []
+    if rows:
+        atomic_write_text(os.path.join(workdir, "agreement.csv"), rows_to_csv(rows))
+    return rows
+
+
+def _agreement_table(setup: pipeline.Setup, rows) -> list[str]:
+    if not rows:
+        return []
+    stats = group_mean_std(rows, ("method", "compression"), "jaccard")
+    names = [m for m in setup.score_names if any((m, c) in stats for c in setup.compressions)]
+    body = [[m] + [fmt_pm(stats.get((m, c)), 1.0, 4) for c in setup.compressions] for m in names]
+    return ["## Agreement across seeds", "",
+            "Jaccard overlap of one method's kept sets between two seeds (mean ± std over the "
+            "pairs): every seed prunes the same dense model after its own window, so 1 means "
+            "the mask does not depend on the window's batches (agreement.csv).", "",
+            markdown_table(["method"] + [f"c = {c:g}" for c in setup.compressions], body), ""]
+
+
 def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:
+    agreement = _agreement(setup, workdir)
     summary = _summary(setup, steps, table.rows, overlap.rows, windows.rows,
-                       table.timings.rows if table.timings else ())
+                       table.timings.rows if table.timings else (), agreement)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
     main_rows = [r for r in table.rows if "@" not in r["method"]]

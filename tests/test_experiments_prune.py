@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import early, prune
 from experiments.config import EarlyConfig, PruneConfig
+from kpjax import pruning
+from kpjax.flatten import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="mnistnet_tiny", max_train_examples=384, max_test_examples=200,
@@ -184,3 +187,21 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     assert run.returncode == 130, stderr[-2000:]
     assert "interrupted — rerun the same command to resume" in stderr
     assert "Traceback" not in stderr
+
+
+def test_seed_agreement_by_hand():
+    from experiments import pipeline
+    setup = pipeline.Setup(PruneConfig(**{**TINY, "seeds": (0, 1, 2)}, compressions=(2,),
+                                       methods=("gmp",), rcond=(1e-6,)))
+    n = setup.flat_spec.size
+    assert count_params(setup.variables0["params"]) == n  # all prunable: c = 2 keeps n/2
+    ramp = np.arange(n, dtype=np.float32)
+    windows = {seed: pipeline.Window(setup.variables0, {"gmp": scores}, np.ones(1), 0.0, {})
+               for seed, scores in ((0, ramp), (1, ramp.copy()), (2, ramp[::-1].copy()))}
+    rows = pipeline.seed_agreement(setup, windows)
+    jaccard = {r["seeds"]: r["jaccard"] for r in rows}
+    # Equal scores keep equal sets; reversed scores keep the top k from the other end.
+    k = round(pruning.keep_fraction(2, n, n) * n)
+    expected_other = max(0, 2 * k - n) / min(n, 2 * k)
+    assert jaccard == {"0~1": 1.0, "0~2": pytest.approx(expected_other),
+                       "1~2": pytest.approx(expected_other)}
