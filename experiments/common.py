@@ -71,6 +71,9 @@ def load_data(config: DataConfig, seed: int = 0) -> data.Dataset:
 
 
 def normalize_fn(config: DataConfig, dataset: data.Dataset) -> Callable:
+    if dataset.name == "imagefolder":  # no published constants: the training images' own
+        mean, std = data.image_normalization(dataset.train_images)
+        return lambda images: data.normalize(images, mean, std)
     norm_dataset = config.spec().dataset if dataset.name == "synthetic" else dataset.name
     mean, std = data.get_normalization(norm_dataset, config.normalization)
     return lambda images: data.normalize(images, mean, std)

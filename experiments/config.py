@@ -139,7 +139,9 @@ class SGD:
 class DataConfig:
     model: str = opt("mnistnet", "model: " + ", ".join(models.MODELS))
     data: str | None = opt(None, "dataset; default: the model's", "enum", data.DATASET_NAMES)
-    data_dir: str | None = opt(None, "directory with the original dataset archives", "str")
+    data_dir: str | None = opt(None, "directory with the original dataset archives; or an image "
+                               "folder (train/<class>/, test/<class>/) or a .tar/.tar.gz/.zip of "
+                               "one, for --data=imagefolder and for cifar10", "str")
     download: bool = opt(False, "download missing archives with TFDS's download manager")
     synthetic_examples: int = opt(4096, "training examples of --data=synthetic")
     max_train_examples: int | None = opt(None, "use only the first N training examples (default all)", "int")
@@ -152,7 +154,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         try:
-            self.spec()
+            models.get_model(self.model)
         except ValueError as e:
             raise ValueError(f"--model: {e}") from None
         for name in ("synthetic_examples", "batch_size", "eval_batch_size"):
@@ -168,9 +170,21 @@ class DataConfig:
             data.check_available(self.dataset_name, self.data_dir, self.download)
         except data.DataNotFoundError as e:  # an OSError; a config's errors are ValueErrors
             raise ValueError(str(e)) from None
+        spec = self.spec()  # an image folder: decoded (and cached) here, so bad data stops the run now
+        if self.data == "imagefolder":
+            try:
+                models.variable_shapes(spec)
+            except (ValueError, TypeError, ZeroDivisionError) as e:  # shapes that do not fit the layers
+                raise ValueError(f"--model={self.model} cannot take the image folder's "
+                                 f"{'×'.join(map(str, spec.input_shape))} images "
+                                 f"({type(e).__name__}: {e})") from None
 
     def spec(self) -> models.ModelSpec:
-        return models.get_model(self.model)
+        """The model; for --data=imagefolder with the data's classes and image shape."""
+        if self.data != "imagefolder":
+            return models.get_model(self.model)
+        shape, classes = data.image_folder_spec(self.data_dir)
+        return models.get_model(self.model, classes)._replace(input_shape=shape)
 
     @property
     def dataset_name(self) -> str:

@@ -86,7 +86,8 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
            *readings,
            f"Seeds {setup.seeds} (n = {len(setup.seeds)}); windows of "
            f"{config.window_steps or setup.steps_per_epoch} steps starting at epochs {epochs}; "
-           f"rank cutoff rcond = {config.rcond[0]:g}; top-1 % mean ± std over seeds.", ""]
+           f"rank cutoff rcond = {config.rcond[0]:g}; top-1 % mean ± std over seeds.", "",
+           *report.data_line(setup.dataset.name, setup.dataset.source)]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
         dense_phase = "dense" if phase == "pruned" else "finetuned"
         body = []

@@ -203,8 +203,11 @@ def fit_diagnostics(k, fit: koopman.DMDFit, suffix: str = "") -> dict[str, float
 
 
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
-                  seed: int, path: str, desc: str) -> Window:
+                  seed: int, path: str, desc: str, **facts: float) -> Window:
     """Trains `steps` steps recording Θ, fits the Koopman operator, scores every method.
+
+    `facts` (e.g. the accuracy at the window's start) are kept with the fit's
+    diagnostics and end up in windows.csv.
 
     The window's end θ(t₂), its scores and spectrum are saved to `path`
     (atomically) for `cached_window`. `state` is donated.
@@ -217,7 +220,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     k = koopman.gram(theta)
     fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
-    diagnostics = fit_diagnostics(k, fit)
+    diagnostics = {**facts, **fit_diagnostics(k, fit)}
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     if any("grads" in pruning.get_method(m).needs for m in setup.methods):

@@ -68,9 +68,13 @@ def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipel
     if cached is not None:
         return cached
     state = setup.state(_dense_variables(setup, seed, workdir), seed)
+    start = setup.evaluate(state)
+    logging.info("seed %d: the dense network at the window's start (%s): top-1 %.2f %%", seed,
+                 "imported, before any training" if setup.config.init_checkpoint else "pretrained",
+                 100 * start["top1"])
     return pipeline.record_window(setup, state, setup.finetune_step,
                                   setup.stream(seed, pipeline.WINDOW)(), steps, seed, path,
-                                  f"seed {seed}")
+                                  f"seed {seed}", top1_start=start["top1"])
 
 
 def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=(),
@@ -89,7 +93,8 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
            f"{'pruned' if config.prune_classifier else 'kept dense'}. Top-1 % as mean ± std over "
            "seeds (std when n > 1).", "",
            f"Model: {count_params(params):,} parameters, {count_params(params, setup.select):,} "
-           f"prunable; {sum(setup.flops.values()):,} multiply-adds per example (conv/dense).", ""]
+           f"prunable; {sum(setup.flops.values()):,} multiply-adds per example (conv/dense).", "",
+           *report.data_line(setup.dataset.name, setup.dataset.source)]
     if window_rows:
         lam = group_mean_std(window_rows, (), "lambda1_real")
         dist = group_mean_std(window_rows, (), "lambda1_distance")
@@ -98,6 +103,11 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 "rank, energy, separation and residual at every cutoff below (\"The Koopman fit "
                 "at each rank cutoff\").", ""]
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
+    start = group_mean_std(window_rows, (), "top1_start").get(())
+    if start is not None:
+        out += [f"Unpruned θ(t₁) (the window's start: the "
+                f"{'imported' if config.init_checkpoint else 'pretrained'} network): top-1 "
+                f"{fmt_pm(start)} %", ""]
     if dense:
         out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %"
                 + (f"; fine-tuned unpruned for the same steps: {fmt_pm(dense[('finetuned',)])} %"
@@ -196,7 +206,7 @@ def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, c
     for seed in setup.seeds:
         if not os.path.exists(os.path.join(workdir, f"seed{seed}", "window.npz")):
             pretrain = 0 if config.init_checkpoint else config.pretrain_epochs * setup.steps_per_epoch
-            setup.job.plan(pretrain + steps)
+            setup.job.plan(pretrain + steps + setup.eval_units)
         if not table.done(model=setup.spec.name, method="dense", compression=1.0, seed=seed):
             setup.plan_cells(1)
     setup.plan_cells(cells, sensitivity)

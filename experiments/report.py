@@ -35,6 +35,16 @@ def name(method: str) -> str:
     return _NAMES.get(method, method)
 
 
+def data_line(name: str, source: str) -> list[str]:
+    """Markdown lines naming the data when it is not the dataset's original files."""
+    if not source:
+        return []
+    note = (" These are not the original CIFAR-10 files (e.g. a JPEG re-encoding): accuracies "
+            "compare with each other, not with published CIFAR-10 numbers."
+            if name == "cifar10" else "")
+    return [f"Data: {name} from the {source}.{note}", ""]
+
+
 def at_cutoff(method: str, rcond: float) -> str:
     """The name of `method` scored at an extra rank cutoff, e.g. 'kmp@rcond=1e-07'."""
     return f"{method}@rcond={rcond:g}"

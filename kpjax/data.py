@@ -11,15 +11,20 @@ Sources (see `load_dataset`):
   * `download=True`: TFDS's download manager fetches, checksums and caches the
     original archives (no TensorFlow needed), then the same parsers read them.
   * `"synthetic"`: random images with a class-dependent mean, for smoke runs.
+  * `"imagefolder"`: any `train/<class>/*`, `test/<class>/*` folder or archive
+    of JPEG/PNG images (`kpjax.image_folder`); CIFAR-10 also loads from one
+    whose classes are CIFAR-10's (e.g. a JPEG re-encoding).
 
 Images stay uint8 NHWC on the host; `normalize` and `augment_cifar` are
 jitted JAX functions applied to each batch on the device.
 
-May import: jax, numpy, tensorflow_datasets (download only).
+May import: jax, numpy, tensorflow_datasets (download only), kpjax.archives,
+kpjax.image_folder.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import gzip
 import importlib.resources
@@ -42,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kpjax import archives, image_folder
+
 try:  # NumPy >= 2 moved the array internals to numpy._core.
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
 except ImportError:  # pragma: no cover - NumPy 1.x
@@ -49,7 +56,9 @@ except ImportError:  # pragma: no cover - NumPy 1.x
 
 _log = logging.getLogger(__name__)
 
-DATASET_NAMES = ("mnist", "cifar10", "synthetic")
+DATASET_NAMES = ("mnist", "cifar10", "synthetic", "imagefolder")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
 NUM_CLASSES = 10
 CIFAR_PAD = 4
 
@@ -58,12 +67,14 @@ class Dataset(NamedTuple):
     """Train and test splits as host arrays.
 
     Attributes:
-      name: "mnist", "cifar10" or "synthetic".
+      name: "mnist", "cifar10", "synthetic" or "imagefolder".
       train_images: uint8 (N, H, W, C).
       train_labels: int32 (N,), values in [0, num_classes).
       test_images: uint8 (M, H, W, C).
       test_labels: int32 (M,).
       num_classes: number of classes.
+      source: which files the arrays came from, when that is not the
+        dataset's original (an image folder: its path and sha256).
     """
 
     name: str
@@ -72,6 +83,7 @@ class Dataset(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    source: str = ""
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -148,8 +160,10 @@ def load_dataset(
     """Loads a dataset as uint8 NHWC images and int32 labels.
 
     Args:
-      name: "mnist", "cifar10" or "synthetic".
-      data_dir: a directory holding the original downloads: for MNIST the four
+      name: "mnist", "cifar10", "synthetic" or "imagefolder".
+      data_dir: for "imagefolder", the folder or archive (`kpjax.image_folder`);
+        for CIFAR-10, also such an image folder with CIFAR-10's class names.
+        Otherwise a directory holding the original downloads: for MNIST the four
         IDX files (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
         `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`), for
         CIFAR-10 `cifar-10-binary.tar.gz` or `cifar-10-python.tar.gz`. With
@@ -179,6 +193,14 @@ def load_dataset(
         raise ValueError(
             f"Options {sorted(synthetic_options)} only apply to name='synthetic'.")
     try:
+        if name == "imagefolder":
+            if download:
+                raise ValueError("An image folder is read from data_dir; there is nothing to download.")
+            check_available(name, data_dir)
+            folder = image_folder.load(data_dir)
+            return Dataset("imagefolder", folder.train_images, folder.train_labels,
+                           folder.test_images, folder.test_labels, len(folder.class_names),
+                           f"image folder {folder.source}")
         if name == "mnist":
             return _load_mnist(data_dir, download)
         return _load_cifar10(data_dir, download)
@@ -197,6 +219,10 @@ def check_available(
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}.")
+    if name == "imagefolder":
+        if not image_folder.is_image_folder(data_dir):
+            raise _not_image_folder(data_dir)
+        return
     if name == "synthetic" or download or (name == "mnist" and data_dir is None):
         return
     if name == "mnist":
@@ -205,10 +231,41 @@ def check_available(
         if missing:
             raise _not_found("mnist", data_dir, missing, "(gzipped or not)")
         return
-    if data_dir is None or not any((Path(data_dir) / o.filename).is_file()
-                                   for o in (_CIFAR10_BINARY, _CIFAR10_PYTHON)):
+    if data_dir is None or not (image_folder.is_image_folder(data_dir) or any(
+            (Path(data_dir) / o.filename).is_file() for o in (_CIFAR10_BINARY, _CIFAR10_PYTHON))):
         raise _not_found("cifar10", data_dir,
-                         [_CIFAR10_BINARY.filename, _CIFAR10_PYTHON.filename], "(either)")
+                         [_CIFAR10_BINARY.filename, _CIFAR10_PYTHON.filename],
+                         "(either), or an image folder / archive of CIFAR-10's classes")
+
+
+def _not_image_folder(data_dir) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"--data=imagefolder needs --data_dir=<a folder with train/<class>/ and test/<class>/ "
+        f"JPEG or PNG images, or a .tar, .tar.gz, .tgz or .zip of one>; got {data_dir!r}")
+
+
+def image_folder_spec(data_dir) -> tuple[tuple[int, int, int], int]:
+    """(image shape (H, W, C), number of classes) of an image-folder dataset, for
+    building a model before training; decodes (and caches) it on first use."""
+    if not image_folder.is_image_folder(data_dir):
+        raise _not_image_folder(data_dir)
+    info = os.stat(data_dir)
+    return _image_folder_spec(os.path.abspath(os.fspath(data_dir)), info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _image_folder_spec(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int, int], int]:
+    folder = image_folder.load(path)  # (mtime, size) key the memo: a changed file is read again
+    return tuple(folder.train_images.shape[1:]), len(folder.class_names)
+
+
+def image_normalization(images: np.ndarray) -> Normalization:
+    """Per-channel mean and std of uint8 images scaled to [0, 1] (for an image
+    folder, which has no published constants)."""
+    x = images.reshape(-1, images.shape[-1])
+    mean = x.mean(axis=0, dtype=np.float64) / 255.0
+    std = np.sqrt(np.maximum((x.astype(np.float64) ** 2).mean(axis=0) / 255.0**2 - mean**2, 1e-12))
+    return Normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
 def _load_mnist(data_dir, download: bool) -> Dataset:
@@ -247,6 +304,16 @@ def _find_mnist_file(data_dir, gz_name: str) -> Path | None:
 
 
 def _load_cifar10(data_dir, download: bool) -> Dataset:
+    if image_folder.is_image_folder(data_dir):
+        folder = image_folder.load(data_dir)
+        if folder.class_names != CIFAR10_CLASSES:
+            raise ValueError(f"{data_dir}: an image folder with classes {list(folder.class_names)}, "
+                             f"not CIFAR-10's {list(CIFAR10_CLASSES)}; use --data=imagefolder")
+        if folder.train_images.shape[1:] != (32, 32, 3):
+            raise ValueError(f"{data_dir}: images of shape {folder.train_images.shape[1:]}, "
+                             "CIFAR-10's are (32, 32, 3)")
+        return Dataset("cifar10", folder.train_images, folder.train_labels, folder.test_images,
+                       folder.test_labels, NUM_CLASSES, f"image folder {folder.source}")
     if data_dir is not None:
         for original, read in ((_CIFAR10_BINARY, _read_cifar10_binary),
                                (_CIFAR10_PYTHON, _read_cifar10_python)):
@@ -466,25 +533,6 @@ def _checked_labels(labels: np.ndarray, what: str) -> np.ndarray:
 # CIFAR-10: the binary and the python archives.
 
 
-class _LimitedReader(io.RawIOBase):
-    """A read-only stream that refuses to deliver more than `limit` bytes."""
-
-    def __init__(self, stream, limit: int, what: str):
-        self._stream, self._left, self._limit, self._what = stream, limit, limit, what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._stream.read(min(len(buffer), self._left + 1))
-        if len(data) > self._left:
-            raise ValueError(f"{self._what}: the archive inflates beyond {self._limit:,} bytes, "
-                             "more than the dataset holds; refusing it.")
-        self._left -= len(data)
-        buffer[:len(data)] = data
-        return len(data)
-
-
 def _read_tar_members(path: Path, original: _Original, prefix: str, names: tuple[str, ...],
                       max_member: int = _CIFAR_PICKLE_BUDGET) -> dict[str, bytes]:
     """Reads named members of an original archive, verifying its sha256.
@@ -501,7 +549,7 @@ def _read_tar_members(path: Path, original: _Original, prefix: str, names: tuple
     wanted = {prefix + n: n for n in names}
     found: dict[str, bytes] = {}
     try:
-        stream = _LimitedReader(gzip.GzipFile(fileobj=io.BytesIO(content)), _CIFAR_TAR_BUDGET,
+        stream = archives.LimitedReader(gzip.GzipFile(fileobj=io.BytesIO(content)), _CIFAR_TAR_BUDGET,
                                 str(path))
         with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as archive:
             for member in archive:

@@ -205,3 +205,26 @@ def test_seed_agreement_by_hand():
     expected_other = max(0, 2 * k - n) / min(n, 2 * k)
     assert jaccard == {"0~1": 1.0, "0~2": pytest.approx(expected_other),
                        "1~2": pytest.approx(expected_other)}
+
+
+def test_prune_runs_on_an_image_folder_with_its_own_classes_and_size(tmp_path, monkeypatch):
+    from test_image_folder import png, write_zip
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    files = {f"{split}/{c}/{i}.png": png(rng.integers(0, 60, (28, 28), dtype=np.uint8) + 80 * k)
+             for split, n in (("train", 32), ("test", 8)) for k, c in enumerate("abc") for i in range(n)}
+    source = write_zip(str(tmp_path / "three.zip"), files)
+    config = PruneConfig(model="mnistnet_tiny", data="imagefolder", data_dir=source, batch_size=16,
+                         eval_batch_size=24, seeds=(0,), compressions=(2,), methods=("kmp", "gmp"),
+                         trajectory_steps=4, finetune_epochs=0, rcond=(1e-6,))
+    assert config.spec().input_shape == (28, 28, 1)
+    summary = prune.run(config, str(tmp_path / "work"))
+    assert f"Data: imagefolder from the image folder {source}" in summary
+    table = rows(tmp_path / "work" / "results.json")
+    assert {r["data"] for r in table} == {"imagefolder"}
+    # Three classes: top-5 is 1 whatever the model says.
+    assert all(r["top5"] == 1.0 for r in table)
+    with pytest.raises(ValueError, match="cannot take the image folder's 12×12×1 images"):
+        small = {k: png(np.zeros((12, 12), np.uint8)) for k in files}
+        PruneConfig(model="mnistnet_tiny", data="imagefolder",
+                    data_dir=write_zip(str(tmp_path / "small.zip"), small))
