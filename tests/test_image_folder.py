@@ -265,3 +265,14 @@ def test_the_cifar10_loader_and_imagefolder_dataset(tmp_path, monkeypatch):
         data.load_dataset("cifar10", write_zip(str(tmp_path / "o.zip"), other))
     with pytest.raises(data.DataNotFoundError, match="needs --data_dir"):
         data.load_dataset("imagefolder", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("suffix", ["tar.gz", "zip"])
+def test_a_truncated_archive_is_one_clear_error(tmp_path, suffix):
+    files, _ = example_files()
+    path = str(tmp_path / f"t.{suffix}")
+    (write_zip if suffix == "zip" else write_tar)(path, files)
+    content = open(path, "rb").read()
+    open(path, "wb").write(content[: len(content) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        image_folder.load(path, cache_dir=tmp_path / "cache")
