@@ -25,7 +25,7 @@ from experiments import common
 from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
-from kpjax import data, flatten, koopman, metrics, models, pruning, recording, train
+from kpjax import data, flatten, koopman, metrics, models, pruning, recording, saliency, train
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
@@ -223,11 +223,16 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     diagnostics = {**facts, **fit_diagnostics(k, fit)}
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
-    if any("grads" in pruning.get_method(m).needs for m in setup.methods):
+    needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
+    if needs & {"grads", "loss_fn"}:
         images, labels = next(batches)  # gradient pruning: the next batch, ShrinkBench-style
-        _, grads = train.loss_and_grads(setup.spec.module.apply, state.params, state.batch_stats,
-                                        setup.normalize(images), labels)
-        inputs = inputs._replace(grads=grads)
+        apply, images = setup.spec.module.apply, setup.normalize(images)
+        _, grads = train.loss_and_grads(apply, state.params, state.batch_stats, images, labels)
+        inputs = inputs._replace(grads=grads, loss_fn=train.batch_loss_fn(
+            apply, state.batch_stats, images, labels))
+    if "synflow_fn" in needs:
+        inputs = inputs._replace(synflow_fn=saliency.synflow_objective(
+            setup.spec.module.apply, variables_of(state), setup.spec.input_shape))
     scores = {m: np.asarray(pruning.method_flat_scores(m, inputs)) for m in setup.methods}
     # The other cutoffs: new fits of the same K (no second Gram pass over Θ).
     for r in sorted({r for _, _, r in setup.sensitivity}):

@@ -11,7 +11,7 @@ Conventions follow ShrinkBench (the paper's harness):
 Scores are pytrees like the params (only prunable leaves matter); masks are
 bool pytrees like the params, True = keep, all-True on unprunable leaves.
 
-May import: jax, numpy, optax, kpjax.flatten, kpjax.koopman.
+May import: jax, numpy, optax, kpjax.flatten, kpjax.koopman, kpjax.saliency.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kpjax import flatten, koopman
+from kpjax import flatten, koopman, saliency
 from kpjax.flatten import count_params
 
 PyTree = Any
@@ -256,6 +256,13 @@ def global_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -
     return _top_k_mask(jnp.abs(flat.astype(jnp.float32)), int(round(fraction * spec.size)))
 
 
+def global_signed_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+    """One threshold over signed scores: keep the round(f·N) largest (GraSP)."""
+    _check_fraction(fraction)
+    _check_finite(flat, spec)
+    return _top_k_mask(flat.astype(jnp.float32), int(round(fraction * spec.size)))
+
+
 def layerwise_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
     """One threshold per tensor: keep round(f·size) largest |scores| of each."""
     _check_fraction(fraction)
@@ -375,6 +382,8 @@ class PruneInputs(NamedTuple):
       spec: FlatSpec of Θ's columns.
       fit: the DMD fit of Θ (fitted on demand when missing).
       rng: PRNG key (random pruning).
+      loss_fn: θ ↦ L on the scoring batches (SNIP, GraSP, LP, GN; `kpjax.saliency`).
+      synflow_fn: θ ↦ R(θ), `saliency.synflow_objective` (SynFlow).
     """
 
     params: PyTree
@@ -384,6 +393,8 @@ class PruneInputs(NamedTuple):
     spec: Optional[flatten.FlatSpec] = None
     fit: Optional[koopman.DMDFit] = None
     rng: Optional[jax.Array] = None
+    loss_fn: Optional[Callable[[PyTree], jax.Array]] = None
+    synflow_fn: Optional[Callable[[PyTree], jax.Array]] = None
 
 
 class PruningMethod(NamedTuple):
@@ -521,6 +532,34 @@ def prune(name: str, inputs: PruneInputs, compression: float) -> PyTree:
     return mask_from_flat(keep, spec, inputs.params)
 
 
+def synflow_iterative_mask(params: PyTree, select: PyTree, objective, fraction: float,
+                           rounds: int = 100) -> PyTree:
+    """Iterative SynFlow (Tanaka et al. 2020): `rounds` rounds of scoring the
+    masked network and keeping the top f^(k/rounds) of the prunable parameters
+    (the exponential schedule), so that no layer collapses before the last.
+
+    Args:
+      params, select: θ and its prunable leaves.
+      objective: `saliency.synflow_objective(...)`, R as a function of θ.
+      fraction: f, the fraction of prunable parameters kept at the end.
+      rounds: 100 in the paper.
+
+    Returns:
+      The bool mask pytree (all-True off the prunable set).
+    """
+    _check_fraction(fraction)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    spec = flatten.flat_spec(params, select)
+    keep = jnp.ones(spec.size, bool)
+    for k in range(1, rounds + 1):
+        masked = apply_mask(params, mask_from_flat(keep, spec, params))
+        scores = flatten.ravel_with_spec(saliency.synflow_scores(masked, objective), spec)
+        # Pruned weights score 0 and stay pruned: the kept set only shrinks.
+        keep = global_flat_mask(jnp.where(keep, scores, 0.0), spec, fraction ** (k / rounds))
+    return mask_from_flat(keep, spec, params)
+
+
 def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
     """|A ∩ B| / |A ∪ B| of the kept prunable parameters of two masks."""
     _check_same_structure(a, b, "mask_jaccard(a, b)")
@@ -549,6 +588,22 @@ register_method("layer_grad", PruningMethod(
 register_method("random", PruningMethod(
     from_tree_scores(lambda i: random_scores(i.params, i.rng)), global_flat_mask, ("rng",),
     "uniformly random global pruning"))
+register_method("snip", PruningMethod(
+    from_tree_scores(lambda i: saliency.snip_scores(i.params, i.loss_fn)), global_flat_mask,
+    ("loss_fn",), "SNIP / loss preservation: |θ ⊙ ∂L/∂θ| on the scoring batches"))
+register_method("lp", METHODS["snip"])  # Lubana & Dick's loss preservation is SNIP's score
+register_method("lp_biased", PruningMethod(
+    from_tree_scores(lambda i: saliency.lp_biased_scores(i.params, i.loss_fn)), global_flat_mask,
+    ("loss_fn",), "magnitude-biased loss preservation: |θ² ⊙ ∂L/∂θ|"))
+register_method("gn", PruningMethod(
+    from_tree_scores(lambda i: saliency.gradient_norm_scores(i.params, i.loss_fn)),
+    global_flat_mask, ("loss_fn",), "gradient-norm measure: |θ ⊙ Hg|"))
+register_method("grasp", PruningMethod(
+    from_tree_scores(lambda i: saliency.grasp_scores(i.params, i.loss_fn)),
+    global_signed_flat_mask, ("loss_fn",), "GraSP: keep the largest θ ⊙ Hg"))
+register_method("synflow", PruningMethod(
+    from_tree_scores(lambda i: saliency.synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
+    ("synflow_fn",), "SynFlow, one shot: |θ ⊙ ∂R/∂θ| (iterative: synflow_iterative_mask)"))
 register_method("kmp", PruningMethod(
     _koopman_method(kmp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1"))

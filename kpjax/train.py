@@ -342,6 +342,16 @@ def _value_and_grad_step(apply_fn: ApplyFn, train: bool):
     return value_and_grad
 
 
+def batch_loss_fn(apply_fn: ApplyFn, batch_stats: PyTree, images: jax.Array, labels: jax.Array,
+                  *, train: bool = True) -> Callable[[PyTree], jax.Array]:
+    """θ ↦ mean cross-entropy on one batch (the `loss_fn` of the saliency
+    methods, `kpjax.saliency`); BN as in `loss_and_grads`."""
+    def loss_fn(params: PyTree) -> jax.Array:
+        logits, _ = _forward(apply_fn, params, batch_stats or {}, images, train)
+        return _cross_entropy(logits, labels).mean()
+    return loss_fn
+
+
 def loss_and_grads(
     apply_fn: ApplyFn,
     params: PyTree,

@@ -1,0 +1,107 @@
+"""Saliency scores from the loss or the network function: SNIP, GraSP,
+SynFlow and Lubana & Dick's gradient-flow measures.
+
+Each score is a pytree like θ, computed from a function of θ alone:
+  * `loss_fn(θ)`: the loss L on the scoring batches (SNIP, GraSP, LP, GN);
+    the caller closes over data, BatchNorm statistics and mode.
+  * `objective(θ)`: SynFlow's data-free R(θ) = 1ᵀ f(|θ|; 1), built by
+    `synflow_objective` from a Flax apply function.
+
+With g = ∂L/∂θ and H = ∂²L/∂θ² (H g by `jax.jvp` of `jax.grad`: no Hessian
+is ever formed):
+  SNIP / loss preservation (LP)       |θ ⊙ g|         (Lee et al. 2019)
+  magnitude-biased LP                 |θ² ⊙ g|        (Lubana & Dick 2021)
+  gradient-norm measure (GN)          |θ ⊙ H g|       (Lubana & Dick 2021)
+  GraSP                               θ ⊙ H g, signed (Wang et al. 2020)
+  SynFlow                             |θ ⊙ ∂R/∂θ| / R (Tanaka et al. 2020)
+
+GraSP removes the weights with the largest −θ ⊙ Hg (removing them reduces
+the gradient flow least), i.e. keeps the largest θ ⊙ Hg: the score here has
+that sign, and its mask keeps the largest signed values (no modulus).
+
+May import: jax, numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+LossFn = Callable[[PyTree], jax.Array]
+
+
+def _map(fn, *trees):
+    return jax.tree_util.tree_map(fn, *trees)
+
+
+def snip_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
+    """|θ ⊙ ∂L/∂θ|: SNIP's connection sensitivity, Lubana & Dick's loss preservation."""
+    grads = jax.grad(loss_fn)(params)
+    return _map(lambda p, g: jnp.abs(p * g), params, grads)
+
+
+def lp_biased_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
+    """|θ² ⊙ ∂L/∂θ|: loss preservation biased towards large weights (Lubana & Dick)."""
+    grads = jax.grad(loss_fn)(params)
+    return _map(lambda p, g: jnp.abs(p * p * g), params, grads)
+
+
+def hessian_gradient_product(params: PyTree, loss_fn: LossFn) -> tuple[PyTree, PyTree]:
+    """(H g, g) at θ: the forward-over-reverse derivative of ∂L/∂θ along g."""
+    grad_fn = jax.grad(loss_fn)
+    grads = grad_fn(params)
+    _, hg = jax.jvp(grad_fn, (params,), (grads,))
+    return hg, grads
+
+
+def grasp_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
+    """θ ⊙ H g, signed; keep the largest (= prune the largest of Wang et al.'s −θ ⊙ Hg)."""
+    hg, _ = hessian_gradient_product(params, loss_fn)
+    return _map(lambda p, h: p * h, params, hg)
+
+
+def gradient_norm_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
+    """|θ ⊙ H g|: how much removing θ changes the gradient norm (Lubana & Dick's GN)."""
+    hg, _ = hessian_gradient_product(params, loss_fn)
+    return _map(lambda p, h: jnp.abs(p * h), params, hg)
+
+
+def synflow_objective(apply_fn: Callable[..., jax.Array], variables: PyTree,
+                      input_shape: tuple[int, ...]) -> LossFn:
+    """R(θ) = Σ f(|θ|; 1): the network with every parameter and statistic made
+    non-negative, BatchNorm in inference mode, on one all-ones example.
+
+    As in Tanaka et al.'s code, every variable (params, biases, BatchNorm's
+    scale, bias and running statistics) enters with its absolute value; the
+    returned function of θ takes |θ| itself. Evaluated in float64: the product
+    of |θ| over a deep network overflows float32.
+    """
+    others = {k: v for k, v in variables.items() if k != "params"}
+
+    def objective(params: PyTree) -> jax.Array:
+        with jax.enable_x64(True):
+            state = _map(lambda x: jnp.abs(jnp.asarray(x, jnp.float64)), others)
+            ones = jnp.ones((1, *input_shape), jnp.float64)
+            out = apply_fn({"params": _map(jnp.abs, params), **state}, ones, train=False)
+            return jnp.sum(out)
+    return objective
+
+
+def synflow_scores(params: PyTree, objective: LossFn) -> PyTree:
+    """|θ ⊙ ∂R/∂θ| / R, float32, for R = `objective`.
+
+    Computed in float64; dividing by R keeps the ranking and brings the scores
+    into float32 range (for a bias-free ReLU network each layer's scores sum
+    to R, Tanaka et al.'s conservation law, so every score is ≤ 1).
+    """
+    with jax.enable_x64(True):
+        params64 = _map(lambda p: jnp.asarray(p, jnp.float64), params)
+        r, grads = jax.value_and_grad(objective)(params64)
+        if not bool(jnp.isfinite(r)) or float(r) <= 0.0:
+            raise ValueError(f"SynFlow's objective R = {float(r)} is not finite and positive "
+                             "(a network of zeros, or an overflow even in float64)")
+        return _map(lambda p, g: (jnp.abs(p * g) / r).astype(jnp.float32), params64, grads)
