@@ -353,6 +353,10 @@ class EarlyConfig(PruningConfig):
     prune_epochs: tuple[int, ...] = opt((0, 1, 2, 4, 8), "epochs at which a window starts", "ints")
     window_steps: int | None = opt(None, "steps of each Koopman window; default one epoch", "int")
     train: SGD = opt(SGD(), "the optimizer of the training run the windows branch from", "sgd")
+    early_bird_patience: int = opt(5, "early-bird ticket: drawn when this many consecutive mask "
+                                   "distances (between windows) are below --early_bird_eps")
+    early_bird_eps: float = opt(0.1, "early-bird ticket: the mask distance threshold "
+                                "(normalized Hamming, You et al. 2020)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -366,6 +370,8 @@ class EarlyConfig(PruningConfig):
         _check(self.window_steps is None or self.window_steps >= 2,
                "--window_steps must be >= 2 (a DMD fit needs 3 snapshots)")
         _check_range(self, "window_steps", 2, 10**6, none_ok=True)
+        _check_range(self, "early_bird_patience", 1, 10**6)
+        _check(0 < self.early_bird_eps <= 1, f"--early_bird_eps must be in (0, 1], got {self.early_bird_eps}")
 
 
 def to_json(config: Any) -> dict[str, Any]:

@@ -13,8 +13,10 @@ because batches are a function of (seed, step) the branch follows it exactly.
   python -m experiments.early --prune_epochs=0,1,2,4,8   # defaults: kmp,gmp at 4 and 16
 
 Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
-(Jaccard of KMP/GMP kept sets per epoch), windows.csv/json (λ₁ per window),
-summary.md, fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
+(Jaccard of KMP/GMP kept sets per epoch), windows.csv/json (the Koopman fit
+of each window at every cutoff), mask_distance.csv/json (each method's masks
+between consecutive windows: the early-bird distance), summary.md (with the
+epoch each early-bird ticket is drawn), fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
 fig_lambda_vs_epoch.png, fig_spectra.png. Reruns resume.
 
 May import: absl, jax, experiments, kpjax.
@@ -32,7 +34,7 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, loop, models, train
+from kpjax import koopman, loop, models, pruning, train
 
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")
 
@@ -71,7 +73,7 @@ class MainRun:
         return _copy(self.state)
 
 
-def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
+def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=(), distance_rows=()) -> str:
     config = setup.config
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
@@ -117,6 +119,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=()) -> str:
     out += report.fit_table(window_rows, config.rcond, koopman.DEFAULT_CLUSTER_TOL, by=("prune_epoch",))
     out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
                                      config.rcond, by=("prune_epoch",))
+    out += _early_bird(setup, epochs, distance_rows)
     return "\n".join(out + report.provenance(timings))
 
 
@@ -131,28 +134,82 @@ def run(config: EarlyConfig, workdir: str) -> str:
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
         spectra = {}
-        for e in epochs:
-            window = pipeline.cached_window(
-                setup, os.path.join(workdir, f"seed{setup.seeds[0]}", f"window_epoch{e}.npz"))
-            if window is not None:
-                spectra[e] = window.eigenvalues
-        return _write_outputs(setup, epochs, workdir, *_tables(workdir), spectra)
+        table, overlap, windows, distances = _tables(workdir)
+        for seed in setup.seeds:
+            previous = None
+            for e in epochs:
+                window = pipeline.cached_window(
+                    setup, os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz"))
+                if window is None:
+                    continue
+                if seed == setup.seeds[0]:
+                    spectra[e] = window.eigenvalues
+                # Distances of a run that predates them, from its cached windows (not saved).
+                if previous is not None and not distances.done(
+                        model=setup.spec.name, prune_epoch=e, method=setup.methods[0],
+                        compression=setup.compressions[0], seed=seed):
+                    distances.rows.extend(_distance_rows(setup, previous, window, e, seed))
+                previous = (e, window)
+        return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
         return _run(setup, epochs, workdir)
 
 
-def _tables(workdir: str) -> tuple[ResultTable, ResultTable, ResultTable]:
+def _tables(workdir: str) -> tuple[ResultTable, ...]:
     return (ResultTable(workdir, _CELL, timing_columns=("seconds",)),
             ResultTable(workdir, ("model", "prune_epoch", "pair", "compression", "seed"), stem="overlap"),
-            ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows"))
+            ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows"),
+            ResultTable(workdir, ("model", "prune_epoch", "method", "compression", "seed"),
+                        stem="mask_distance"))
+
+
+def _distance_rows(setup, previous: tuple[int, pipeline.Window], window, epoch: int, seed: int):
+    """Normalized Hamming distance of each method's masks between the previous
+    window and this one (You et al.'s early-bird distance), per compression."""
+    before, old = previous
+    return [{"model": setup.spec.name, "prune_epoch": epoch, "previous_epoch": before,
+             "method": m, "compression": c, "seed": seed,
+             "distance": pruning.mask_distance(old.mask(setup, m, c), window.mask(setup, m, c),
+                                               setup.select)}
+            for m in setup.methods for c in setup.compressions]
+
+
+def _early_bird(setup, epochs, distance_rows) -> list[str]:
+    """The epoch at which each method's early-bird ticket is drawn, per seed."""
+    config = setup.config
+    if not distance_rows:
+        return []
+    body = []
+    for m in setup.methods:
+        for c in setup.compressions:
+            cells = []
+            for seed in setup.seeds:
+                rows = sorted((r for r in distance_rows if (r["method"], r["compression"], r["seed"])
+                               == (m, c, seed)), key=lambda r: r["prune_epoch"])
+                i = pruning.early_bird_index([r["distance"] for r in rows],
+                                             config.early_bird_patience, config.early_bird_eps)
+                cells.append("–" if not rows else f"epoch {rows[i]['prune_epoch']}" if i is not None
+                             else f"not drawn (last {rows[-1]['distance']:.3f})")
+            body.append([m, f"{c:g}"] + cells)
+    dist = group_mean_std(distance_rows, ("prune_epoch", "method", "compression"), "distance")
+    table = [[e, f"{c:g}"] + [fmt_pm(dist.get((e, m, c)), 1.0, 4) for m in setup.methods]
+             for e in epochs[1:] for c in setup.compressions]
+    return ["## Early-bird tickets", "",
+            f"Mask distance (normalized Hamming) between the windows of consecutive --prune_epochs, "
+            f"mean ± std over seeds; a ticket is drawn at the window that ends "
+            f"{config.early_bird_patience} consecutive distances below {config.early_bird_eps:g} "
+            "(You et al. 2020; with windows at sparse epochs the distances span several epochs). "
+            "Its accuracy after refinement is the cell of that epoch above.", "",
+            markdown_table(["epoch", "compression"] + setup.methods, table), "",
+            markdown_table(["method", "compression"] + [f"seed {s}" for s in setup.seeds], body), ""]
 
 
 def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     config = setup.config
     steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
-    table, overlap, windows = _tables(workdir)
+    table, overlap, windows, distances = _tables(workdir)
     cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.score_names
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
@@ -170,6 +227,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     spectra = {}
     for seed in setup.seeds:
         main_run = MainRun(setup, seed, workdir)
+        previous = None
         for e in epochs:
             path = os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz")
             window = pipeline.cached_window(setup, path)
@@ -183,6 +241,11 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                 spectra[e] = window.eigenvalues
             if not windows.done(model=model, prune_epoch=e, seed=seed):
                 windows.add([pipeline.window_row(setup, window, seed, prune_epoch=e)])
+            if previous is not None and not distances.done(
+                    model=model, prune_epoch=e, method=setup.methods[0],
+                    compression=setup.compressions[0], seed=seed):
+                distances.add(_distance_rows(setup, previous, window, e, seed))
+            previous = (e, window)
             if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
                 table.add(pipeline.dense_cell(setup, window, seed, prune_epoch=e))
             new = [r for r in pipeline.overlap_rows(setup, window, seed, prune_epoch=e)
@@ -193,12 +256,12 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                 table.add(pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
                 progress.update(1)
 
-    return _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra)
+    return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra)
 
 
-def _write_outputs(setup, epochs, workdir, table, overlap, windows, spectra) -> str:
+def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra) -> str:
     summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows,
-                       table.timings.rows if table.timings else ())
+                       table.timings.rows if table.timings else (), distances.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
     if table.rows:

@@ -29,8 +29,10 @@ from kpjax import data, flatten, koopman, metrics, models, pruning, recording, s
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
-# methods, compressions or seeds only add cells; summarize_only is a mode.
-NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only")
+# methods, compressions or seeds only add cells; summarize_only is a mode;
+# the early-bird rule only reads the results.
+NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only",
+                "early_bird_patience", "early_bird_eps")
 # Each Koopman method and the baseline it is compared with.
 BASELINE = {"kmp": "gmp", "kgp": "grad", "kmp_subspace": "gmp"}
 PAIRS = tuple(BASELINE.items())

@@ -571,6 +571,35 @@ def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
     return inter / union if union else 1.0
 
 
+def mask_distance(a: PyTree, b: PyTree, select: PyTree) -> float:
+    """Normalized Hamming distance of two masks over the prunable parameters:
+    the fraction whose keep/prune decision differs (You et al.'s early-bird
+    mask distance; 0 for equal masks, 1 for complements)."""
+    _check_same_structure(a, b, "mask_distance(a, b)")
+    differ = count = 0
+    for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
+        if s:
+            differ += int(jnp.sum(x != y))
+            count += int(np.size(x))
+    if not count:
+        raise ValueError("mask_distance: no prunable parameters")
+    return differ / count
+
+
+def early_bird_index(distances: list[float], patience: int = 5, eps: float = 0.1) -> int | None:
+    """Where an early-bird ticket is drawn (You et al. 2020): the first i such
+    that the `patience` distances ending at i are all below eps; distances[i]
+    compares masks i and i+1, so the ticket is mask i+1. None if never."""
+    if patience < 1 or not eps > 0:
+        raise ValueError(f"patience must be >= 1 and eps > 0, got {patience}, {eps}")
+    run = 0
+    for i, d in enumerate(distances):
+        run = run + 1 if d < eps else 0
+        if run >= patience:
+            return i
+    return None
+
+
 _TRAJECTORY = ("snapshots", "spec")
 
 register_method("gmp", PruningMethod(

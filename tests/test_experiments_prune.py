@@ -149,8 +149,13 @@ def test_early_end_to_end(tmp_path):
         assert w["energy_kept@rcond=0"] == 1.0  # nothing but exact zeros dropped
     summary = (work / "summary.md").read_text()
     for section in ("## The Koopman fit at each rank cutoff", "## Sensitivity to the rank cutoff",
-                    "subspace KMP vs GMP:"):
+                    "subspace KMP vs GMP:", "## Early-bird tickets"):
         assert section in summary, section
+    # Early-bird mask distances between the windows of epochs 0 and 1, per method and seed.
+    distances = rows(work / "mask_distance.json")
+    assert {(r["prune_epoch"], r["previous_epoch"], r["method"], r["seed"]) for r in distances} == {
+        (1, 0, m, s) for m in ("kmp", "kmp_subspace", "gmp") for s in (0, 1)}
+    assert all(0.0 <= r["distance"] <= 1.0 for r in distances)
 
 
 def test_main_turns_bad_flags_into_one_usage_line_and_help_lists_every_flag(tmp_path):

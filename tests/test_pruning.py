@@ -298,3 +298,19 @@ def test_a_trajectory_of_other_shapes_is_refused():
     inputs = pruning.PruneInputs(params, select, snapshots=theta, spec=spec)
     with pytest.raises(ValueError, match=r"shapes differ from the params'.*fc/kernel \(32, 10\) vs \(8, 40\)"):
         pruning.prune("kmp", inputs, 2.0)
+
+
+def test_early_bird_mask_distance_and_the_draw():
+    select = {"a": True, "b": False}
+    m = {"a": jnp.asarray([True, False, True, True]), "b": jnp.asarray([True])}
+    complement = {"a": ~m["a"], "b": jnp.asarray([False])}  # b is not prunable: not counted
+    assert pruning.mask_distance(m, m, select) == 0.0
+    assert pruning.mask_distance(m, complement, select) == 1.0
+    half = {"a": jnp.asarray([True, True, False, True]), "b": m["b"]}
+    assert pruning.mask_distance(m, half, select) == 0.5
+    # Drawn where the last 5 distances are all below 0.1 (distance i: masks i, i+1).
+    assert pruning.early_bird_index([0.3, 0.05, 0.05, 0.05, 0.05, 0.05, 0.01]) == 5
+    assert pruning.early_bird_index([0.05] * 4 + [0.2] + [0.05] * 4) is None
+    assert pruning.early_bird_index([0.2, 0.05, 0.05], patience=2, eps=0.1) == 2
+    with pytest.raises(ValueError):
+        pruning.early_bird_index([0.1], patience=0)
