@@ -247,13 +247,15 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                 distances.add(_distance_rows(setup, previous, window, e, seed))
             previous = (e, window)
             if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
-                table.add(pipeline.dense_cell(setup, window, seed, prune_epoch=e))
+                pipeline.add_cell(table, setup, window, workdir,
+                                  pipeline.dense_cell(setup, window, seed, prune_epoch=e))
             new = [r for r in pipeline.overlap_rows(setup, window, seed, prune_epoch=e)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:
                 overlap.add(new)
             for _, _, method, c in [x for x in todo if x[0] == seed and x[1] == e]:
-                table.add(pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
+                pipeline.add_cell(table, setup, window, workdir,
+                                  pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
                 progress.update(1)
 
     return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra)

@@ -277,6 +277,35 @@ def row(setup: Setup, method: str, c: float, seed: int, phase: str, ev, params, 
     }
 
 
+def write_cell_metrics(setup: Setup, window: Window, workdir: str, rows: list[dict]) -> None:
+    """ShrinkBench's metrics.json for one cell (its keys, after pruning, before
+    refinement; the refined numbers under "finetuned"), in
+    cells/<method>-c<c>-seed<s>[-epoch<e>]/, so that ShrinkBench's analysis
+    scripts read kpjax results."""
+    first = rows[0]
+    method, c = first["method"], first["compression"]
+    params = window.variables["params"]
+    mask = train.full_mask(params) if method == "dense" else window.mask(setup, method, c)
+    size, size_nz = metrics.model_size(params, mask)
+    dense_flops, flops_nz = metrics.flops(setup.flops, params, mask)
+    out = {"size": size, "size_nz": size_nz, "compression_ratio": size / size_nz,
+           "flops": dense_flops, "flops_nz": flops_nz,
+           "theoretical_speedup": dense_flops / flops_nz if flops_nz else float("inf"),
+           "loss": first["loss"], "val_acc1": first["top1"], "val_acc5": first["top5"]}
+    for r in rows[1:]:
+        out[r["phase"]] = {"loss": r["loss"], "val_acc1": r["top1"], "val_acc5": r["top5"]}
+    name = f"{method}-c{c:g}-seed{first['seed']}" + (
+        f"-epoch{first['prune_epoch']}" if "prune_epoch" in first else "")
+    atomic_write_json(os.path.join(workdir, "cells", name, "metrics.json"), out)
+
+
+def add_cell(table, setup: Setup, window: Window, workdir: str, rows: list[dict]) -> None:
+    """Records a finished cell: its metrics.json first, then its rows (the
+    table marks the cell done, so a kill in between only redoes the cell)."""
+    write_cell_metrics(setup, window, workdir, rows)
+    table.add(rows)
+
+
 def dense_cell(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
     """The dense references: θ(t₂) unpruned (phase "dense", what every method
     starts from) and, with refinement, θ(t₂) fine-tuned unpruned for the same

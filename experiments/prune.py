@@ -186,7 +186,7 @@ def run(config: PruneConfig, workdir: str) -> str:
             if spectrum is None:
                 spectrum = window.eigenvalues
             if not table.done(model=model, method="dense", compression=1.0, seed=seed):
-                table.add(pipeline.dense_cell(setup, window, seed))
+                pipeline.add_cell(table, setup, window, workdir, pipeline.dense_cell(setup, window, seed))
             if not windows.done(model=model, seed=seed):
                 windows.add([pipeline.window_row(setup, window, seed)])
             new = [r for r in pipeline.overlap_rows(setup, window, seed)
@@ -194,7 +194,8 @@ def run(config: PruneConfig, workdir: str) -> str:
             if new:
                 overlap.add(new)
             for _, method, c in [x for x in todo if x[0] == seed]:
-                table.add(pipeline.run_cell(setup, window, method, c, seed))
+                pipeline.add_cell(table, setup, window, workdir,
+                                  pipeline.run_cell(setup, window, method, c, seed))
                 progress.update(1)
         return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
 

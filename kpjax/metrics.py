@@ -150,13 +150,10 @@ def layer_flops(module: nn.Module, variables: Any, input_shape: Sequence[int]) -
     return flops
 
 
-def theoretical_speedup(
-    flops_by_layer: Mapping[Path, int], params: Any, mask: Any = None
-) -> float:
-    """Dense FLOPs / FLOPs left after pruning (ShrinkBench's speedup).
-
-    speedup = Σ_l F_l / Σ_l F_l·d_l, with F_l the multiply-adds of layer l and
-    d_l the density of its kernel (bias sparsity is ignored, as in ShrinkBench).
+def flops(flops_by_layer: Mapping[Path, int], params: Any, mask: Any = None) -> tuple[int, float]:
+    """(dense, remaining) multiply-adds per example: Σ_l F_l and Σ_l F_l·d_l,
+    F_l the multiply-adds of layer l, d_l the density of its kernel (bias
+    sparsity is ignored, as in ShrinkBench: `flops` and `flops_nz`).
 
     Args:
         flops_by_layer: `layer_flops` output.
@@ -164,9 +161,6 @@ def theoretical_speedup(
         mask: optional bool pytree like params (True = kept); d_l is the kept
             fraction of the kernel's mask. Without a mask, d_l is the nonzero
             fraction of the kernel itself.
-
-    Returns:
-        The speedup, >= 1; inf if every counted kernel is fully pruned.
     """
     flat_params = traverse_util.flatten_dict(params)
     flat_kept = flat_params if mask is None else traverse_util.flatten_dict(mask)
@@ -183,6 +177,18 @@ def theoretical_speedup(
         remaining += layer * np.count_nonzero(np.asarray(kept)) / np.size(kernel)
     if dense == 0:
         raise ValueError("no FLOPs to compare: flops_by_layer is empty")
+    return dense, remaining
+
+
+def theoretical_speedup(
+    flops_by_layer: Mapping[Path, int], params: Any, mask: Any = None
+) -> float:
+    """Dense FLOPs / FLOPs left after pruning (ShrinkBench's speedup), from `flops`.
+
+    Returns:
+        The speedup, >= 1; inf if every counted kernel is fully pruned.
+    """
+    dense, remaining = flops(flops_by_layer, params, mask)
     return float(dense / remaining) if remaining > 0 else float("inf")
 
 

@@ -57,6 +57,16 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
         assert abs(r["compression_achieved"] - 2.0) < 0.01
         assert r["speedup"] > 1.0
         assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
+    # ShrinkBench's metrics.json per cell, consistent with the rows.
+    shrinkbench = json.loads((work / "cells" / "kmp-c2-seed1" / "metrics.json").read_text())
+    assert set(shrinkbench) >= {"size", "size_nz", "compression_ratio", "flops", "flops_nz",
+                                "theoretical_speedup", "loss", "val_acc1", "val_acc5", "finetuned"}
+    kmp = {r["phase"]: r for r in table if (r["method"], r["seed"]) == ("kmp", 1)}
+    assert shrinkbench["val_acc1"] == kmp["pruned"]["top1"]
+    assert shrinkbench["finetuned"]["val_acc1"] == kmp["finetuned"]["top1"]
+    assert shrinkbench["compression_ratio"] == pytest.approx(kmp["pruned"]["compression_achieved"])
+    assert shrinkbench["flops"] / shrinkbench["flops_nz"] == pytest.approx(kmp["pruned"]["speedup"])
+    assert (work / "cells" / "dense-c1-seed0" / "metrics.json").exists()
     overlaps = rows(work / "overlap.json")
     assert {r["pair"] for r in overlaps} == {"kmp~gmp", "kgp~grad", "kmp@rcond=1e-07~gmp", "kmp@rcond=0~gmp",
                                             "kgp@rcond=1e-07~grad", "kgp@rcond=0~grad"}
@@ -172,7 +182,7 @@ def test_main_turns_bad_flags_into_one_usage_line_and_help_lists_every_flag(tmp_
     # (absl exits 1 after --help)
     for flag in ("--model", "--workdir", "--seeds", "--compressions", "--data_dir",
                  "--finetune_lr", "--train_lr", "--prune_epochs", "resnet20", "kmp: Koopman"):
-        assert flag in helped.stdout, flag
+        assert flag in " ".join(helped.stdout.split()), flag  # absl wraps the help text
     assert "(default: 'runs/early')" in helped.stdout
 
 
