@@ -328,6 +328,9 @@ class PruneConfig(PruningConfig):
     train: SGD = opt(SGD(), "the optimizer of training from scratch", "sgd")
     trajectory_steps: int | None = opt(
         None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
+    controls: tuple[str, ...] = opt(
+        (), "extra controls per pruned cell: reinit = the same mask on re-initialized weights, "
+        "trained from scratch for --pretrain_epochs + --finetune_epochs epochs", "strs")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -336,6 +339,9 @@ class PruneConfig(PruningConfig):
         _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
                "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
         _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
+        _freeze(self, "controls", str)
+        for control in self.controls:
+            _check(control in ("reinit",), f"--controls: unknown control {control!r}; known: reinit")
 
 
 @dataclass(frozen=True)

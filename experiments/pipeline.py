@@ -30,9 +30,9 @@ from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
 # methods, compressions or seeds only add cells; summarize_only is a mode;
-# the early-bird rule only reads the results.
+# the early-bird rule only reads the results; controls add their own rows.
 NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only",
-                "early_bird_patience", "early_bird_eps")
+                "early_bird_patience", "early_bird_eps", "controls")
 # Each Koopman method and the baseline it is compared with.
 BASELINE = {"kmp": "gmp", "kgp": "grad", "kmp_subspace": "gmp"}
 PAIRS = tuple(BASELINE.items())
@@ -44,7 +44,7 @@ CUTOFF_SENSITIVE = tuple(BASELINE)
 
 
 # Batch orders: each purpose of a seed gets its own (seed * 1000 + purpose).
-PRETRAIN, WINDOW, FINETUNE = 0, 1, 2
+PRETRAIN, WINDOW, FINETUNE, REINIT = 0, 1, 2, 3
 
 
 class Setup:
@@ -337,6 +337,35 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
                         mask, time.time() - start, **extra))
     logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",
                  "  ".join(f"{r['phase']} top-1 {100 * r['top1']:.2f}%" for r in rows))
+    return rows
+
+
+def reinit_state(setup: Setup, window: Window, method: str, c: float, seed: int):
+    """A pruned cell's mask on freshly initialized weights (init seed
+    seed·1000 + REINIT, not the seed's pretraining init), with the training
+    optimizer (--train_*): the start of the retrain-from-scratch control."""
+    variables = models.init_variables(setup.spec, seed * 1000 + REINIT)
+    tx = setup.config.train.optimizer(setup.steps_per_epoch)
+    return setup.state(variables, seed, tx=tx, mask=window.mask(setup, method, c)), tx
+
+
+def reinit_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **extra) -> list[dict]:
+    """The retrain-from-scratch control (Liu et al., "Rethinking the value of
+    network pruning"; Crowley et al.): the cell's mask, weights re-initialized,
+    trained for as many steps as pretraining + refinement (--pretrain_epochs +
+    --finetune_epochs epochs; with --init_checkpoint the imported network's
+    training is unknown, so --pretrain_epochs stands for it) and evaluated
+    (phase "reinit")."""
+    start = time.time()
+    state, tx = reinit_state(setup, window, method, c, seed)
+    epochs = setup.config.pretrain_epochs + setup.config.finetune_epochs
+    state = common.run_steps(setup.train_step(tx), state, setup.stream(seed, REINIT),
+                             epochs * setup.steps_per_epoch,
+                             f"seed {seed} {method} c={c:g} retrain from scratch", job=setup.job)
+    rows = [row(setup, method, c, seed, "reinit", setup.evaluate(state), state.params,
+                window.mask(setup, method, c), time.time() - start, **extra)]
+    logging.info("seed %d %s c=%g retrained from scratch: top-1 %.2f%%", seed, method, c,
+                 100 * rows[0]["top1"])
     return rows
 
 

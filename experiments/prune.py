@@ -78,7 +78,7 @@ def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipel
 
 
 def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=(),
-             agreement=()) -> str:
+             agreement=(), controls=()) -> str:
     config = setup.config
     stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
              for k in ("top1", "speedup", "compression_achieved")}
@@ -147,7 +147,24 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
         out += ["## Jaccard overlap of kept parameters", "",
                 markdown_table(["compression"] + pairs, body), ""]
     out += _agreement_table(setup, agreement)
+    out += _controls_section(setup, rows, controls)
     return "\n".join(out + report.provenance(timings))
+
+
+def _controls_section(setup: pipeline.Setup, rows, controls) -> list[str]:
+    if not controls:
+        return []
+    refined = group_mean_std([r for r in rows if r["phase"] == "finetuned"], ("method", "compression"), "top1")
+    reinit = group_mean_std(controls, ("method", "compression"), "top1")
+    config = setup.config
+    body = [[m, f"{c:g}", fmt_pm(refined.get((m, c))), fmt_pm(reinit.get((m, c)))]
+            for m in setup.methods for c in setup.compressions if (m, c) in reinit]
+    return ["## Retrain from scratch (the --controls=reinit control)", "",
+            f"The same mask on re-initialized weights, trained {config.pretrain_epochs} + "
+            f"{config.finetune_epochs} epoch(s) with the training optimizer, beside the pruned and "
+            "refined network (top-1 %, mean ± std over seeds; controls.csv).", "",
+            markdown_table(["method", "compression", "pruned + refined", "retrained from scratch"],
+                           body), ""]
 
 
 def run(config: PruneConfig, workdir: str) -> str:
@@ -171,6 +188,7 @@ def run(config: PruneConfig, workdir: str) -> str:
         table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
         overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
         windows = ResultTable(workdir, ("model", "seed"), stem="windows")
+        controls = _controls_table(workdir)
         model = setup.spec.name
         names = setup.methods + [name for name, _, _ in setup.sensitivity]
         cells = [(s, m, c) for s in setup.seeds for m in names for c in setup.compressions]
@@ -179,6 +197,11 @@ def run(config: PruneConfig, workdir: str) -> str:
                      len(cells), len(todo), workdir)
         _plan(setup, steps, workdir, table, sum("@" not in x[1] for x in todo),
               sum("@" in x[1] for x in todo))
+        if "reinit" in config.controls:
+            epochs = config.pretrain_epochs + config.finetune_epochs
+            setup.job.plan(sum(not controls.done(model=model, method=m, compression=c, seed=s, phase="reinit")
+                               for s in setup.seeds for m in setup.methods for c in setup.compressions)
+                           * (epochs * setup.steps_per_epoch + setup.eval_units))
         progress = common.Progress(len(todo), "cells", every_s=0.0)
         spectrum = None
         for seed in setup.seeds:
@@ -197,7 +220,17 @@ def run(config: PruneConfig, workdir: str) -> str:
                 pipeline.add_cell(table, setup, window, workdir,
                                   pipeline.run_cell(setup, window, method, c, seed))
                 progress.update(1)
+            if "reinit" in config.controls:
+                for method in setup.methods:
+                    for c in setup.compressions:
+                        if not controls.done(model=model, method=method, compression=c, seed=seed,
+                                             phase="reinit"):
+                            controls.add(pipeline.reinit_cell(setup, window, method, c, seed))
         return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
+
+
+def _controls_table(workdir: str) -> ResultTable:
+    return ResultTable(workdir, (*_CELL, "phase"), stem="controls")
 
 
 def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, cells: int,
@@ -246,7 +279,8 @@ def _agreement_table(setup: pipeline.Setup, rows) -> list[str]:
 def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:
     agreement = _agreement(setup, workdir)
     summary = _summary(setup, steps, table.rows, overlap.rows, windows.rows,
-                       table.timings.rows if table.timings else (), agreement)
+                       table.timings.rows if table.timings else (), agreement,
+                       _controls_table(workdir).rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
     main_rows = [r for r in table.rows if "@" not in r["method"]]

@@ -243,3 +243,27 @@ def test_prune_runs_on_an_image_folder_with_its_own_classes_and_size(tmp_path, m
         small = {k: png(np.zeros((12, 12), np.uint8)) for k in files}
         PruneConfig(model="mnistnet_tiny", data="imagefolder",
                     data_dir=write_zip(str(tmp_path / "small.zip"), small))
+
+
+def test_the_retrain_from_scratch_control(tmp_path):
+    import jax
+    from experiments import pipeline
+    config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(4,),
+                         methods=("gmp",), finetune_epochs=0, pretrain_epochs=1, rcond=(1e-6,),
+                         controls=("reinit",))
+    summary = prune.run(config, str(tmp_path / "work"))
+    assert "## Retrain from scratch" in summary
+    controls = rows(tmp_path / "work" / "controls.json")
+    assert [(r["method"], r["compression"], r["phase"]) for r in controls] == [("gmp", 4.0, "reinit")]
+    assert abs(controls[0]["compression_achieved"] - 4.0) < 0.05
+    # It really re-initializes (no kept weight is the pruned network's) and keeps the mask.
+    setup = pipeline.Setup(config)
+    window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
+    state, _ = pipeline.reinit_state(setup, window, "gmp", 4.0, 0)
+    mask = window.mask(setup, "gmp", 4.0)
+    for new, old, keep in zip(jax.tree_util.tree_leaves(state.params),
+                              jax.tree_util.tree_leaves(window.variables["params"]),
+                              jax.tree_util.tree_leaves(mask)):
+        new, old, keep = np.asarray(new), np.asarray(old), np.asarray(keep)
+        assert not np.any((new == old) & keep & (old != 0))
+        assert np.all(new[~keep] == 0)
