@@ -199,7 +199,7 @@ def fit_diagnostics(k, fit: koopman.DMDFit, suffix: str = "") -> dict[str, float
            "cluster_size": 0.0}
     if lam.size:
         out.update(lambda1_separation=koopman.fixed_point_separation(lam),
-                   lambda1_residual=float(koopman.mode_residuals(k, fit)[0]),
+                   lambda1_residual=float(fit.residuals[0]),
                    cluster_size=float(len(koopman.fixed_point_cluster(fit))))
     return {key + suffix: value for key, value in out.items()}
 

@@ -279,6 +279,8 @@ class DMDFit(NamedTuple):
       valid: (T,) bool, the r modes kept by the rank cutoff.
       directions: () int, the singular directions of X the cutoff kept (the
         size of Ã); r is smaller when Ã has zero eigenvalues.
+      residuals: (T,) float64, each mode's relative residual
+        ‖Yv − λXv‖/‖Xv‖ on the data (`mode_residuals`); NaN for invalid modes.
     """
 
     eigenvalues: jax.Array
@@ -287,6 +289,7 @@ class DMDFit(NamedTuple):
     singular_values: jax.Array
     valid: jax.Array
     directions: jax.Array
+    residuals: jax.Array
 
     @property
     def rank(self) -> jax.Array:
@@ -404,13 +407,15 @@ def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first",
         lam, w, valid = _eig_truncated(np.asarray(a), int(np.sum(keep)))
         c, b = _assemble(k, v, inv_sigma, jnp.asarray(lam), jnp.asarray(w), jnp.asarray(valid), amplitudes)
         order = _order_by_distance_to_one(lam, valid)
+        lam, c, valid = jnp.asarray(lam)[order], c[:, order], jnp.asarray(valid)[order]
         return DMDFit(
-            eigenvalues=jnp.asarray(lam)[order],
-            coefficients=c[:, order],
+            eigenvalues=lam,
+            coefficients=c,
             amplitudes=b[order],
             singular_values=sigma,
-            valid=jnp.asarray(valid)[order],
+            valid=valid,
             directions=jnp.sum(keep),
+            residuals=_mode_residuals(k, c, lam, valid),
         )
 
 
@@ -461,13 +466,15 @@ def fit_dmd_batched(
         c, b = assemble(grams, v, inv_sigma, jnp.asarray(lam), jnp.asarray(w), jnp.asarray(valid))
         order = np.stack([_order_by_distance_to_one(l, m) for l, m in zip(lam, valid)])
         take = lambda x, axis: jnp.take_along_axis(x, jnp.asarray(order if axis == 1 else order[:, None, :]), axis=axis)
+        lam, c, valid = take(jnp.asarray(lam), 1), take(c, 2), take(jnp.asarray(valid), 1)
         return DMDFit(
-            eigenvalues=take(jnp.asarray(lam), 1),
-            coefficients=take(c, 2),
+            eigenvalues=lam,
+            coefficients=c,
             amplitudes=take(b, 1),
             singular_values=sigma,
-            valid=take(jnp.asarray(valid), 1),
+            valid=valid,
             directions=jnp.asarray(ranks),
+            residuals=jax.vmap(_mode_residuals)(grams, c, lam, valid),
         )
 
 
@@ -607,7 +614,7 @@ def mode_residuals(k: Any, fit: DMDFit) -> jax.Array:
     _validate_gram(k)
     with jax.enable_x64(True):
         return _mode_residuals(jnp.asarray(k, jnp.float64), fit.coefficients,
-                               fit.eigenvalues, fit.valid)
+                               fit.eigenvalues, fit.valid)  # = fit.residuals for fit_dmd(k)
 
 
 @jax.jit

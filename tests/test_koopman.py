@@ -365,3 +365,13 @@ def test_tls_dmd_is_exact_dmd_on_clean_data_and_less_biased_under_noise():
             assert int(fit.rank) == 3
             errors[tls].append(np.max(np.min(np.abs(lam[:, None] - lam_true[None, :]), axis=0)))
     assert np.mean(errors[True]) < 0.5 * np.mean(errors[False]), errors
+
+
+def test_the_fit_carries_its_mode_residuals():
+    rng = np.random.default_rng(5)
+    theta = rng.normal(size=(9, 40))
+    k = koopman.gram(jnp.asarray(theta))
+    fit = koopman.fit_dmd(k, rcond=0.0)
+    np.testing.assert_array_equal(np.asarray(fit.residuals), np.asarray(koopman.mode_residuals(k, fit)))
+    batched = koopman.fit_dmd_batched(jnp.stack([k, k]), rcond=0.0)
+    np.testing.assert_allclose(np.asarray(batched.residuals[1]), np.asarray(fit.residuals), rtol=1e-9)
