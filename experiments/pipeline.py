@@ -187,7 +187,7 @@ def cached_window(setup: Setup, path: str) -> Window | None:
     return Window(variables, scores, eigenvalues, seconds, diagnostics)
 
 
-def fit_diagnostics(k, fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
+def fit_diagnostics(fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
     """What a result depends on in one fit: its rank, the energy of X the
     cutoff keeps, and λ₁'s separation from the rest of the spectrum, its
     mode's residual and the size of its cluster (the modes within
@@ -222,7 +222,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     k = koopman.gram(theta)
     fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
-    diagnostics = {**facts, **fit_diagnostics(k, fit)}
+    diagnostics = {**facts, **fit_diagnostics(fit)}
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
@@ -239,7 +239,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     # The other cutoffs: new fits of the same K (no second Gram pass over Θ).
     for r in sorted({r for _, _, r in setup.sensitivity}):
         fit_r = koopman.fit_dmd(k, rcond=r)
-        diagnostics.update(fit_diagnostics(k, fit_r, f"@rcond={r:g}"))
+        diagnostics.update(fit_diagnostics(fit_r, f"@rcond={r:g}"))
         for name, m, rr in setup.sensitivity:
             if rr == r:
                 scores[name] = np.asarray(pruning.method_flat_scores(m, inputs._replace(fit=fit_r)))
