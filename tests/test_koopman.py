@@ -375,3 +375,31 @@ def test_the_fit_carries_its_mode_residuals():
     np.testing.assert_array_equal(np.asarray(fit.residuals), np.asarray(koopman.mode_residuals(k, fit)))
     batched = koopman.fit_dmd_batched(jnp.stack([k, k]), rcond=0.0)
     np.testing.assert_allclose(np.asarray(batched.residuals[1]), np.asarray(fit.residuals), rtol=1e-9)
+
+
+def test_sliding_windows_equal_independent_fits_of_the_slices():
+    oracle = quadratic_gd(steps=40)
+    theta = jnp.asarray(oracle.snapshots)
+    starts, fits = koopman.sliding_window_fits(koopman.gram(theta), window=12, stride=7)
+    assert starts == [0, 7, 14, 21, 28]
+    modes = np.asarray(koopman.sliding_fixed_point_modes(theta, starts, fits))
+    assert modes.shape == (theta.shape[1], len(starts))
+    for j, s in enumerate(starts):
+        alone = koopman.fit_trajectory(theta[s : s + 13])
+        np.testing.assert_allclose(np.asarray(fits.eigenvalues[j]), np.asarray(alone.eigenvalues),
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(np.asarray(fits.valid[j]), np.asarray(alone.valid))
+        np.testing.assert_allclose(modes[:, j], np.asarray(koopman.fixed_point_mode(theta[s : s + 13], alone)),
+                                   rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(modes[:, 0].real, oracle.theta_star, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs 42 snapshots"):
+        koopman.window_starts(41, 41, 1)
+
+
+def test_a_jump_on_linear_dynamics_lands_on_the_trajectory():
+    oracle = quadratic_gd(steps=60)
+    seen = jnp.asarray(oracle.snapshots[:21])  # fit on the first 20 steps
+    fit = koopman.fit_trajectory(seen)
+    for tau in (1, 10, 40):
+        np.testing.assert_allclose(np.asarray(koopman.jump(seen, fit, tau)),
+                                   oracle.snapshots[20 + tau], rtol=1e-5, atol=1e-6)
