@@ -1,0 +1,50 @@
+"""kpjax.sharded: the Gram and the modes with Θ's columns on 1, 2 and 4
+devices equal the single-device fit. XLA's device count is fixed when JAX
+starts, so the check runs in a child process with 4 forced CPU devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from kpjax import flatten, koopman, pruning, sharded
+    from oracles import quadratic_gd
+    assert len(jax.devices()) == 4, jax.devices()
+    oracle = quadratic_gd(n=1001, steps=30)  # N not a multiple of the devices
+    rng = np.random.default_rng(0)
+    theta = (oracle.snapshots + 1e-6 * rng.normal(size=oracle.snapshots.shape)).astype(np.float32)
+    k_ref = koopman.gram(jnp.asarray(theta))
+    fit_ref = koopman.fit_dmd(k_ref)
+    phi_ref = np.asarray(koopman.fixed_point_mode(jnp.asarray(theta), fit_ref))
+    spec = flatten.flat_spec({"w": jnp.zeros(theta.shape[1])}, {"w": True})
+    mask_ref = np.asarray(pruning.global_flat_mask(jnp.abs(jnp.asarray(phi_ref)), spec, 0.25))
+    for devices in (1, 2, 4):
+        mesh = sharded.column_mesh(jax.devices()[:devices])
+        x = sharded.shard_columns(theta, mesh, block_size=64)
+        assert len(x.sharding.device_set) == devices
+        k = sharded.sharded_gram(x, mesh, block_size=64)
+        np.testing.assert_allclose(np.asarray(k), np.asarray(k_ref), rtol=1e-12)
+        fit = koopman.fit_dmd(k)
+        phi = sharded.sharded_fixed_point_mode(x, fit, mesh, theta.shape[1])
+        assert len(phi.sharding.device_set) == devices  # stays on the devices' columns
+        phi = np.asarray(phi)
+        cos = abs(np.vdot(phi, phi_ref)) / (np.linalg.norm(phi) * np.linalg.norm(phi_ref))
+        assert cos >= 0.999999, (devices, cos)
+        mask = np.asarray(pruning.global_flat_mask(jnp.abs(jnp.asarray(phi)), spec, 0.25))
+        assert (mask == mask_ref).all(), devices
+        print("ok", devices, cos)
+""")
+
+
+def test_sharded_gram_and_modes_equal_the_single_device_fit():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ok") == 3, result.stdout
