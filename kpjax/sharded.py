@@ -1,4 +1,12 @@
-"""The Koopman fit with Θ's columns sharded across devices.
+"""Data-parallel training steps and the Koopman fit with Θ's columns
+sharded across devices.
+
+Training: a 1-D mesh over the devices; each batch is split along the mesh
+axis and the train state is replicated (`shard_batch`, `replicate`). The
+jitted train, eval and gradient steps are unchanged: XLA partitions them
+from their inputs' shardings and inserts the all-reduces (the loss is a mean
+over the whole batch, BatchNorm's batch statistics span every device), so a
+step equals the single-device step up to the order of float reductions.
 
 Θ (T+1, N) is split along N over a mesh axis: each device holds
 (T+1, N/devices) and forms its block of K = ΘΘᵀ = Σ_devices Θ_d Θ_dᵀ in
@@ -32,6 +40,21 @@ def column_mesh(devices=None, axis: str = "data") -> Mesh:
     """A 1-D mesh over `devices` (default: all) for sharding Θ's columns."""
     devices = np.asarray(jax.devices() if devices is None else devices)
     return Mesh(devices.reshape(-1), (axis,))
+
+
+def shard_batch(images, labels, mesh: Mesh, axis: str = "data"):
+    """One batch split along `axis` (the batch size must divide the devices)."""
+    devices = mesh.shape[axis]
+    if len(images) % devices:
+        raise ValueError(f"batch size {len(images)} does not divide over {devices} devices "
+                         f"(mesh axis {axis!r}); choose a multiple of {devices}")
+    sharding = NamedSharding(mesh, P(axis))
+    return jax.device_put(images, sharding), jax.device_put(labels, sharding)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf of `tree` (e.g. a TrainState) on every device of the mesh."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def shard_columns(snapshots, mesh: Mesh, axis: str = "data",

@@ -48,3 +48,54 @@ def test_sharded_gram_and_modes_equal_the_single_device_fit():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("ok") == 3, result.stdout
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from kpjax import data, models, pruning, sharded, train
+    assert len(jax.devices()) == 4
+    spec = models.get_model("resnet_tiny")
+    variables = models.init_variables(spec, 0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 16, *spec.input_shape), dtype=np.uint8)
+    labels = rng.integers(0, 10, (6, 16)).astype(np.int32)
+    mean, std = data.get_normalization("cifar10")
+    step = train.make_train_step(spec.module.apply, train.make_optimizer(0.05),
+                                 normalize_fn=lambda x: data.normalize(x, mean, std))
+    mask = pruning.global_mask(pruning.magnitude_scores(variables["params"]),
+                               pruning.prunable(variables["params"]), 0.5)
+
+    def run(devices):
+        mesh = sharded.column_mesh(jax.devices()[:devices])
+        state = train.create_train_state(variables["params"], train.make_optimizer(0.05),
+                                         jax.random.PRNGKey(0), batch_stats=variables["batch_stats"],
+                                         mask=mask)
+        state = sharded.replicate(state, mesh)
+        for x, y in zip(images, labels):
+            state, metrics = step(state, *sharded.shard_batch(x, y, mesh))
+        return jax.device_get(state)
+
+    ref = run(1)
+    for devices in (2, 4):
+        got = run(devices)
+        for a, b in zip(jax.tree_util.tree_leaves((ref.params, ref.batch_stats)),
+                        jax.tree_util.tree_leaves((got.params, got.batch_stats))):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5)
+        for p, m in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(mask)):
+            assert np.all(np.asarray(p)[~np.asarray(m)] == 0)  # the mask holds on every device
+        print("ok", devices)
+    try:
+        sharded.shard_batch(images[0][:6], labels[0][:6], sharded.column_mesh())
+    except ValueError as e:
+        assert "does not divide over 4 devices" in str(e)
+        print("ok refused")
+""")
+
+
+def test_data_parallel_train_steps_equal_the_single_device_steps():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ok") == 3, result.stdout
