@@ -148,6 +148,8 @@ class DataConfig:
     max_test_examples: int | None = opt(None, "use only the first N test examples (default all)", "int")
     batch_size: int = opt(128, "training batch size")
     eval_batch_size: int = opt(1000, "evaluation batch size")
+    devices: int = opt(1, "data-parallel training over this many devices (jax.devices()); 0 = all. "
+                       "The batch is split over them, the state replicated (kpjax.sharded)")
     augment: str = opt("auto", "random crop + flip; auto: on for cifar10", choices=("auto", "on", "off"))
     normalization: str = opt("pretrained", "CIFAR-10 normalization constants (data.get_normalization)",
                              choices=("pretrained", "shrinkbench"))
@@ -159,6 +161,13 @@ class DataConfig:
             raise ValueError(f"--model: {e}") from None
         for name in ("synthetic_examples", "batch_size", "eval_batch_size"):
             _check_range(self, name, 1, 10**7)
+        _check_range(self, "devices", 0, 10**6)
+        available = len(jax.devices())
+        _check(self.devices <= available, f"--devices={self.devices}, but JAX sees {available} "
+               "device(s) (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+        used = self.devices or available
+        _check(self.batch_size % used == 0, f"--batch_size={self.batch_size} does not divide over "
+               f"{used} devices; choose a multiple of {used}")
         for name in ("max_train_examples", "max_test_examples"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"--{name} must be >= 1 (omit it for all), got {value}")

@@ -25,14 +25,16 @@ from experiments import common
 from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
-from kpjax import data, flatten, koopman, metrics, models, pruning, recording, saliency, train
+from kpjax import (data, flatten, koopman, metrics, models, pruning, recording, saliency, sharded,
+                   train)
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
 # methods, compressions or seeds only add cells; summarize_only is a mode;
-# the early-bird rule only reads the results; controls add their own rows.
+# the early-bird rule only reads the results; controls add their own rows;
+# the device count, like the core count, changes only the reduction order.
 NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only",
-                "early_bird_patience", "early_bird_eps", "controls")
+                "early_bird_patience", "early_bird_eps", "controls", "devices")
 # Each Koopman method and the baseline it is compared with.
 BASELINE = {"kmp": "gmp", "kgp": "grad", "kmp_subspace": "gmp"}
 PAIRS = tuple(BASELINE.items())
@@ -74,16 +76,24 @@ class Setup:
         self.flops = metrics.layer_flops(self.spec.module, self.variables0, self.spec.input_shape)
         self.job = common.JobClock()
         self.eval_units = common.eval_units(len(self.dataset.test_labels), config.batch_size)
+        devices = config.devices or len(jax.devices())
+        self.mesh = sharded.column_mesh(jax.devices()[:devices]) if devices > 1 else None
 
     def train_step(self, tx):
         return train.make_train_step(self.spec.module.apply, tx, augment_fn=self.augment,
                                      normalize_fn=self.normalize)
 
     def stream(self, seed: int, purpose: int):
-        """Batches of (seed, purpose) as a function of the start step (`kpjax.loop`)."""
-        return lambda start_step=0: data.batch_stream(
-            self.dataset.train_images, self.dataset.train_labels, self.config.batch_size,
-            seed=seed * 1000 + purpose, start_step=start_step)
+        """Batches of (seed, purpose) as a function of the start step (`kpjax.loop`),
+        split over the devices when training is data-parallel."""
+        def batches(start_step=0):
+            stream = data.batch_stream(
+                self.dataset.train_images, self.dataset.train_labels, self.config.batch_size,
+                seed=seed * 1000 + purpose, start_step=start_step)
+            if self.mesh is None:
+                return stream
+            return (sharded.shard_batch(x, y, self.mesh) for x, y in stream)
+        return batches
 
     def evaluate(self, state) -> dict[str, float]:
         result = common.evaluate(self.eval_step, state, self.dataset, self.config.eval_batch_size)
@@ -99,9 +109,10 @@ class Setup:
         self.job.plan(count * per_cell)
 
     def state(self, variables, seed: int, tx=None, mask=None) -> train.TrainState:
-        return train.create_train_state(variables["params"], tx or self.finetune_tx,
-                                        jax.random.PRNGKey(seed),
-                                        batch_stats=variables.get("batch_stats"), mask=mask)
+        state = train.create_train_state(variables["params"], tx or self.finetune_tx,
+                                         jax.random.PRNGKey(seed),
+                                         batch_stats=variables.get("batch_stats"), mask=mask)
+        return state if self.mesh is None else sharded.replicate(state, self.mesh)
 
 
 def check_workdir(workdir: str, config: PruningConfig, write: bool = True) -> None:

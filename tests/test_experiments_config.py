@@ -115,3 +115,9 @@ def test_build_config_from_flag_values():
     assert {"finetune_lr", "train_lr", "prune_epochs", "window_steps", "model"} <= set(names)
     defaults = {n: d for n, _, d, _ in cli._flag_fields(EarlyConfig)}
     assert defaults["methods"] == ("kmp", "kmp_subspace", "gmp") and defaults["finetune_lr"] == 1e-3
+
+
+def test_more_devices_than_jax_sees_is_a_usage_error():
+    import jax
+    with pytest.raises(ValueError, match=f"--devices={len(jax.devices()) + 1}, but JAX sees"):
+        PruneConfig(devices=len(jax.devices()) + 1)

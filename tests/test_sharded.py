@@ -99,3 +99,34 @@ def test_data_parallel_train_steps_equal_the_single_device_steps():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("ok") == 3, result.stdout
+
+
+PRUNE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from experiments import prune
+    from experiments.config import PruneConfig
+    out = {}
+    for devices in (1, 4):
+        config = PruneConfig(model="mnistnet_tiny", max_train_examples=256, max_test_examples=200,
+                             batch_size=64, seeds=(0,), compressions=(4,), trajectory_steps=4,
+                             finetune_epochs=1, methods=("kmp", "gmp"), rcond=(1e-6,), devices=devices)
+        prune.run(config, f"{sys.argv[1]}/d{devices}")
+        out[devices] = json.load(open(f"{sys.argv[1]}/d{devices}/results.json"))["rows"]
+    for a, b in zip(out[1], out[4]):
+        assert (a["method"], a["phase"]) == (b["method"], b["phase"])
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+    try:
+        PruneConfig(model="mnistnet_tiny", batch_size=66, devices=4)
+    except ValueError as e:
+        assert "does not divide over 4 devices" in str(e)
+        print("ok")
+""")
+
+
+def test_the_prune_pipeline_runs_data_parallel_end_to_end(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, "-c", PRUNE_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
