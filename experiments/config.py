@@ -389,6 +389,32 @@ class EarlyConfig(PruningConfig):
         _check(0 < self.early_bird_eps <= 1, f"--early_bird_eps must be in (0, 1], got {self.early_bird_eps}")
 
 
+@dataclass(frozen=True)
+class InitConfig(PruningConfig):
+    """Pruning at initialization (SynFlow's protocol): prune θ₀, train, evaluate."""
+
+    methods: tuple[str, ...] = opt(("random", "gmp", "snip", "grasp", "synflow", "kmp"),
+                                   "pruning methods (gmp = magnitude at initialization; kmp = KMP "
+                                   "of a --window_steps window from θ₀; synflow is iterative)", "strs")
+    compressions: tuple[float, ...] = opt(
+        tuple(round(10 ** (k / 2), 4) for k in range(1, 7)),
+        "compression ratios, default 10^0.5 … 10^3", "floats")
+    seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: each has its own initialization, scoring batch "
+                                 "and batch order", "ints")
+    finetune_epochs: int = opt(1, "epochs of training after pruning at initialization")
+    train: SGD = opt(SGD(), "the optimizer of the training after pruning", "sgd")
+    window_steps: int = opt(20, "steps of the early window KMP is fitted on (counted in its "
+                            "training budget)")
+    synflow_rounds: int = opt(100, "rounds of iterative SynFlow (exponential schedule)")
+    rcond: tuple[float, ...] = opt((koopman.DEFAULT_RCOND,), "DMD rank cutoff of KMP's window", "floats")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range(self, "window_steps", 2, 10**6)
+        _check_range(self, "synflow_rounds", 1, 10**4)
+        _check(len(self.rcond) == 1, "--rcond: pruning at initialization uses one cutoff")
+
+
 def to_json(config: Any) -> dict[str, Any]:
     """The config as JSON-ready values (tuples become lists)."""
     return json_ready(dataclasses.asdict(config))

@@ -58,6 +58,10 @@ def _line(ax, x, stats, label, style, scale=100.0) -> None:
         ax.plot(x, y, label=label, **style)
 
 
+_PHASE_TITLES = {"pruned": "immediately after pruning", "finetuned": "after refinement",
+                 "init": "pruned at initialization", "trained": "after training"}
+
+
 def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> None:
     """Top-1 vs compression, pruned and after refinement (the paper's Fig. 1).
 
@@ -65,7 +69,7 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> 
     (θ(t₂) before, θ(t₂) fine-tuned for the same steps after refinement);
     error bars (std over seeds) only when there are several seeds.
     """
-    phases = [p for p in ("pruned", "finetuned") if any(r["phase"] == p for r in rows)]
+    phases = [p for p in _PHASE_TITLES if any(r["phase"] == p for r in rows)]
     fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4.2), squeeze=False,
                              sharey=True)
     stats = group_mean_std(rows, ("phase", "method", "compression"), "top1")
@@ -78,12 +82,12 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> 
                       _METHOD_STYLE.get(method, dict(marker="o")))
         reference = ("dense", "unpruned θ(t₂)") if phase == "pruned" else (
             "finetuned", "unpruned, fine-tuned alike")
-        if (reference[0],) in dense:
+        if phase in ("pruned", "finetuned") and (reference[0],) in dense:
             ax.axhline(100 * dense[(reference[0],)][0], color="k", lw=0.9, ls=":",
                        label=reference[1])
         _compression_axis(ax, [r["compression"] for r in rows if r["method"] != "dense"])
         ax.set_xlabel("compression ratio (total / nonzero parameters)")
-        ax.set_title({"pruned": "immediately after pruning", "finetuned": "after refinement"}[phase])
+        ax.set_title(_PHASE_TITLES[phase])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("top-1 accuracy (%)")

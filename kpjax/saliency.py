@@ -24,6 +24,7 @@ May import: jax, numpy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,24 +39,43 @@ def _map(fn, *trees):
     return jax.tree_util.tree_map(fn, *trees)
 
 
+@functools.lru_cache(maxsize=32)
+def _grad(loss_fn: LossFn):
+    """jit(∂L/∂θ), compiled once per loss function (op by op, a ResNet's
+    derivative dispatches hundreds of kernels)."""
+    return jax.jit(jax.grad(loss_fn))
+
+
+@functools.lru_cache(maxsize=32)
+def _hessian_gradient(loss_fn: LossFn):
+    grad_fn = jax.grad(loss_fn)
+
+    def hg(params):
+        grads = grad_fn(params)
+        return jax.jvp(grad_fn, (params,), (grads,))[1], grads
+    return jax.jit(hg)
+
+
+@functools.lru_cache(maxsize=32)
+def _value_and_grad(objective: LossFn):
+    return jax.jit(jax.value_and_grad(objective))
+
+
 def snip_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
     """|θ ⊙ ∂L/∂θ|: SNIP's connection sensitivity, Lubana & Dick's loss preservation."""
-    grads = jax.grad(loss_fn)(params)
+    grads = _grad(loss_fn)(params)
     return _map(lambda p, g: jnp.abs(p * g), params, grads)
 
 
 def lp_biased_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
     """|θ² ⊙ ∂L/∂θ|: loss preservation biased towards large weights (Lubana & Dick)."""
-    grads = jax.grad(loss_fn)(params)
+    grads = _grad(loss_fn)(params)
     return _map(lambda p, g: jnp.abs(p * p * g), params, grads)
 
 
 def hessian_gradient_product(params: PyTree, loss_fn: LossFn) -> tuple[PyTree, PyTree]:
     """(H g, g) at θ: the forward-over-reverse derivative of ∂L/∂θ along g."""
-    grad_fn = jax.grad(loss_fn)
-    grads = grad_fn(params)
-    _, hg = jax.jvp(grad_fn, (params,), (grads,))
-    return hg, grads
+    return _hessian_gradient(loss_fn)(params)
 
 
 def grasp_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
@@ -100,7 +120,7 @@ def synflow_scores(params: PyTree, objective: LossFn) -> PyTree:
     """
     with jax.enable_x64(True):
         params64 = _map(lambda p: jnp.asarray(p, jnp.float64), params)
-        r, grads = jax.value_and_grad(objective)(params64)
+        r, grads = _value_and_grad(objective)(params64)
         if not bool(jnp.isfinite(r)) or float(r) <= 0.0:
             raise ValueError(f"SynFlow's objective R = {float(r)} is not finite and positive "
                              "(a network of zeros, or an overflow even in float64)")

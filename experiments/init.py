@@ -1,0 +1,181 @@
+r"""Pruning at initialization (Synaptic-Flow's protocol): prune θ₀, then train.
+
+For each seed: θ₀ = the seed's initialization. Every method scores it —
+random, magnitude (gmp), SNIP, GraSP (on one training batch), iterative
+SynFlow (data-free, --synflow_rounds) — and KMP scores θ(t₂) after a
+--window_steps window of training from θ₀ (those steps count in its budget).
+At every compression the masked network is trained for --finetune_epochs
+epochs with the --train_* optimizer and evaluated. A compression at which
+some prunable layer keeps no weight is marked (layer collapse).
+
+  python -m experiments.init                                   # MnistNet, 3 seeds, c = 10^0.5 … 10^3
+  python -m experiments.init --model=resnet20 --data_dir=PATH/cifar10-jpeg.tar.gz \
+      --compressions=10,31.6228,100 --seeds=0
+
+Writes to --workdir: results.csv/json (one row per method/compression/seed
+and phase: "init", θ₀ masked, and "trained"), summary.md (with the layer-
+collapse compression of each method), fig_accuracy.png. Reruns resume.
+
+May import: absl, jax, numpy, experiments, kpjax.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from experiments import cli, common, pipeline, plots, report
+from experiments.config import InitConfig
+from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
+from experiments.workdir import claim
+from kpjax import koopman, models, pruning, recording, saliency, train
+from kpjax.flatten import count_params
+
+_CELL = ("model", "method", "compression", "seed")
+SCORING = 4  # batch order purpose of the scoring batch and KMP's window
+
+
+def _collapsed(mask, select) -> bool:
+    """Whether some prunable kernel keeps no weight (a layer cut; biases alone do not cut)."""
+    leaves = jax.tree_util.tree_leaves_with_path(mask)
+    return any(s and getattr(path[-1], "key", None) == "kernel" and not bool(np.any(np.asarray(m)))
+               for (path, m), s in zip(leaves, jax.tree_util.tree_leaves(select)))
+
+
+class _Seed:
+    """θ₀ of one seed and what the methods score it with."""
+
+    def __init__(self, setup: pipeline.Setup, seed: int):
+        config = setup.config
+        self.setup, self.seed = setup, seed
+        self.variables = models.init_variables(setup.spec, seed)
+        self.tx = config.train.optimizer(setup.steps_per_epoch)
+        self.step_fn = setup.train_step(self.tx)  # one compiled step for every cell of the seed
+        params = self.variables["params"]
+        images, labels = next(setup.stream(seed, SCORING)())
+        images = setup.normalize(np.asarray(images))
+        self.loss_fn = train.batch_loss_fn(setup.spec.module.apply, self.variables.get("batch_stats"),
+                                           images, np.asarray(labels))
+        self.synflow = saliency.synflow_objective(setup.spec.module.apply, self.variables,
+                                                  setup.spec.input_shape)
+        self.inputs = pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed),
+                                          loss_fn=self.loss_fn, synflow_fn=self.synflow)
+        self._scores: dict[str, np.ndarray] = {}
+        self._window = None
+
+    def window(self):
+        """θ(t₂) (variables) and KMP's flat scores after the early window."""
+        if self._window is None:
+            setup = self.setup
+            state = setup.state(self.variables, self.seed, tx=self.tx)
+            recorder = recording.make_recording_train_step(self.step_fn, setup.select)
+            state, theta = recording.record_trajectory(
+                recorder, state, setup.stream(self.seed, SCORING)(), setup.config.window_steps,
+                setup.select)
+            fit = koopman.fit_trajectory(theta, rcond=setup.config.rcond[0])
+            scores = np.asarray(pruning.kmp_flat_scores(theta, fit))
+            self._window = (pipeline.variables_of(state), scores)
+        return self._window
+
+    def mask(self, method: str, c: float):
+        setup = self.setup
+        params = self.variables["params"]
+        total = count_params(params)
+        if method == "synflow":
+            fraction = pruning.keep_fraction(c, total, setup.flat_spec.size)
+            return pruning.synflow_iterative_mask(params, setup.select, self.synflow, fraction,
+                                                  setup.config.synflow_rounds)
+        if method == "kmp":
+            scores = self.window()[1]
+        else:
+            if method not in self._scores:
+                self._scores[method] = np.asarray(pruning.method_flat_scores(method, self.inputs))
+            scores = self._scores[method]
+        keep = pruning.method_flat_mask(method, scores, setup.flat_spec, total, c)
+        return pruning.mask_from_flat(keep, setup.flat_spec, params)
+
+
+def run_cell(setup: pipeline.Setup, one: _Seed, method: str, c: float) -> list[dict]:
+    """Prune at initialization with `method` at c, evaluate, train, evaluate."""
+    start = time.time()
+    seed = one.seed
+    mask = one.mask(method, c)
+    variables = one.window()[0] if method == "kmp" else one.variables
+    state = setup.state(variables, seed, tx=one.tx, mask=mask)
+    collapsed = _collapsed(mask, setup.select)
+    rows = [pipeline.row(setup, method, c, seed, "init", setup.evaluate(state), state.params, mask,
+                         time.time() - start, layer_collapse=collapsed)]
+    steps = setup.config.finetune_epochs * setup.steps_per_epoch
+    if method == "kmp":  # its window's steps are part of the budget
+        steps -= setup.config.window_steps
+    state = common.run_steps(one.step_fn, state, setup.stream(seed, pipeline.PRETRAIN),
+                             max(steps, 0), f"seed {seed} {method} c={c:g} train", job=setup.job)
+    rows.append(pipeline.row(setup, method, c, seed, "trained", setup.evaluate(state), state.params,
+                             mask, time.time() - start, layer_collapse=collapsed))
+    logging.info("seed %d %s c=%g: top-1 %.2f%% after training%s", seed, method, c,
+                 100 * rows[-1]["top1"], " (layer collapse)" if collapsed else "")
+    return rows
+
+
+def _summary(setup: pipeline.Setup, rows, timings=()) -> str:
+    config = setup.config
+    stats = group_mean_std([r for r in rows if r["phase"] == "trained"], ("method", "compression"), "top1")
+    body = [[f"{c:g}"] + [fmt_pm(stats.get((m, c))) for m in setup.methods] for c in setup.compressions]
+    collapse = []
+    for m in setup.methods:
+        cs = sorted({r["compression"] for r in rows if r["method"] == m and r["layer_collapse"]})
+        collapse.append([m, f"{cs[0]:g}" if cs else "none up to " + f"{max(setup.compressions):g}"])
+    params = setup.variables0["params"]
+    return "\n".join([
+        f"# Pruning {setup.spec.name} at initialization on {setup.dataset.name}", "",
+        f"Seeds {list(setup.seeds)}; each method prunes θ₀ (KMP: θ after a {config.window_steps}-step "
+        f"window from θ₀, rcond {config.rcond[0]:g}), then {config.finetune_epochs} epoch(s) of SGD "
+        f"at lr {config.train.lr:g}. Model: {count_params(params):,} parameters. Top-1 % after "
+        "training, mean ± std over seeds.", "",
+        *report.data_line(setup.dataset.name, setup.dataset.source),
+        "## After training", "", markdown_table(["compression"] + setup.methods, body), "",
+        "## Layer collapse", "",
+        "The first compression at which some prunable layer keeps no weight (the network is cut).", "",
+        markdown_table(["method", "first collapsing compression"], collapse), "",
+        *report.provenance(timings)])
+
+
+def run(config: InitConfig, workdir: str) -> str:
+    """Runs (or resumes) pruning at initialization in `workdir`; returns summary.md."""
+    setup = pipeline.Setup(config)
+    table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
+    if not config.summarize_only:
+        with claim(workdir):
+            pipeline.check_workdir(workdir, config)
+            todo = [(s, m, c) for s in setup.seeds for m in setup.methods for c in setup.compressions
+                    if not table.done(model=setup.spec.name, method=m, compression=c, seed=s)]
+            setup.plan_cells(len(todo))
+            for seed in setup.seeds:
+                cells = [(m, c) for s, m, c in todo if s == seed]
+                if cells:
+                    one = _Seed(setup, seed)
+                    for method, c in cells:
+                        table.add(run_cell(setup, one, method, c))
+    else:
+        pipeline.check_workdir(workdir, config, write=False)
+    summary = _summary(setup, table.rows, table.timings.rows if table.timings else ())
+    atomic_write_text(os.path.join(workdir, "summary.md"), summary)
+    if table.rows:
+        plots.accuracy_vs_compression(table.rows, os.path.join(workdir, "fig_accuracy.png"),
+                                      f"{setup.spec.name} pruned at initialization")
+    return summary
+
+
+def main(argv) -> None:
+    values = flags.FLAGS.flag_values_dict()
+    common.quiet_orbax()
+    print(run(cli.build_config(InitConfig, values), values["workdir"]))
+
+
+if __name__ == "__main__":
+    cli.define_flags(InitConfig, default_workdir="runs/init")
+    cli.run_main(main)
