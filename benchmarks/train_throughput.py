@@ -143,8 +143,8 @@ def main(argv):
                 f"{k} {v[-1]:.1f}" for k, v in rates.items() if v)
                 + f" img/s; {_load()}", flush=True)
         rows.append((model, rates))
-    print(f"\n| model | kpjax img/s | PyTorch img/s | ratio kpjax/PyTorch |"
-          f"\n|---|---|---|---|")
+    print("\n| model | kpjax img/s | PyTorch img/s | ratio kpjax/PyTorch |"
+          "\n|---|---|---|---|")
     for model, rates in rows:
         jax_med = statistics.median(rates["kpjax"])
         if rates["torch"]:
