@@ -263,8 +263,14 @@ def image_normalization(images: np.ndarray) -> Normalization:
     """Per-channel mean and std of uint8 images scaled to [0, 1] (for an image
     folder, which has no published constants)."""
     x = images.reshape(-1, images.shape[-1])
-    mean = x.mean(axis=0, dtype=np.float64) / 255.0
-    std = np.sqrt(np.maximum((x.astype(np.float64) ** 2).mean(axis=0) / 255.0**2 - mean**2, 1e-12))
+    # Sums over row chunks: a float64 copy of CIFAR-sized data would be 1.2 GB.
+    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for start in range(0, len(x), 1 << 20):
+        chunk = x[start : start + (1 << 20)].astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += (chunk * chunk).sum(axis=0)
+    mean = total / len(x) / 255.0
+    std = np.sqrt(np.maximum(squares / len(x) / 255.0**2 - mean**2, 1e-12))
     return Normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 

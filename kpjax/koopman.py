@@ -668,8 +668,9 @@ def sliding_fixed_point_modes(snapshots: Any, starts: Sequence[int], fits: DMDFi
     each window's mode coefficients are placed at its rows of a (T+1, windows)
     weight matrix."""
     weights = np.zeros((snapshots.shape[0], len(starts)), np.complex128)
+    fits = jax.tree_util.tree_map(np.asarray, fits)  # to the host once, not per window
     for j, s in enumerate(starts):
-        fit = jax.tree_util.tree_map(lambda x: np.asarray(x)[j], fits)
+        fit = jax.tree_util.tree_map(lambda x: x[j], fits)
         i = fixed_point_index(fit)
         c = fit.coefficients[:, i] * fit.amplitudes[i]
         weights[s : s + c.shape[0], j] = c

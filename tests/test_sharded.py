@@ -10,6 +10,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def run_on_four_devices(script: str, *args: str) -> str:
+    """Runs `script` in a child Python with 4 forced CPU devices; its stdout."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from kpjax import flatten, koopman, pruning, sharded
@@ -42,12 +52,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_gram_and_modes_equal_the_single_device_fit():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("ok") == 3, result.stdout
+    stdout = run_on_four_devices(SCRIPT)
+    assert stdout.count("ok") == 3, stdout
 
 
 TRAIN_SCRIPT = textwrap.dedent("""
@@ -93,12 +99,8 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
 
 def test_data_parallel_train_steps_equal_the_single_device_steps():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    result = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("ok") == 3, result.stdout
+    stdout = run_on_four_devices(TRAIN_SCRIPT)
+    assert stdout.count("ok") == 3, stdout
 
 
 PRUNE_SCRIPT = textwrap.dedent("""
@@ -124,9 +126,4 @@ PRUNE_SCRIPT = textwrap.dedent("""
 
 
 def test_the_prune_pipeline_runs_data_parallel_end_to_end(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    result = subprocess.run([sys.executable, "-c", PRUNE_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ok" in result.stdout
+    assert "ok" in run_on_four_devices(PRUNE_SCRIPT, str(tmp_path))
