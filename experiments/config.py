@@ -256,6 +256,8 @@ class PruningConfig(DataConfig):
     finetune: SGD = opt(SGD(lr=1e-3, momentum=0.9, nesterov=True), "the fine-tuning optimizer "
                         "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
     prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
+    score_batches: int = opt(1, "training batches the data-dependent scores are taken on (grad, "
+                             "snip/lp, lp_biased, gn, grasp): the mean of their losses")
     # The cutoff decides KMP vs GMP on some trajectories (issue 12): the run's
     # 1e-6, the reference implementation's σ² > 1e-14 σ²max (1e-7), and no
     # truncation beyond exact zeros.
@@ -288,6 +290,7 @@ class PruningConfig(DataConfig):
         _check(all(s <= _MAX_SEED for s in self.seeds), f"--seeds must be <= {_MAX_SEED}")
         _check(self.finetune_epochs >= 0, f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
         _check_range(self, "finetune_epochs", 0, _MAX_EPOCHS)
+        _check_range(self, "score_batches", 1, 10**4)
         _freeze(self, "rcond", _parse_compression)
         _check(bool(self.rcond), "--rcond must not be empty")
         _check(len(set(self.rcond)) == len(self.rcond), f"--rcond lists a value twice: {list(self.rcond)}")

@@ -1,8 +1,9 @@
 r"""Pruning at initialization (Synaptic-Flow's protocol): prune θ₀, then train.
 
 For each seed: θ₀ = the seed's initialization. Every method scores it —
-random, magnitude (gmp), SNIP, GraSP (on one training batch), iterative
-SynFlow (data-free, --synflow_rounds) — and KMP scores θ(t₂) after a
+random, magnitude (gmp), SNIP and GraSP (on --score_batches training
+batches; GraSP's logits divided by its temperature 200), iterative SynFlow
+(data-free, --synflow_rounds) — and KMP scores θ(t₂) after a
 --window_steps window of training from θ₀ (those steps count in its budget).
 At every compression the masked network is trained for --finetune_epochs
 epochs with the --train_* optimizer and evaluated. A compression at which
@@ -32,7 +33,7 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, models, pruning, recording, saliency, train
+from kpjax import koopman, models, pruning, recording, saliency
 from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")
@@ -56,14 +57,14 @@ class _Seed:
         self.tx = config.train.optimizer(setup.steps_per_epoch)
         self.step_fn = setup.train_step(self.tx)  # one compiled step for every cell of the seed
         params = self.variables["params"]
-        images, labels = next(setup.stream(seed, SCORING)())
-        images = setup.normalize(np.asarray(images))
-        self.loss_fn = train.batch_loss_fn(setup.spec.module.apply, self.variables.get("batch_stats"),
-                                           images, np.asarray(labels))
+        stream = setup.stream(seed, SCORING)()
+        scoring = [next(stream) for _ in range(config.score_batches)]
         self.synflow = saliency.synflow_objective(setup.spec.module.apply, self.variables,
                                                   setup.spec.input_shape)
-        self.inputs = pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed),
-                                          loss_fn=self.loss_fn, synflow_fn=self.synflow)
+        self.inputs = pipeline.with_scoring_batches(
+            setup, pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed),
+                                       synflow_fn=self.synflow),
+            self.variables.get("batch_stats"), scoring)
         self._scores: dict[str, np.ndarray] = {}
         self._window = None
 

@@ -11,6 +11,7 @@ May import: absl, jax, numpy, experiments, kpjax.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import time
@@ -23,7 +24,7 @@ from absl import logging
 
 from experiments import common
 from experiments.report import at_cutoff, base_method
-from experiments.config import PruningConfig, to_json
+from experiments.config import PruningConfig, json_ready, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
 from kpjax import (data, flatten, koopman, metrics, models, pruning, recording, saliency, sharded,
                    train)
@@ -124,7 +125,10 @@ def check_workdir(workdir: str, config: PruningConfig, write: bool = True) -> No
         saved = read_json(path, "the settings of the results in this workdir")
         if not isinstance(saved, dict):
             raise ValueError(f"{path} is damaged (not an object); delete it or use another --workdir")
-        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        # A setting newer than the workdir matches when it has its default.
+        defaults = {f.name: json_ready(dataclasses.asdict(f.default) if dataclasses.is_dataclass(f.default)
+                                       else f.default) for f in dataclasses.fields(config)}
+        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k, defaults.get(k)) != v}
         if diff:
             raise ValueError(
                 f"workdir {workdir} holds a run with other settings (saved, now): {diff}; "
@@ -215,6 +219,30 @@ def fit_diagnostics(fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
     return {key + suffix: value for key, value in out.items()}
 
 
+SCORING_NEEDS = frozenset({"grads", "loss_fn", "grasp_loss_fn"})
+
+
+def with_scoring_batches(setup: Setup, inputs: pruning.PruneInputs, batch_stats,
+                         batches: list) -> pruning.PruneInputs:
+    """`inputs` with what the data-dependent methods read from the scoring batches:
+    ∂L/∂θ (the mean over the batches; one batch: ShrinkBench's gradient), L for
+    SNIP / LP / GN and GraSP's tempered L (`saliency.GRASP_TEMPERATURE`)."""
+    apply = setup.spec.module.apply
+    images = np.stack([setup.normalize(np.asarray(x)) for x, _ in batches])
+    labels = np.stack([np.asarray(y) for _, y in batches])
+    grads = [train.loss_and_grads(apply, inputs.params, batch_stats, x, y)[1]
+             for x, y in zip(images, labels)]
+    if len(grads) > 1:
+        grads = [jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)]
+    if len(batches) == 1:
+        images, labels = images[0], labels[0]
+    return inputs._replace(
+        grads=grads[0],
+        loss_fn=train.batch_loss_fn(apply, batch_stats, images, labels),
+        grasp_loss_fn=train.batch_loss_fn(apply, batch_stats, images, labels,
+                                          temperature=saliency.GRASP_TEMPERATURE))
+
+
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
                   seed: int, path: str, desc: str, **facts: float) -> Window:
     """Trains `steps` steps recording Θ, fits the Koopman operator, scores every method.
@@ -237,12 +265,9 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
-    if needs & {"grads", "loss_fn"}:
-        images, labels = next(batches)  # gradient pruning: the next batch, ShrinkBench-style
-        apply, images = setup.spec.module.apply, setup.normalize(images)
-        _, grads = train.loss_and_grads(apply, state.params, state.batch_stats, images, labels)
-        inputs = inputs._replace(grads=grads, loss_fn=train.batch_loss_fn(
-            apply, state.batch_stats, images, labels))
+    if needs & SCORING_NEEDS:  # the next batches, ShrinkBench-style
+        scoring = [next(batches) for _ in range(setup.config.score_batches)]
+        inputs = with_scoring_batches(setup, inputs, state.batch_stats, scoring)
     if "synflow_fn" in needs:
         inputs = inputs._replace(synflow_fn=saliency.synflow_objective(
             setup.spec.module.apply, variables_of(state), setup.spec.input_shape))

@@ -382,7 +382,9 @@ class PruneInputs(NamedTuple):
       spec: FlatSpec of Θ's columns.
       fit: the DMD fit of Θ (fitted on demand when missing).
       rng: PRNG key (random pruning).
-      loss_fn: θ ↦ L on the scoring batches (SNIP, GraSP, LP, GN; `kpjax.saliency`).
+      loss_fn: θ ↦ L on the scoring batches (SNIP, LP, GN; `kpjax.saliency`).
+      grasp_loss_fn: θ ↦ L of the logits divided by GraSP's temperature
+        (`saliency.GRASP_TEMPERATURE`) on the same batches (GraSP).
       synflow_fn: θ ↦ R(θ), `saliency.synflow_objective` (SynFlow).
     """
 
@@ -394,6 +396,7 @@ class PruneInputs(NamedTuple):
     fit: Optional[koopman.DMDFit] = None
     rng: Optional[jax.Array] = None
     loss_fn: Optional[Callable[[PyTree], jax.Array]] = None
+    grasp_loss_fn: Optional[Callable[[PyTree], jax.Array]] = None
     synflow_fn: Optional[Callable[[PyTree], jax.Array]] = None
 
 
@@ -628,8 +631,9 @@ register_method("gn", PruningMethod(
     from_tree_scores(lambda i: saliency.gradient_norm_scores(i.params, i.loss_fn)),
     global_flat_mask, ("loss_fn",), "gradient-norm measure: |θ ⊙ Hg|"))
 register_method("grasp", PruningMethod(
-    from_tree_scores(lambda i: saliency.grasp_scores(i.params, i.loss_fn)),
-    global_signed_flat_mask, ("loss_fn",), "GraSP: keep the largest θ ⊙ Hg"))
+    from_tree_scores(lambda i: saliency.grasp_scores(i.params, i.grasp_loss_fn)),
+    global_signed_flat_mask, ("grasp_loss_fn",),
+    f"GraSP: keep the largest θ ⊙ Hg, logits / {saliency.GRASP_TEMPERATURE:g}"))
 register_method("synflow", PruningMethod(
     from_tree_scores(lambda i: saliency.synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
     ("synflow_fn",), "SynFlow, one shot: |θ ⊙ ∂R/∂θ| (iterative: synflow_iterative_mask)"))

@@ -343,12 +343,27 @@ def _value_and_grad_step(apply_fn: ApplyFn, train: bool):
 
 
 def batch_loss_fn(apply_fn: ApplyFn, batch_stats: PyTree, images: jax.Array, labels: jax.Array,
-                  *, train: bool = True) -> Callable[[PyTree], jax.Array]:
-    """θ ↦ mean cross-entropy on one batch (the `loss_fn` of the saliency
-    methods, `kpjax.saliency`); BN as in `loss_and_grads`."""
+                  *, train: bool = True, temperature: float = 1.0) -> Callable[[PyTree], jax.Array]:
+    """θ ↦ mean cross-entropy of f(x; θ)/T on the scoring batches (the
+    `loss_fn` of the saliency methods, `kpjax.saliency`); BN as in `loss_and_grads`.
+
+    Args:
+        images, labels: one batch, (B, H, W, C) and (B,); or k batches stacked,
+            (k, B, H, W, C) and (k, B): L is then the mean of the k batch losses,
+            each batch normalized by BatchNorm on its own, as the references
+            iterate their data loaders.
+        temperature: T dividing the logits (GraSP's reference uses T = 200).
+    """
+    def one(params: PyTree, batch) -> jax.Array:
+        logits, _ = _forward(apply_fn, params, batch_stats or {}, batch[0], train)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return _cross_entropy(logits, batch[1]).mean()
+
     def loss_fn(params: PyTree) -> jax.Array:
-        logits, _ = _forward(apply_fn, params, batch_stats or {}, images, train)
-        return _cross_entropy(logits, labels).mean()
+        if jnp.ndim(labels) == 1:
+            return one(params, (images, labels))
+        return jnp.mean(jax.lax.map(lambda b: one(params, b), (images, labels)))
     return loss_fn
 
 

@@ -89,6 +89,16 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     # Other settings in the same workdir are refused.
     with pytest.raises(ValueError, match="other settings"):
         prune.run(PruneConfig(**TINY, trajectory_steps=7), str(work))
+    # A workdir older than a setting resumes while the setting keeps its
+    # default, and is refused otherwise.
+    saved = json.loads((work / "config.json").read_text())
+    del saved["score_batches"]
+    (work / "config.json").write_text(json.dumps(saved))
+    newer = PruneConfig(**TINY, trajectory_steps=6, compressions=(2, 8), methods=methods)
+    with pytest.raises(ValueError, match="other settings.*score_batches"):
+        prune.run(dataclasses.replace(newer, score_batches=2), str(work))
+    prune.run(newer, str(work))
+    assert json.loads((work / "config.json").read_text())["score_batches"] == 1
 
     # A CSV cut short is rewritten from results.json by a run with nothing to do;
     # --summarize_only rewrites summary and figures without touching config.json.

@@ -133,10 +133,30 @@ def test_iterative_synflow_avoids_the_layer_collapse_of_magnitude_pruning():
 def test_registered_methods_declare_what_they_need():
     _, _, params, loss_fn = linear_problem()
     select = {"w": True, "b": False}
-    for name in ("snip", "lp_biased", "gn", "grasp"):
-        with pytest.raises(ValueError, match="needs PruneInputs.loss_fn"):
+    for name, field in (("snip", "loss_fn"), ("lp_biased", "loss_fn"), ("gn", "loss_fn"),
+                        ("grasp", "grasp_loss_fn")):
+        with pytest.raises(ValueError, match=f"needs PruneInputs.{field}"):
             pruning.method_flat_scores(name, pruning.PruneInputs(params, select))
-        scores = pruning.method_flat_scores(name, pruning.PruneInputs(params, select, loss_fn=loss_fn))
+        scores = pruning.method_flat_scores(name, pruning.PruneInputs(params, select, **{field: loss_fn}))
         assert scores.shape == (5,)
     with pytest.raises(ValueError, match="needs PruneInputs.synflow_fn"):
         pruning.method_flat_scores("synflow", pruning.PruneInputs(params, select))
+
+
+def test_batch_loss_fn_averages_stacked_batches_and_divides_by_the_temperature():
+    from kpjax import models, train
+    spec = models.get_model("mnistnet_tiny")
+    variables = models.init_variables(spec, 0)
+    rng = np.random.RandomState(0)
+    images = rng.randn(3, 8, *spec.input_shape).astype(np.float32)
+    labels = rng.randint(0, 10, size=(3, 8))
+    params = variables["params"]
+    one = [train.batch_loss_fn(spec.module.apply, None, images[i], labels[i])(params) for i in range(3)]
+    stacked = train.batch_loss_fn(spec.module.apply, None, images, labels)(params)
+    np.testing.assert_allclose(stacked, np.mean(one), rtol=1e-6)
+    # T = 200 by hand: cross-entropy of the logits / T.
+    logits = np.asarray(spec.module.apply(variables, images[0]), np.float64) / 200.0
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -logp[np.arange(8), labels[0]].mean()
+    tempered = train.batch_loss_fn(spec.module.apply, None, images[0], labels[0], temperature=200.0)
+    np.testing.assert_allclose(tempered(params), expected, rtol=1e-5)
