@@ -320,6 +320,9 @@ class PruningConfig(DataConfig):
                                 classifier=self.spec().classifier)
 
 
+CONTROLS = ("reinit", "small_dense")
+
+
 @dataclass(frozen=True)
 class PruneConfig(PruningConfig):
     """The paper's Fig. 1: dense model → one recorded window → prune θ(t₂)."""
@@ -341,8 +344,10 @@ class PruneConfig(PruningConfig):
     trajectory_steps: int | None = opt(
         None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
     controls: tuple[str, ...] = opt(
-        (), "extra controls per pruned cell: reinit = the same mask on re-initialized weights, "
-        "trained from scratch for --pretrain_epochs + --finetune_epochs epochs", "strs")
+        (), "extra controls: reinit = each pruned cell's mask on re-initialized weights, trained "
+        "from scratch for --pretrain_epochs + --finetune_epochs epochs; small_dense = a dense "
+        "network with each compression's parameter count (widths scaled down), trained the "
+        "same way", "strs")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -353,7 +358,8 @@ class PruneConfig(PruningConfig):
         _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
         _freeze(self, "controls", str)
         for control in self.controls:
-            _check(control in ("reinit",), f"--controls: unknown control {control!r}; known: reinit")
+            _check(control in CONTROLS, f"--controls: unknown control {control!r}; known: "
+                   + ", ".join(CONTROLS))
 
 
 @dataclass(frozen=True)

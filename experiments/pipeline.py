@@ -405,6 +405,45 @@ def reinit_cell(setup: Setup, window: Window, method: str, c: float, seed: int, 
     return rows
 
 
+def small_dense_cell(setup: Setup, c: float, seed: int, **extra) -> list[dict]:
+    """The small-dense control (Liu et al. 2019; Crowley et al.): a dense network
+    with at most as many parameters as the cells at compression c keep (total/c),
+    every hidden width scaled down (`models.width_for_params`), initialized with
+    seed·1000 + REINIT and trained like the reinit control (--pretrain_epochs +
+    --finetune_epochs epochs, the training optimizer, the REINIT batch order).
+    One row, method and phase "small_dense"; its compression_achieved and
+    speedup are the full model's parameters and multiply-adds over its own."""
+    start = time.time()
+    full = setup.variables0["params"]
+    spec, factor = models.width_for_params(setup.spec, int(count_params(full) // c))
+    variables = models.init_variables(spec, seed * 1000 + REINIT)
+    tx = setup.config.train.optimizer(setup.steps_per_epoch)
+    state = train.create_train_state(variables["params"], tx, jax.random.PRNGKey(seed),
+                                     batch_stats=variables.get("batch_stats"))
+    if setup.mesh is not None:
+        state = sharded.replicate(state, setup.mesh)
+    step = train.make_train_step(spec.module.apply, tx, augment_fn=setup.augment,
+                                 normalize_fn=setup.normalize)
+    epochs = setup.config.pretrain_epochs + setup.config.finetune_epochs
+    state = common.run_steps(step, state, setup.stream(seed, REINIT), epochs * setup.steps_per_epoch,
+                             f"seed {seed} small dense c={c:g}", job=setup.job)
+    ev = common.evaluate(train.make_eval_step(spec.module.apply, normalize_fn=setup.normalize),
+                         state, setup.dataset, setup.config.eval_batch_size)
+    setup.job.tick(setup.eval_units)
+    small_flops = metrics.flops(metrics.layer_flops(spec.module, variables, spec.input_shape),
+                                variables["params"])[0]
+    dense_flops = metrics.flops(setup.flops, full)[0]
+    result = {"model": setup.spec.name, "data": setup.dataset.name, **extra, "method": "small_dense",
+              "compression": c, "seed": seed, "phase": "small_dense",
+              "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"],
+              "compression_achieved": count_params(full) / count_params(variables["params"]),
+              "speedup": dense_flops / small_flops, "width_factor": factor,
+              "seconds": round(time.time() - start, 2)}
+    logging.info("seed %d small dense c=%g (width ×%.3f): top-1 %.2f%%", seed, c, factor,
+                 100 * ev["top1"])
+    return [result]
+
+
 def window_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
     """What the Koopman fit of a window says: λ₁ (the eigenvalue closest to
     1) and its distance to 1, rcond, and `fit_diagnostics` at every cutoff

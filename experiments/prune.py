@@ -154,17 +154,35 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
 def _controls_section(setup: pipeline.Setup, rows, controls) -> list[str]:
     if not controls:
         return []
-    refined = group_mean_std([r for r in rows if r["phase"] == "finetuned"], ("method", "compression"), "top1")
-    reinit = group_mean_std(controls, ("method", "compression"), "top1")
     config = setup.config
-    body = [[m, f"{c:g}", fmt_pm(refined.get((m, c))), fmt_pm(reinit.get((m, c)))]
-            for m in setup.methods for c in setup.compressions if (m, c) in reinit]
-    return ["## Retrain from scratch (the --controls=reinit control)", "",
-            f"The same mask on re-initialized weights, trained {config.pretrain_epochs} + "
-            f"{config.finetune_epochs} epoch(s) with the training optimizer, beside the pruned and "
-            "refined network (top-1 %, mean ± std over seeds; controls.csv).", "",
-            markdown_table(["method", "compression", "pruned + refined", "retrained from scratch"],
-                           body), ""]
+    refined = group_mean_std([r for r in rows if r["phase"] == "finetuned"], ("method", "compression"), "top1")
+    out = []
+    reinit = group_mean_std([r for r in controls if r["phase"] == "reinit"], ("method", "compression"), "top1")
+    if reinit:
+        body = [[m, f"{c:g}", fmt_pm(refined.get((m, c))), fmt_pm(reinit.get((m, c)))]
+                for m in setup.methods for c in setup.compressions if (m, c) in reinit]
+        out += ["## Retrain from scratch (the --controls=reinit control)", "",
+                f"The same mask on re-initialized weights, trained {config.pretrain_epochs} + "
+                f"{config.finetune_epochs} epoch(s) with the training optimizer, beside the pruned "
+                "and refined network (top-1 %, mean ± std over seeds; controls.csv).", "",
+                markdown_table(["method", "compression", "pruned + refined", "retrained from scratch"],
+                               body), ""]
+    small = [r for r in controls if r["phase"] == "small_dense"]
+    if small:
+        stats = group_mean_std(small, ("compression",), "top1")
+        shape = {r["compression"]: r for r in small}
+        body = [[f"{c:g}", f"{shape[c]['compression_achieved']:.2f}", f"{shape[c]['width_factor']:.3f}",
+                 fmt_pm(stats.get((c,)))] + [fmt_pm(refined.get((m, c))) for m in setup.methods]
+                for c in setup.compressions if c in shape]
+        out += ["## A small dense network of the same size (the --controls=small_dense control)", "",
+                "Every hidden width scaled by one factor so that the dense network has at most the "
+                "parameters a pruned cell keeps, trained from scratch for "
+                f"{config.pretrain_epochs} + {config.finetune_epochs} epoch(s) with the training "
+                "optimizer; beside each method's pruned and refined network (top-1 %, mean ± std "
+                "over seeds; controls.csv).", "",
+                markdown_table(["compression", "small dense: compression", "width ×", "small dense"]
+                               + [f"{m} pruned + refined" for m in setup.methods], body), ""]
+    return out
 
 
 def run(config: PruneConfig, workdir: str) -> str:
@@ -197,11 +215,9 @@ def run(config: PruneConfig, workdir: str) -> str:
                      len(cells), len(todo), workdir)
         _plan(setup, steps, workdir, table, sum("@" not in x[1] for x in todo),
               sum("@" in x[1] for x in todo))
-        if "reinit" in config.controls:
-            epochs = config.pretrain_epochs + config.finetune_epochs
-            setup.job.plan(sum(not controls.done(model=model, method=m, compression=c, seed=s, phase="reinit")
-                               for s in setup.seeds for m in setup.methods for c in setup.compressions)
-                           * (epochs * setup.steps_per_epoch + setup.eval_units))
+        setup.job.plan(len(_controls_todo(setup, controls)) * (
+            (config.pretrain_epochs + config.finetune_epochs) * setup.steps_per_epoch
+            + setup.eval_units))
         progress = common.Progress(len(todo), "cells", every_s=0.0)
         spectrum = None
         for seed in setup.seeds:
@@ -220,17 +236,29 @@ def run(config: PruneConfig, workdir: str) -> str:
                 pipeline.add_cell(table, setup, window, workdir,
                                   pipeline.run_cell(setup, window, method, c, seed))
                 progress.update(1)
-            if "reinit" in config.controls:
-                for method in setup.methods:
-                    for c in setup.compressions:
-                        if not controls.done(model=model, method=method, compression=c, seed=seed,
-                                             phase="reinit"):
-                            controls.add(pipeline.reinit_cell(setup, window, method, c, seed))
+            for s, method, c, phase in _controls_todo(setup, controls):
+                if s == seed and phase == "reinit":
+                    controls.add(pipeline.reinit_cell(setup, window, method, c, seed))
+                elif s == seed:
+                    controls.add(pipeline.small_dense_cell(setup, c, seed))
         return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
 
 
 def _controls_table(workdir: str) -> ResultTable:
     return ResultTable(workdir, (*_CELL, "phase"), stem="controls")
+
+
+def _controls_todo(setup: pipeline.Setup, controls: ResultTable) -> list[tuple]:
+    """(seed, method, compression, phase) of the control cells not done yet:
+    reinit per pruned cell, small_dense per compression (method small_dense)."""
+    cells = []
+    for seed in setup.seeds:
+        if "reinit" in setup.config.controls:
+            cells += [(seed, m, c, "reinit") for m in setup.methods for c in setup.compressions]
+        if "small_dense" in setup.config.controls:
+            cells += [(seed, "small_dense", c, "small_dense") for c in setup.compressions]
+    return [x for x in cells if not controls.done(model=setup.spec.name, method=x[1],
+                                                  compression=x[2], seed=x[0], phase=x[3])]
 
 
 def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, cells: int,

@@ -260,12 +260,17 @@ def test_the_retrain_from_scratch_control(tmp_path):
     from experiments import pipeline
     config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(4,),
                          methods=("gmp",), finetune_epochs=0, pretrain_epochs=1, rcond=(1e-6,),
-                         controls=("reinit",))
+                         controls=("reinit", "small_dense"))
     summary = prune.run(config, str(tmp_path / "work"))
-    assert "## Retrain from scratch" in summary
+    assert "## Retrain from scratch" in summary and "## A small dense network" in summary
     controls = rows(tmp_path / "work" / "controls.json")
-    assert [(r["method"], r["compression"], r["phase"]) for r in controls] == [("gmp", 4.0, "reinit")]
+    assert [(r["method"], r["compression"], r["phase"]) for r in controls] == [
+        ("gmp", 4.0, "reinit"), ("small_dense", 4.0, "small_dense")]
     assert abs(controls[0]["compression_achieved"] - 4.0) < 0.05
+    # The small dense network has at most a quarter of the parameters, and not
+    # far fewer (mnistnet_tiny's widths are 4, 8, 16: coarse steps).
+    assert 4.0 <= controls[1]["compression_achieved"] < 6.0
+    assert 0 < controls[1]["width_factor"] < 0.6 and controls[1]["speedup"] > 1
     # It really re-initializes (no kept weight is the pruned network's) and keeps the mask.
     setup = pipeline.Setup(config)
     window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))

@@ -281,3 +281,25 @@ def test_init_is_deterministic_per_seed():
     c = init(_key(4), x, train=False)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert not np.array_equal(a["params"]["fc1"]["kernel"], c["params"]["fc1"]["kernel"])
+
+
+def test_width_scaling_by_hand_and_the_largest_model_under_a_budget():
+    from kpjax.flatten import count_params
+    half = models.scale_width(models.get_model("mnistnet"), 0.5)
+    assert (half.module.conv1_features, half.module.conv2_features, half.module.fc1_features) == (10, 25, 250)
+    # conv1 5·5·1·10+10, conv2 5·5·10·25+25, fc1 4·4·25·250+250, fc2 250·10+10.
+    assert count_params(models.variable_shapes(half)["params"]) == 260 + 6275 + 100250 + 2510
+    resnet = models.scale_width(models.get_model("resnet20"), 0.25)
+    assert resnet.module.widths == (4, 8, 16) and resnet.module.num_blocks == 3
+    spec = models.get_model("resnet20")
+    total = count_params(models.variable_shapes(spec)["params"])
+    for c in (4.0, 30.0):
+        small, factor = models.width_for_params(spec, int(total // c))
+        n = count_params(models.variable_shapes(small)["params"])
+        assert n <= total // c
+        wider = count_params(models.variable_shapes(models.scale_width(spec, factor + 0.02))["params"])
+        assert wider > total // c  # the widest under the budget (to the bisection's step)
+    with pytest.raises(ValueError, match="width factor"):
+        models.scale_width(spec, 1.5)
+    with pytest.raises(ValueError, match="at width 1"):
+        models.width_for_params(spec, 10)

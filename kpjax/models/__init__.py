@@ -6,7 +6,7 @@
 ResNets). Parameter names mirror the PyTorch state dicts of the pretrained
 checkpoints.
 
-May import: flax, jax, kpjax.models.
+May import: flax, jax, kpjax.flatten, kpjax.models.
 """
 
 from collections.abc import Callable
@@ -17,6 +17,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from kpjax.flatten import count_params
 from kpjax.models.mnistnet import MnistNet
 from kpjax.models.resnet import BasicBlock, ResNet, shortcut_option_a
 
@@ -104,7 +105,50 @@ def get_model(name: str, num_classes: int = 10) -> ModelSpec:
     return MODELS[name](name, num_classes)
 
 
+def scale_width(spec: ModelSpec, factor: float) -> ModelSpec:
+    """The model with every hidden width (conv channels, dense units) multiplied
+    by `factor` and rounded (at least 1); depth, input and classes unchanged.
+
+    The small-dense control of pruning (Liu et al. 2019, "Rethinking the
+    value of network pruning"): a dense network as small as a pruned one.
+    """
+    if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+        raise ValueError(f"width factor must be in (0, 1], got {factor!r}")
+    module = spec.module
+
+    def width(w: int) -> int:
+        return max(1, round(w * factor))
+
+    if isinstance(module, MnistNet):
+        module = module.clone(conv1_features=width(module.conv1_features),
+                              conv2_features=width(module.conv2_features),
+                              fc1_features=width(module.fc1_features))
+    elif isinstance(module, ResNet):
+        module = module.clone(widths=tuple(width(w) for w in module.widths))
+    else:
+        raise ValueError(f"no width scaling declared for {spec.name}")
+    return spec._replace(module=module)
+
+
+def width_for_params(spec: ModelSpec, max_params: int) -> tuple[ModelSpec, float]:
+    """The widest `scale_width(spec, f)` with at most `max_params` parameters
+    (batch statistics are not parameters), and f; by bisection on f, since the
+    count grows with f (about as f²)."""
+    def count(f: float) -> int:
+        return count_params(variable_shapes(scale_width(spec, f))["params"])
+
+    low, high = 0.0, 1.0
+    if count(high) <= max_params:
+        return spec, 1.0
+    if count(1e-9) > max_params:  # every width at 1 is still too big
+        raise ValueError(f"{spec.name} has more than {max_params:,} parameters at width 1")
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if count(mid) <= max_params else (low, mid)
+    return scale_width(spec, max(low, 1e-9)), max(low, 1e-9)
+
+
 __all__ = [
     "MODELS", "BasicBlock", "MnistNet", "ModelSpec", "ResNet", "get_model", "init_variables",
-    "shortcut_option_a", "variable_shapes",
+    "scale_width", "shortcut_option_a", "variable_shapes", "width_for_params",
 ]
