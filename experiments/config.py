@@ -343,6 +343,12 @@ class PruneConfig(PruningConfig):
     train: SGD = opt(SGD(), "the optimizer of training from scratch", "sgd")
     trajectory_steps: int | None = opt(
         None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
+    eval_shifts: bool = opt(False, "also evaluate every refined cell under input shifts "
+                            "(kpjax.shifts: 5 corruptions × severities 1–5) and report each "
+                            "method's prune potential")
+    shift_examples: int = opt(2000, "test examples evaluated under each shift (the first N)")
+    prune_potential_delta: float = opt(0.5, "prune potential: the largest compression within "
+                                       "this many top-1 points of the unpruned network")
     controls: tuple[str, ...] = opt(
         (), "extra controls: reinit = each pruned cell's mask on re-initialized weights, trained "
         "from scratch for --pretrain_epochs + --finetune_epochs epochs; small_dense = a dense "
@@ -356,6 +362,9 @@ class PruneConfig(PruningConfig):
         _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
                "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
         _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
+        _check_range(self, "shift_examples", 1, 10**7)
+        _check(math.isfinite(self.prune_potential_delta) and self.prune_potential_delta >= 0,
+               f"--prune_potential_delta must be >= 0, got {self.prune_potential_delta}")
         _freeze(self, "controls", str)
         for control in self.controls:
             _check(control in CONTROLS, f"--controls: unknown control {control!r}; known: "

@@ -27,7 +27,7 @@ from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, json_ready, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
 from kpjax import (data, flatten, koopman, metrics, models, pruning, recording, saliency, sharded,
-                   train)
+                   shifts, train)
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
@@ -77,6 +77,12 @@ class Setup:
         self.flops = metrics.layer_flops(self.spec.module, self.variables0, self.spec.input_shape)
         self.job = common.JobClock()
         self.eval_units = common.eval_units(len(self.dataset.test_labels), config.batch_size)
+        self._shifted = None
+        self.shift_units = 0.0
+        if getattr(config, "eval_shifts", False):
+            n = min(config.shift_examples, len(self.dataset.test_labels))
+            self.shift_units = common.eval_units(
+                n * (1 + len(shifts.SHIFTS) * len(shifts.SEVERITIES)), config.batch_size)
         devices = config.devices or len(jax.devices())
         self.mesh = sharded.column_mesh(jax.devices()[:devices]) if devices > 1 else None
 
@@ -101,11 +107,33 @@ class Setup:
         self.job.tick(self.eval_units)
         return result
 
+    def evaluate_shifts(self, state) -> dict[str, float]:
+        """Top-1 on the first --shift_examples test images, unshifted ('top1@clean')
+        and under every shift and severity ('top1@contrast-3'; `kpjax.shifts`,
+        the noise seeded by the severity); {} without --eval_shifts."""
+        if not self.shift_units:  # only PruneConfig has --eval_shifts
+            return {}
+        if self._shifted is None:
+            n = self.config.shift_examples
+            images, labels = self.dataset.test_images[:n], self.dataset.test_labels[:n]
+            self._shifted = {"clean": images, **{
+                f"{name}-{s}": shifts.shift_images(images, name, s, seed=s)
+                for name in shifts.SHIFTS for s in shifts.SEVERITIES}}
+            self._shift_labels = labels
+        out = {}
+        for key, images in self._shifted.items():
+            ev = train.evaluate(self.eval_step, state, data.batches(
+                images, self._shift_labels, self.config.eval_batch_size, seed=0, epoch=0,
+                shuffle=False))
+            out[f"top1@{key}"] = ev["top1"]
+        self.job.tick(self.shift_units)
+        return out
+
     def plan_cells(self, count: int, sensitivity: int = 0) -> None:
         """Adds `count` cells (evaluations and fine-tuning) and `sensitivity`
         evaluation-only cells to the job clock."""
         self.job.plan(sensitivity * self.eval_units)
-        per_cell = (self.eval_units * (1 + bool(self.config.finetune_epochs))
+        per_cell = (self.eval_units * (1 + bool(self.config.finetune_epochs)) + self.shift_units
                     + self.config.finetune_epochs * self.steps_per_epoch)
         self.job.plan(count * per_cell)
 
@@ -371,6 +399,8 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
                                  f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
         rows.append(row(setup, method, c, seed, "finetuned", setup.evaluate(state), state.params,
                         mask, time.time() - start, **extra))
+    if "@" not in method:  # the final phase under input shifts (--eval_shifts)
+        rows[-1].update(setup.evaluate_shifts(state))
     logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",
                  "  ".join(f"{r['phase']} top-1 {100 * r['top1']:.2f}%" for r in rows))
     return rows

@@ -136,6 +136,12 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 "FLOPs of the dense network over those left (conv/dense multiply-adds, "
                 "ShrinkBench's definition); mean over seeds.", "",
                 markdown_table(["compression"] + methods, body), ""]
+    if config.eval_shifts:
+        phases = ("finetuned", "finetuned") if config.finetune_epochs else ("pruned", "dense")
+        out += report.shift_section(rows, methods, setup.compressions, phases[0],
+                                    config.prune_potential_delta,
+                                    min(config.shift_examples, len(setup.dataset.test_labels)),
+                                    reference_phase=phases[1])
     out += report.fit_table(window_rows, config.rcond, koopman.DEFAULT_CLUSTER_TOL)
     out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
                                      config.rcond)

@@ -4,11 +4,12 @@ the numbers, the model's size, and where the numbers came from.
 `reading` compares two methods cell by cell against the seed spread;
 `fit_table` and `cutoff_sensitivity` show what the Koopman results depend
 on (the rank cutoff, the energy it keeps, λ₁'s separation and residual);
-`provenance` records the commit, package versions, CPU model, cores and
+`shift_section` reports accuracy under input shifts and the prune
+potential; `provenance` records the commit, package versions, CPU model, cores and
 times, since bits depend on the CPU and the core count (BUILD_NOTES,
 "Reproducibility").
 
-May import: experiments.results.
+May import: numpy, experiments.results, kpjax.shifts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from experiments.results import Row, fmt_pm, group_mean_std, markdown_table
+from kpjax import shifts
 
 _START = time.time()
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
@@ -200,6 +204,58 @@ def reading(rows: Sequence[Row], pairs: Sequence[tuple[str, str]], by: Sequence[
                    f"{100 * m:.2f}{f' ± {100 * s:.2f}' if n > 1 else ''} % (the reference for "
                    "the refined numbers).")
     return " ".join(out)
+
+
+def shift_section(rows: Sequence[Row], methods: Sequence[str], compressions: Sequence[float],
+                  phase: str, delta_points: float, examples: int,
+                  reference_phase: str | None = None) -> list[str]:
+    """Accuracy under input shifts and each method's prune potential
+    (Liebenwein et al. 2021) from the 'top1@<shift>-<severity>' columns of
+    `phase` rows (`Setup.evaluate_shifts`); [] when no row has them.
+
+    The reference is the unpruned network (method 'dense') of
+    `reference_phase` (default: `phase`);
+    on a shift, a method's accuracy and the reference's are means over the
+    severities, each a mean over seeds.
+    """
+    final = [r for r in rows if r["phase"] == phase and "top1@clean" in r]
+    reference = [r for r in rows if r["method"] == "dense" and "top1@clean" in r
+                 and r["phase"] == (reference_phase or phase)]
+    if not final or not reference:
+        return []
+    shifted = [k for k in final[0] if k.startswith("top1@") and k != "top1@clean"]
+    kinds = list(dict.fromkeys(k[len("top1@"):].rsplit("-", 1)[0] for k in shifted))
+
+    def mean_of(group: Sequence[Row], keys: Sequence[str]) -> float:
+        return float(np.mean([np.mean([r[k] for r in group]) for k in keys]))
+
+    def cells(m: str, keys: Sequence[str]) -> list[tuple[float, float]]:
+        return [(c, mean_of(g, keys)) for c in compressions
+                if (g := [r for r in final if r["method"] == m and r["compression"] == c])]
+
+    columns = [("clean (full test set)", ["top1"])] + [
+        (kind, [k for k in shifted if k.startswith(f"top1@{kind}-")]) for kind in kinds]
+    body = []
+    for m in methods:
+        row = [m]
+        for _, keys in columns:
+            points = cells(m, keys)
+            potential = shifts.prune_potential([c for c, _ in points], [a for _, a in points],
+                                               mean_of(reference, keys), delta_points / 100)
+            row.append(f"{potential:g}")
+        body.append(row)
+    acc = [[f"{c:g}"] + [f"{100 * a:.2f}" if (a := dict(cells(m, shifted)).get(c)) is not None else "–"
+                         for m in methods] for c in compressions]
+    return ["## Beyond accuracy: input shifts and prune potential (--eval_shifts)", "",
+            f"Prune potential (Liebenwein et al. 2021): the largest compression whose top-1 is "
+            f"within {delta_points:g} points of the unpruned network's, on the clean test set and "
+            "under each shift (kpjax.shifts, mean over severities 1–5, on the first "
+            f"{examples:,} test images); 1 = no compression qualifies. "
+            f"Unpruned reference: the dense network (phase {reference_phase or phase}). Means over seeds.", "",
+            markdown_table(["method"] + [name for name, _ in columns], body), "",
+            "Top-1 % under shift (mean over the five shifts and five severities); the unpruned "
+            f"network: {100 * mean_of(reference, shifted):.2f} %.", "",
+            markdown_table(["compression"] + list(methods), acc), ""]
 
 
 def _git_commit() -> str:

@@ -282,3 +282,28 @@ def test_the_retrain_from_scratch_control(tmp_path):
         new, old, keep = np.asarray(new), np.asarray(old), np.asarray(keep)
         assert not np.any((new == old) & keep & (old != 0))
         assert np.all(new[~keep] == 0)
+
+
+def test_input_shifts_and_prune_potential(tmp_path):
+    config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(2, 4),
+                         methods=("gmp",), finetune_epochs=0, rcond=(1e-6,), eval_shifts=True,
+                         shift_examples=50)
+    summary = prune.run(config, str(tmp_path / "work"))
+    assert "## Beyond accuracy: input shifts and prune potential" in summary
+    table = rows(tmp_path / "work" / "results.json")
+    final = [r for r in table if r["phase"] in ("pruned", "dense")]
+    shifted = [k for k in final[0] if k.startswith("top1@")]
+    assert len(shifted) == 1 + 5 * 5  # clean + 5 shifts × 5 severities
+    assert all(0 <= r[k] <= 1 for r in final for k in shifted)
+
+
+def test_prune_potential_table_by_hand():
+    from experiments import report
+    def row(method, c, top1, noise):
+        return {"method": method, "compression": c, "phase": "finetuned", "top1": top1,
+                "top1@clean": top1, "top1@gaussian_noise-1": noise, "top1@gaussian_noise-2": noise}
+    rows_ = [row("dense", 1.0, 0.99, 0.90), row("gmp", 2.0, 0.99, 0.90), row("gmp", 4.0, 0.987, 0.80),
+             row("kmp", 2.0, 0.95, 0.90), row("kmp", 4.0, 0.95, 0.899)]
+    text = "\n".join(report.shift_section(rows_, ["gmp", "kmp"], [2.0, 4.0], "finetuned", 0.5, 50))
+    # gmp: clean within 0.5 points up to 4, under noise only up to 2; kmp: never clean, 4 under noise.
+    assert "| gmp | 4 | 2 |" in text and "| kmp | 1 | 4 |" in text
