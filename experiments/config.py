@@ -256,6 +256,7 @@ class PruningConfig(DataConfig):
     finetune: SGD = opt(SGD(lr=1e-3, momentum=0.9, nesterov=True), "the fine-tuning optimizer "
                         "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
     prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
+    synflow_rounds: int = opt(100, "rounds of iterative SynFlow (exponential schedule; 1: one shot)")
     score_batches: int = opt(1, "training batches the data-dependent scores are taken on (grad, "
                              "snip/lp, lp_biased, gn, grasp): the mean of their losses")
     # The cutoff decides KMP vs GMP on some trajectories (issue 12): the run's
@@ -291,6 +292,7 @@ class PruningConfig(DataConfig):
         _check(self.finetune_epochs >= 0, f"--finetune_epochs must be >= 0, got {self.finetune_epochs}")
         _check_range(self, "finetune_epochs", 0, _MAX_EPOCHS)
         _check_range(self, "score_batches", 1, 10**4)
+        _check_range(self, "synflow_rounds", 1, 10**4)
         _freeze(self, "rcond", _parse_compression)
         _check(bool(self.rcond), "--rcond must not be empty")
         _check(len(set(self.rcond)) == len(self.rcond), f"--rcond lists a value twice: {list(self.rcond)}")
@@ -423,13 +425,11 @@ class InitConfig(PruningConfig):
     train: SGD = opt(SGD(), "the optimizer of the training after pruning", "sgd")
     window_steps: int = opt(20, "steps of the early window KMP is fitted on (counted in its "
                             "training budget)")
-    synflow_rounds: int = opt(100, "rounds of iterative SynFlow (exponential schedule)")
     rcond: tuple[float, ...] = opt((koopman.DEFAULT_RCOND,), "DMD rank cutoff of KMP's window", "floats")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range(self, "window_steps", 2, 10**6)
-        _check_range(self, "synflow_rounds", 1, 10**4)
         _check(len(self.rcond) == 1, "--rcond: pruning at initialization uses one cutoff")
 
 

@@ -33,7 +33,7 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, models, pruning, recording, saliency
+from kpjax import koopman, models, pruning, recording
 from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")
@@ -59,11 +59,8 @@ class _Seed:
         params = self.variables["params"]
         stream = setup.stream(seed, SCORING)()
         scoring = [next(stream) for _ in range(config.score_batches)]
-        self.synflow = saliency.synflow_objective(setup.spec.module.apply, self.variables,
-                                                  setup.spec.input_shape)
         self.inputs = pipeline.with_scoring_batches(
-            setup, pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed),
-                                       synflow_fn=self.synflow),
+            setup, pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed)),
             self.variables.get("batch_stats"), scoring)
         self._scores: dict[str, np.ndarray] = {}
         self._window = None
@@ -87,9 +84,7 @@ class _Seed:
         params = self.variables["params"]
         total = count_params(params)
         if method == "synflow":
-            fraction = pruning.keep_fraction(c, total, setup.flat_spec.size)
-            return pruning.synflow_iterative_mask(params, setup.select, self.synflow, fraction,
-                                                  setup.config.synflow_rounds)
+            return pipeline.synflow_mask(setup, self.variables, c)
         if method == "kmp":
             scores = self.window()[1]
         else:

@@ -196,10 +196,23 @@ class Window:
         """The bool pytree mask of `method` at compression c (built once)."""
         if (method, c) not in self._masks:
             params = self.variables["params"]
-            keep = pruning.method_flat_mask(base_method(method), self.scores[method], setup.flat_spec,
-                                            count_params(params), c)
-            self._masks[(method, c)] = pruning.mask_from_flat(keep, setup.flat_spec, params)
+            if method == "synflow":  # iterative: its scores change as it prunes
+                self._masks[(method, c)] = synflow_mask(setup, self.variables, c)
+            else:
+                keep = pruning.method_flat_mask(base_method(method), self.scores[method],
+                                                setup.flat_spec, count_params(params), c)
+                self._masks[(method, c)] = pruning.mask_from_flat(keep, setup.flat_spec, params)
         return self._masks[(method, c)]
+
+
+def synflow_mask(setup: Setup, variables, c: float):
+    """Iterative SynFlow's mask of `variables` at compression c, over
+    --synflow_rounds rounds (`pruning.synflow_iterative_mask`)."""
+    params = variables["params"]
+    objective = saliency.synflow_objective(setup.spec.module.apply, variables, setup.spec.input_shape)
+    fraction = pruning.keep_fraction(c, count_params(params), setup.flat_spec.size)
+    return pruning.synflow_iterative_mask(params, setup.select, objective, fraction,
+                                          setup.config.synflow_rounds)
 
 
 def cached_window(setup: Setup, path: str) -> Window | None:

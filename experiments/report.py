@@ -270,6 +270,11 @@ def _git_commit() -> str:
     return (commit + (" (with uncommitted changes)" if dirty else "")) if commit else "unknown"
 
 
+# Read once, at import (the process's start): a long run's code is what was
+# checked out then, whatever is committed while it runs.
+_COMMIT = _git_commit()
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -294,7 +299,8 @@ def provenance(timings: Sequence[Row] = ()) -> list[str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
         "## Provenance", "",
-        f"- commit: {_git_commit()}",
+        f"- commit: {_COMMIT} (when this invocation started; a resumed run's earlier "
+        "invocations are in their logs)",
         f"- Python {platform.python_version()}; {', '.join(versions)}",
         f"- CPU: {cpu_model()}; {cores} cores available to the run (of {os.cpu_count()})",
         f"- this invocation: {time.time() - _START:.0f} s wall, "

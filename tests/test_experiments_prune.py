@@ -307,3 +307,30 @@ def test_prune_potential_table_by_hand():
     text = "\n".join(report.shift_section(rows_, ["gmp", "kmp"], [2.0, 4.0], "finetuned", 0.5, 50))
     # gmp: clean within 0.5 points up to 4, under noise only up to 2; kmp: never clean, 4 under noise.
     assert "| gmp | 4 | 2 |" in text and "| kmp | 1 | 4 |" in text
+
+
+def test_prune_takes_the_seed_methods_by_name_and_synflow_is_iterative(tmp_path):
+    from experiments import pipeline
+    config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(8,),
+                         methods=("snip", "lp", "grasp", "gn", "synflow"), finetune_epochs=0,
+                         rcond=(1e-6,), synflow_rounds=3, score_batches=2)
+    prune.run(config, str(tmp_path / "work"))
+    pruned = {r["method"]: r for r in rows(tmp_path / "work" / "results.json") if r["phase"] == "pruned"}
+    assert set(pruned) == set(config.methods)
+    assert all(abs(r["compression_achieved"] - 8.0) < 0.1 for r in pruned.values())
+    setup = pipeline.Setup(config)
+    window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
+    params = window.variables["params"]
+    from kpjax import saliency
+    objective = saliency.synflow_objective(setup.spec.module.apply, window.variables,
+                                           setup.spec.input_shape)
+    fraction = pruning.keep_fraction(8.0, count_params(params), setup.flat_spec.size)
+    direct = pruning.synflow_iterative_mask(params, setup.select, objective, fraction, rounds=3)
+    one_shot = pruning.method_flat_mask("synflow", window.scores["synflow"], setup.flat_spec,
+                                        count_params(params), 8.0)
+    import jax
+    got = window.mask(setup, "synflow", 8.0)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got),
+                                                    jax.tree_util.tree_leaves(direct)))
+    assert not np.array_equal(np.asarray(one_shot), np.asarray(
+        pruning.flatten.ravel_with_spec(direct, setup.flat_spec)))  # iterative ≠ one shot here
