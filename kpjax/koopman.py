@@ -326,7 +326,7 @@ def _reduced_operator(k: jax.Array, rcond: jax.Array, tls: bool = False):
 
 def _eig_cpu(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenpairs of a small non-symmetric matrix: `jnp.linalg.eig` exists on CPU only."""
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's (with several, devices()[0] is process 0's)
     with jax.default_device(cpu):
         lam, w = jnp.linalg.eig(jax.device_put(a, cpu))
     return np.asarray(lam), np.asarray(w)

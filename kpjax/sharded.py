@@ -42,41 +42,87 @@ def column_mesh(devices=None, axis: str = "data") -> Mesh:
     return Mesh(devices.reshape(-1), (axis,))
 
 
+def _global(x, sharding: NamedSharding, shape=None, read=None) -> jax.Array:
+    """A global array of `sharding`, each process filling only its own devices'
+    slices (`read(index)`, default `x[index]`): the same call works with one
+    process and with several (`jax.distributed.initialize`), where a
+    `jax.device_put` of host data cannot reach other processes' devices."""
+    read = read or (lambda index: np.asarray(x[index]))
+    return jax.make_array_from_callback(tuple(shape or np.shape(x)), sharding, read)
+
+
 def shard_batch(images, labels, mesh: Mesh, axis: str = "data"):
-    """One batch split along `axis` (the batch size must divide the devices)."""
+    """One batch split along `axis` (the batch size must divide the devices).
+    Every process passes the whole (same) batch; each places its devices' rows."""
     devices = mesh.shape[axis]
     if len(images) % devices:
         raise ValueError(f"batch size {len(images)} does not divide over {devices} devices "
                          f"(mesh axis {axis!r}); choose a multiple of {devices}")
     sharding = NamedSharding(mesh, P(axis))
-    return jax.device_put(images, sharding), jax.device_put(labels, sharding)
+    return _global(images, sharding), _global(labels, sharding)
 
 
 def replicate(tree, mesh: Mesh):
-    """Every leaf of `tree` (e.g. a TrainState) on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Every leaf of `tree` (e.g. a TrainState) on every device of the mesh
+    (every process passes the same values)."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map(lambda x: _global(np.asarray(x), sharding), tree)
+
+
+def to_host(tree):
+    """A replicated pytree (e.g. the trained state) as NumPy arrays in this
+    process: its own copy, no transfer between processes."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))
+                                  if isinstance(x, jax.Array) else np.asarray(x), tree)
+
+
+def sync(name: str) -> None:
+    """Waits until every process reaches `name` (JAX's barrier; nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def padded_columns(n: int, mesh: Mesh, axis: str = "data",
+                   block_size: int = koopman.DEFAULT_BLOCK_SIZE) -> int:
+    """N rounded up so that every device holds a whole number of column blocks."""
+    devices = mesh.shape[axis]
+    local = math.ceil(n / devices)
+    block = max(1, min(block_size, local))
+    return devices * math.ceil(local / block) * block
 
 
 def shard_columns(snapshots, mesh: Mesh, axis: str = "data",
                   block_size: int = koopman.DEFAULT_BLOCK_SIZE) -> jax.Array:
     """Θ placed with its columns split over `axis`, zero-padded so that every
     device holds a whole number of column blocks (zero columns change no Gram
-    entry and no mode entry that is kept: `sharded_modes` cuts them off)."""
-    n = snapshots.shape[1]
-    devices = mesh.shape[axis]
-    local = math.ceil(n / devices)
-    block = max(1, min(block_size, local))
-    padded = devices * math.ceil(local / block) * block
-    x = jnp.asarray(snapshots)
-    if padded != n:
-        x = jnp.pad(x, ((0, 0), (0, padded - n)))
-    return jax.device_put(x, NamedSharding(mesh, P(None, axis)))
+    entry and no mode entry that is kept: `sharded_modes` cuts them off).
+
+    `snapshots` is anything sliced as Θ[:, a:b]: an array, or a
+    `TrajectoryStore` on disk. Each process reads only its own devices'
+    column ranges, and no padded copy of the whole Θ is made.
+    """
+    rows, n = snapshots.shape
+    padded = padded_columns(n, mesh, axis, block_size)
+    dtype = np.dtype(getattr(snapshots, "dtype", np.float32))
+
+    def read(index):
+        cols = index[1]
+        start, stop = cols.start or 0, padded if cols.stop is None else cols.stop
+        out = np.zeros((rows, stop - start), dtype)
+        if start < n:
+            out[:, :min(stop, n) - start] = np.asarray(snapshots[:, start:min(stop, n)], dtype)
+        return out
+
+    return _global(None, NamedSharding(mesh, P(None, axis)), (rows, padded), read)
 
 
 def sharded_gram(snapshots: jax.Array, mesh: Mesh, axis: str = "data",
                  block_size: int = koopman.DEFAULT_BLOCK_SIZE) -> jax.Array:
-    """K = ΘΘᵀ (float64, replicated) from `shard_columns(Θ, mesh)`: each device
-    accumulates its columns' Gram block by block, then one psum.
+    """K = ΘΘᵀ (float64) from `shard_columns(Θ, mesh)`: each device accumulates
+    its columns' Gram block by block, then one psum. Returned as a NumPy array
+    in every process (it is small, (T+1)²): the fit then runs in each process
+    on the same K, with no further communication.
 
     Raises:
       ValueError: NaN/Inf in Θ (from K's diagonal), too few snapshots.
@@ -87,9 +133,8 @@ def sharded_gram(snapshots: jax.Array, mesh: Mesh, axis: str = "data",
     if local % block:
         raise ValueError("snapshots must come from shard_columns with the same block_size")
     with jax.enable_x64(True):
-        k = _gram_fn(mesh, axis, block, local // block)(snapshots)
-        diag = np.asarray(jnp.diagonal(k))
-    if not np.all(np.isfinite(diag)):
+        k = to_host(_gram_fn(mesh, axis, block, local // block)(snapshots))
+    if not np.all(np.isfinite(np.diagonal(k))):
         raise ValueError("snapshots contain NaN or Inf")
     return k
 
@@ -106,30 +151,41 @@ def _gram_fn(mesh: Mesh, axis: str, block: int, blocks: int):
     return jax.jit(jax.shard_map(local_gram, mesh=mesh, in_specs=P(None, axis), out_specs=P()))
 
 
-def sharded_modes(snapshots: jax.Array, weights, mesh: Mesh, n: int, axis: str = "data") -> jax.Array:
-    """Θᵀw for (T+1,) or (T+1, k) complex weights, complex128, sharded along N
-    like Θ (the first n entries: the padding is cut off)."""
+def sharded_modes(snapshots: jax.Array, weights, mesh: Mesh, axis: str = "data") -> jax.Array:
+    """Θᵀw for (T+1,) or (T+1, k) complex weights: complex128, sharded along N
+    like Θ, so that each device holds the modes of its own columns and
+    nothing is gathered. Θ's zero padding gives zero entries past the true N
+    (`gather` cuts them off)."""
     with jax.enable_x64(True):
-        w = jnp.asarray(weights, jnp.complex128)
+        w = np.asarray(weights, np.complex128)
         squeeze = w.ndim == 1
         w = w.reshape(w.shape[0], -1)
-        out = _combine_fn(mesh, axis)(snapshots, jnp.concatenate([w.real, w.imag], axis=1))
-        k = w.shape[1]
-        out = (out[:n, :k] + 1j * out[:n, k:])
+        out = _combine_fn(mesh, axis)(snapshots, np.concatenate([w.real, w.imag], axis=1))
         return out[:, 0] if squeeze else out
 
 
 @functools.lru_cache(maxsize=16)
 def _combine_fn(mesh: Mesh, axis: str):
     def local_combine(x, w):
-        return jnp.dot(x.astype(jnp.float64).T, w, precision=jax.lax.Precision.HIGHEST)
+        k = w.shape[1] // 2
+        out = jnp.dot(x.astype(jnp.float64).T, w, precision=jax.lax.Precision.HIGHEST)
+        return out[:, :k] + 1j * out[:, k:]
     return jax.jit(jax.shard_map(local_combine, mesh=mesh, in_specs=(P(None, axis), P()),
                                  out_specs=P(axis, None)))
 
 
-def sharded_fixed_point_mode(snapshots: jax.Array, fit: koopman.DMDFit, mesh: Mesh, n: int,
+def sharded_fixed_point_mode(snapshots: jax.Array, fit: koopman.DMDFit, mesh: Mesh,
                              axis: str = "data") -> jax.Array:
-    """b₁φ₁ (complex128, (n,)), sharded like Θ; `fit` from `fit_dmd(sharded_gram(...))`."""
+    """b₁φ₁ (complex128, padded length), sharded like Θ; `fit` from `fit_dmd(sharded_gram(...))`."""
     i = koopman.fixed_point_index(fit)
     return sharded_modes(snapshots, np.asarray(fit.coefficients)[:, i] * np.asarray(fit.amplitudes)[i],
-                         mesh, n, axis)
+                         mesh, axis)
+
+
+def gather(x: jax.Array, n: int | None = None) -> np.ndarray:
+    """A sharded array in full, in every process (an all-gather across
+    processes when there are several), cut to its first n entries."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)[:n]
