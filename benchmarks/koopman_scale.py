@@ -39,6 +39,15 @@ float32 store with `record_trajectory_to_store`; the float16 and bfloat16
 stores hold the same rows cast.
 
   python -m benchmarks.koopman_scale --mode=mnist [--steps=391]
+
+--mode=sharded: the fit with Θ's columns sharded over --devices devices
+(`kpjax.sharded`; on a CPU, forced host devices) against the whole Θ on one
+device, in alternating rounds: wall time of gram + fit + mode, Θ bytes held
+per device against the formula N/devices·(T+1)·4 + (T+1)²·8, and the modes'
+agreement. Every device's Θ shard is in memory, so on one host N is bounded
+by RAM (N·(T+1)·4 bytes in all), not by the disk: N = 2,000,000 by default.
+
+  python -m benchmarks.koopman_scale --mode=sharded --devices=4 [--num_params=2000000]
 """
 
 from __future__ import annotations
@@ -56,7 +65,11 @@ from benchmarks.koopman_fit import kmp_mask, make_trajectory
 from kpjax import flatten, koopman, recording
 from kpjax import trajectory_store as ts
 
-_MODE = flags.DEFINE_enum("mode", "scale", ["scale", "compare", "mnist"], "what to run")
+_MODE = flags.DEFINE_enum("mode", "scale", ["scale", "compare", "mnist", "sharded"], "what to run")
+_DEVICES = flags.DEFINE_integer("devices", 4, "sharded mode: devices of the mesh (on a CPU, forced "
+                                "host devices: XLA_FLAGS is set from this flag)")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "sharded mode: alternating rounds of each side "
+                               "(after one that compiles)")
 # --steps, --seed and --compression are benchmarks.koopman_fit's flags (imported).
 _N = flags.DEFINE_integer("num_params", None, "N (default 25M for scale, 268,346 for compare)")
 _DTYPE = flags.DEFINE_enum("dtype", "float16", sorted(ts.STORAGE_DTYPES), "storage dtype (scale)")
@@ -267,15 +280,86 @@ def mnist() -> None:
         _compare_stores(theta, tmp, ref)
 
 
+def sharded(n: int) -> None:
+    """One device against --devices: the same Θ (a float32 store in the page
+    cache, read straight into device memory) fitted whole on one device and
+    with its columns sharded (`kpjax.sharded`), in alternating rounds."""
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    from kpjax import sharded as sh
+
+    devices = _DEVICES.value
+    if len(jax.devices()) < devices:
+        raise app.UsageError(f"--devices={devices}, but JAX sees {len(jax.devices())} devices")
+    rows = flags.FLAGS.steps + 1
+    mesh = sh.column_mesh(jax.devices()[:devices])
+    per_device = sh.padded_columns(n, mesh) // devices * rows * 4
+    gram_bytes = rows * rows * 8
+    print(f"N = {n:,}, T = {flags.FLAGS.steps}: Θ {n * rows * 4 / 1e9:.2f} GB float32; {devices} "
+          f"{jax.devices()[0].platform} devices; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()}", flush=True)
+    results: dict[str, list[float]] = {"one device": [], f"{devices} devices": []}
+    with tempfile.TemporaryDirectory(dir=_DIR.value) as tmp:
+        path = os.path.join(tmp, "theta.kpt")
+        with ts.create_store(path, n, rows, "float32", overwrite=True) as store:
+            write_walk(store, flags.FLAGS.seed)
+        with ts.open_store(path, read_chunk_bytes=_CHUNK.value << 20) as store:
+            modes = {}
+            for r in range(_ROUNDS.value + 1):  # round 0 compiles: not counted
+                t0 = time.perf_counter()
+                x = jnp.asarray(store[:, :])  # the whole Θ on one device
+                fit = koopman.fit_dmd(koopman.gram(x))
+                modes["one device"] = np.asarray(koopman.fixed_point_mode(x, fit))
+                del x
+                wall_one = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                x = sh.shard_columns(store, mesh)
+                held = max(sum(s.data.nbytes for s in x.addressable_shards if s.device == d)
+                           for d in mesh.devices.flat)
+                fit = koopman.fit_dmd(sh.sharded_gram(x, mesh))
+                modes["sharded"] = sh.gather(sh.sharded_fixed_point_mode(x, fit, mesh), n)
+                del x
+                wall_many = time.perf_counter() - t0
+                print(f"  round {r}: one device {wall_one:.1f} s, {devices} devices {wall_many:.1f} s"
+                      + (" (compiles; not counted)" if r == 0 else ""), flush=True)
+                if r:
+                    results["one device"].append(wall_one)
+                    results[f"{devices} devices"].append(wall_many)
+    a, b = modes["one device"], modes["sharded"]
+    cos = abs(np.vdot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b))
+    agree = np.mean(kmp_mask(a, flags.FLAGS.compression) == kmp_mask(b, flags.FLAGS.compression))
+    one, many = np.median(results["one device"]), np.median(results[f"{devices} devices"])
+    print(f"Θ held per device: {held / 2**20:.1f} MiB measured (its shards' bytes); formula "
+          f"N/devices·(T+1)·4 + (T+1)²·8 = {(per_device + gram_bytes) / 2**20:.1f} MiB "
+          f"(Θ {per_device / 2**20:.1f} + K {gram_bytes / 2**20:.1f}); peak RSS of the process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print(f"gram + fit + mode, median of {_ROUNDS.value}: one device {one:.1f} s, {devices} devices "
+          f"{many:.1f} s ({one / many:.2f}×); λ≈1 modes cosine {cos:.9f}, KMP masks at "
+          f"c = {flags.FLAGS.compression:g} agree on {100 * agree:.4f} %; load average {os.getloadavg()}")
+
+
 def main(argv):
     del argv
     if _MODE.value == "scale":
         scale(_N.value or 25_000_000)
     elif _MODE.value == "compare":
         compare(_N.value or 268_346)
+    elif _MODE.value == "sharded":
+        sharded(_N.value or 2_000_000)
     else:
         mnist()
 
 
 if __name__ == "__main__":
+    # Forced host devices must be set before JAX starts its CPU backend.
+    import sys
+    devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), None)
+    if devices and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={devices}").strip()
+
+
     app.run(main)
