@@ -433,6 +433,42 @@ class InitConfig(PruningConfig):
         _check(len(self.rcond) == 1, "--rcond: pruning at initialization uses one cutoff")
 
 
+@dataclass(frozen=True)
+class CompareConfig(PruneConfig):
+    """Comparing training dynamics (Redman et al. 2024): fine-tuning runs of
+    the dense network and of its KMP- and GMP-pruned versions, each recorded
+    and reduced to its Koopman spectrum."""
+
+    methods: tuple[str, ...] = opt(("kmp", "gmp"), "pruning methods whose fine-tuning runs are "
+                                   "compared with the dense run", "strs")
+    compressions: tuple[float, ...] = opt((16.0,), "compression ratios of the pruned runs", "floats")
+    record_steps: int = opt(200, "fine-tuning steps recorded per run (Θ in memory: "
+                            "(steps + 1) · N · 4 bytes)")
+    components: int = opt(10, "principal components each run is projected on")
+    delays: int = opt(4, "delay embedding length")
+    top: int = opt(10, "eigenvalues (largest modulus) in a run's signature")
+    permutations: int = opt(1000, "relabellings of the shuffle test")
+    rcond: tuple[float, ...] = opt((koopman.DEFAULT_RCOND,), "DMD rank cutoff of the pruning "
+                                   "window's fit (KMP)", "floats")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range(self, "record_steps", 2, 10**6)
+        _check_range(self, "components", 1, 10**4)
+        _check_range(self, "delays", 1, 10**4)
+        _check_range(self, "top", 1, 10**4)
+        _check_range(self, "permutations", 1, 10**7)
+        _check(self.components * self.delays >= self.top,
+               f"--top={self.top} needs --components · --delays >= {self.top}")
+        _check(self.record_steps + 2 - self.delays >= self.top + 1,
+               f"--record_steps={self.record_steps} is too short for --delays={self.delays} "
+               f"and --top={self.top}")
+        _check(len(self.seeds) >= 2, "--seeds: the shuffle test needs at least 2 seeds per run type")
+        _check(len(self.rcond) == 1, "--rcond: the comparison uses one cutoff")
+        _check(not self.controls and not self.eval_shifts,
+               "--controls and --eval_shifts belong to experiments.prune, not to the comparison")
+
+
 def to_json(config: Any) -> dict[str, Any]:
     """The config as JSON-ready values (tuples become lists)."""
     return json_ready(dataclasses.asdict(config))

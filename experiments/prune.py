@@ -62,7 +62,8 @@ def _dense_variables(setup: pipeline.Setup, seed: int, workdir: str):
     return pipeline.variables_of(state)
 
 
-def _window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipeline.Window:
+def seed_window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipeline.Window:
+    """The seed's recorded window (cached in `workdir`): the dense model, T steps, the fit."""
     path = os.path.join(workdir, f"seed{seed}", "window.npz")
     cached = pipeline.cached_window(setup, path)
     if cached is not None:
@@ -227,7 +228,7 @@ def run(config: PruneConfig, workdir: str) -> str:
         progress = common.Progress(len(todo), "cells", every_s=0.0)
         spectrum = None
         for seed in setup.seeds:
-            window = _window(setup, seed, steps, workdir)
+            window = seed_window(setup, seed, steps, workdir)
             if spectrum is None:
                 spectrum = window.eigenvalues
             if not table.done(model=model, method="dense", compression=1.0, seed=seed):
