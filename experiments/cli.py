@@ -4,7 +4,8 @@
 `SGD` fields become <field>_lr, <field>_momentum, ...) with the field's
 default and help, plus --workdir; `build_config(ConfigClass, values)` turns
 parsed flag values (a plain dict, `FLAGS.flag_values_dict()`) back into a
-validated config. Flags are defined only when a binary runs as a script
+validated config; `summary_main(ConfigClass, run)` is the `main` of a
+binary whose `run(config, workdir)` returns its summary. Flags are defined only when a binary runs as a script
 (`run_main`), so importing experiments.train, .prune and .early into one
 process (a notebook, the tests) defines nothing global.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging as std_logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -130,3 +132,27 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
 def _usage_error(message: str) -> None:
     sys.stderr.write(f"usage error: {message}\n(--help lists the flags)\n")
     sys.exit(2)
+
+
+class QuietOrbax(std_logging.Filter):
+    """Drops orbax's INFO records (a dozen lines per checkpoint)."""
+
+    def filter(self, record):
+        return (record.levelno >= std_logging.WARNING
+                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
+def quiet_orbax() -> None:
+    logging.get_absl_handler().addFilter(QuietOrbax())
+
+
+def summary_main(config_cls: type, run: Callable[[Any, str], str]) -> Callable[[list[str]], None]:
+    """The `main(argv)` of an experiment binary: the parsed flags become a
+    `config_cls` (`build_config`), `run(config, --workdir)` runs it and its
+    summary is printed."""
+    def main(argv) -> None:
+        del argv
+        values = flags.FLAGS.flag_values_dict()
+        quiet_orbax()
+        print(run(build_config(config_cls, values), values["workdir"]))
+    return main

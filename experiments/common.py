@@ -9,7 +9,6 @@ May import: absl, jax, numpy, experiments.config, kpjax.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -23,18 +22,6 @@ from experiments.config import DataConfig
 from kpjax import checkpoints, data, loop, models, torch_import, train
 
 PyTree = Any
-
-
-class QuietOrbax(std_logging.Filter):
-    """Drops orbax's INFO records (a dozen lines per checkpoint)."""
-
-    def filter(self, record):
-        return (record.levelno >= std_logging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
-
-
-def quiet_orbax() -> None:
-    logging.get_absl_handler().addFilter(QuietOrbax())
 
 
 # ---------------------------------------------------------------------------

@@ -31,9 +31,9 @@ import time
 from itertools import combinations
 
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from experiments import cli, common, pipeline, plots, prune, report
+from experiments import cli, pipeline, plots, prune, report
 from experiments.config import CompareConfig
 from experiments.results import ResultTable, atomic_write_text, markdown_table, rows_to_csv
 from experiments.workdir import claim
@@ -170,10 +170,7 @@ def run(config: CompareConfig, workdir: str) -> str:
     return summary
 
 
-def main(argv) -> None:
-    values = flags.FLAGS.flag_values_dict()
-    common.quiet_orbax()
-    print(run(cli.build_config(CompareConfig, values), values["workdir"]))
+main = cli.summary_main(CompareConfig, run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import flags, logging
+from absl import logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
@@ -282,10 +282,7 @@ def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, s
     return summary
 
 
-def main(argv) -> None:
-    values = flags.FLAGS.flag_values_dict()
-    common.quiet_orbax()
-    print(run(cli.build_config(EarlyConfig, values), values["workdir"]))
+main = cli.summary_main(EarlyConfig, run)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import InitConfig
@@ -166,10 +166,7 @@ def run(config: InitConfig, workdir: str) -> str:
     return summary
 
 
-def main(argv) -> None:
-    values = flags.FLAGS.flag_values_dict()
-    common.quiet_orbax()
-    print(run(cli.build_config(InitConfig, values), values["workdir"]))
+main = cli.summary_main(InitConfig, run)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from absl import flags, logging
+from absl import logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import PruneConfig
@@ -331,10 +331,7 @@ def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> 
     return summary
 
 
-def main(argv) -> None:
-    values = flags.FLAGS.flag_values_dict()
-    common.quiet_orbax()
-    print(run(cli.build_config(PruneConfig, values), values["workdir"]))
+main = cli.summary_main(PruneConfig, run)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def run(config: TrainConfig, workdir: str | None) -> dict[str, Any]:
 
 def main(argv) -> None:
     values = flags.FLAGS.flag_values_dict()
-    common.quiet_orbax()
+    cli.quiet_orbax()
     r = run(cli.build_config(TrainConfig, values), values["workdir"])
     print(f"test loss {r['test_loss']:.4f}  top-1 {100 * r['test_top1']:.2f}%  "
           f"top-5 {100 * r['test_top5']:.2f}%  ({r['test_examples']} examples)")
