@@ -469,6 +469,44 @@ class CompareConfig(PruneConfig):
                "--controls and --eval_shifts belong to experiments.prune, not to the comparison")
 
 
+@dataclass(frozen=True)
+class JumpConfig(DataConfig):
+    """Koopman-accelerated training (Dogra & Redman 2020) against plain SGD
+    with the same number of gradient evaluations."""
+
+    train: SGD = opt(SGD(lr=0.01), "the optimizer of both runs", "sgd")
+    seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: initialization and batch order of both runs", "ints")
+    budget: int | None = opt(None, "gradient evaluations of the accelerated run; default 2 epochs",
+                             "int")
+    sgd_factor: float = opt(2.0, "plain SGD runs this many times the budget, so that the steps it "
+                            "needs to match the accelerated run can be read off its curve")
+    window: int = opt(50, "SGD steps recorded before each jump (the DMD window)")
+    jump: int = opt(50, "τ: steps the jump predicts ahead, θ ← Re Σ b_i λ_i^(w+τ) φ_i")
+    max_residual: float = opt(0.05, "jump only when the fixed-point mode's residual "
+                              "‖Yv − λXv‖/‖Xv‖ is at most this")
+    reset_momentum: bool = opt(True, "zero the momentum buffer after a jump (it describes the "
+                               "trajectory before the jump)")
+    eval_every: int = opt(100, "evaluate both runs every this many gradient evaluations")
+    rcond: float = opt(koopman.DEFAULT_RCOND, "DMD rank cutoff of each window's fit")
+    summarize_only: bool = opt(False, "only rewrite summary.md and the figure from the result files")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_sgd_fields()
+        _freeze(self, "seeds", _int)
+        _check(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+               f"--seeds must be distinct and not empty, got {list(self.seeds)}")
+        _check(all(0 <= s <= _MAX_SEED for s in self.seeds), f"--seeds must be in [0, {_MAX_SEED}]")
+        _check_range(self, "budget", 1, _MAX_STEPS, none_ok=True)
+        _check(math.isfinite(self.sgd_factor) and 1 <= self.sgd_factor <= 100,
+               f"--sgd_factor must be in [1, 100], got {self.sgd_factor}")
+        _check_range(self, "window", 2, 10**6)
+        _check_range(self, "jump", 1, 10**6)
+        _check_range(self, "eval_every", 1, _MAX_STEPS)
+        _check(self.max_residual >= 0, f"--max_residual must be >= 0, got {self.max_residual}")
+        _check(0 <= self.rcond < 1, f"--rcond must be in [0, 1), got {self.rcond}")
+
+
 def to_json(config: Any) -> dict[str, Any]:
     """The config as JSON-ready values (tuples become lists)."""
     return json_ready(dataclasses.asdict(config))
