@@ -1,9 +1,11 @@
-"""Benchmark: measured CPU speed of a structurally pruned MnistNet.
+"""Benchmark: measured CPU speed of a structurally pruned network.
 
-The dense MnistNet against `kpjax.structured.shrink` of it at several kept
-fractions of every layer's units (the same fraction of conv1's and conv2's
-channels and of fc1's neurons, chosen by L2 filter norm), beside the
-theoretical speedup (dense multiply-adds / the shrunk network's). Timed: the
+The dense model against `kpjax.structured.shrink` of it at several kept
+fractions of every group's units (MnistNet: conv1's and conv2's channels
+and fc1's neurons; ResNets: every block's inner channels), chosen by L2
+filter norm, beside the theoretical speedup (dense multiply-adds / the
+shrunk network's). --speedups picks, instead of --fractions, the kept
+fraction whose theoretical speedup is each target (bisection). Timed: the
 inference forward pass at batch 1 and 128, and a training step at batch
 128. Runs alternate (dense, shrunk, dense, …) in one process, --repeats
 rounds of --steps calls each after --warmup untimed calls; the table gives
@@ -11,6 +13,7 @@ the median time of each and the measured speedup (dense / shrunk).
 Measure on idle, pinned cores (`taskset`); report the load.
 
   taskset -c 0,1 python -m benchmarks.structured_speedup [--fractions=0.75,0.5,0.25]
+  taskset -c 0,1 python -m benchmarks.structured_speedup --model=resnet20 --speedups=1.5,2,3
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from absl import app, flags
 
 from kpjax import metrics, models, structured, train
 
+_MODEL = flags.DEFINE_string("model", "mnistnet", "model (MnistNet or a CIFAR ResNet)")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.75", "0.5", "0.25"], "kept fraction of every layer's units")
+_SPEEDUPS = flags.DEFINE_list("speedups", [], "theoretical speedups to reach (overrides --fractions)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "alternating rounds")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed calls per round")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed calls per round")
@@ -45,10 +50,12 @@ def _timer(fn, *args):
 
 
 def _workloads(spec, variables, rng):
-    apply = jax.jit(lambda p, x: spec.module.apply({"params": p}, x))
+    stats = {k: v for k, v in variables.items() if k != "params"}
+    apply = jax.jit(lambda p, x: spec.module.apply({"params": p, **stats}, x))
     tx = train.make_optimizer(1e-3)
     step = train.make_train_step(spec.module.apply, tx)
-    state = train.create_train_state(variables["params"], tx, jax.random.PRNGKey(0))
+    state = train.create_train_state(variables["params"], tx, jax.random.PRNGKey(0),
+                                      batch_stats=variables.get("batch_stats"))
     x1 = jnp.asarray(rng.normal(size=(1, *spec.input_shape)), jnp.float32)
     x128 = jnp.asarray(rng.normal(size=(128, *spec.input_shape)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, 128), jnp.int32)
@@ -62,24 +69,38 @@ def _workloads(spec, variables, rng):
             "train b=128": _timer(train_step)}
 
 
+def _theoretical(spec, variables, flops, scores, fraction):
+    small_spec, small = structured.shrink(spec, variables, structured.keep_units(scores, fraction))
+    # The shrunk network also loses the next layer's inputs from removed units.
+    return sum(flops.values()) / sum(
+        metrics.layer_flops(small_spec.module, small, spec.input_shape).values()), small_spec, small
+
+
+def _fraction_for(spec, variables, flops, scores, target: float) -> float:
+    low, high = 1e-3, 1.0  # speedup falls as the kept fraction grows
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _theoretical(spec, variables, flops, scores, mid)[0] > target else (low, mid)
+    return high
+
+
 def main(argv) -> None:
     del argv
     rng = np.random.default_rng(0)
-    spec = models.get_model("mnistnet")
+    spec = models.get_model(_MODEL.value)
     variables = models.init_variables(spec, 0)
     params = variables["params"]
     flops = metrics.layer_flops(spec.module, variables, spec.input_shape)
     dense = _workloads(spec, variables, rng)
     scores = structured.group_scores(spec, params)
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; cores: {len(os.sched_getaffinity(0))}")
+    fractions = ([_fraction_for(spec, variables, flops, scores, float(t)) for t in _SPEEDUPS.value]
+                 or [float(f) for f in _FRACTIONS.value])
+    print(f"{spec.name}; load average at start: {os.getloadavg()[0]:.2f}; "
+          f"cores: {len(os.sched_getaffinity(0))}")
     print("| kept units | theoretical speedup | workload | dense ms | shrunk ms | measured speedup |")
     print("|---|---|---|---|---|---|")
-    for fraction in (float(f) for f in _FRACTIONS.value):
-        keep = structured.keep_units(scores, fraction)
-        small_spec, small = structured.shrink(spec, variables, keep)
-        # The shrunk network also loses the next layer's inputs from removed units.
-        theoretical = sum(flops.values()) / sum(
-            metrics.layer_flops(small_spec.module, small, spec.input_shape).values())
+    for fraction in fractions:
+        theoretical, small_spec, small = _theoretical(spec, variables, flops, scores, fraction)
         shrunk = _workloads(small_spec, small, rng)
         for name in dense:
             times = {"dense": [], "shrunk": []}
@@ -87,8 +108,8 @@ def main(argv) -> None:
                 times["dense"].append(dense[name]())
                 times["shrunk"].append(shrunk[name]())
             d, s = statistics.median(times["dense"]), statistics.median(times["shrunk"])
-            print(f"| {fraction:g} | {theoretical:.2f}× | {name} | {1e3 * d:.3f} | {1e3 * s:.3f} | "
-                  f"{d / s:.2f}× |")
+            print(f"| {fraction:.3f} | {theoretical:.2f}× | {name} | {1e3 * d:.3f} | {1e3 * s:.3f} | "
+                  f"{d / s:.2f}× |", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -1,24 +1,30 @@
 """Structured pruning: whole output channels and neurons, scored as groups and
 physically removed, so that the pruned network is smaller and faster.
 
-A group is one output unit u of a conv or dense layer l: its filter
-(kernel[..., u] and bias[u]). Removing it also removes the next layer's
-inputs from u, so the shrunk network computes exactly what the network
-with the group's filter zeroed computes (ReLU(0) = 0 feeds nothing on).
-Group scores reduce any per-weight score (|θ|, |b₁φ₁|, |θ ⊙ Δθ_K|, ...)
-over the filter: the L2 norm (KMP on a group is ‖(b₁φ₁)[group]‖₂, no new
-fit) or the L1 norm.
+A group is one output unit u of a producing conv or dense layer: its filter
+(kernel[..., u], bias[u]) and, after a conv with BatchNorm, BN's scale[u],
+bias[u] and running statistics. Removing it also removes the consuming
+layer's inputs from u, so the shrunk network computes exactly what the
+network with the group zeroed computes (ReLU(BN(0)) = ReLU(β) = 0 once
+β[u] = 0 too, and 0 feeds nothing on). Group scores reduce any per-weight
+score (|θ|, |b₁φ₁|, |θ ⊙ Δθ_K|, ...) over the filter: the L2 norm (KMP on a
+group is ‖(b₁φ₁)[group]‖₂, no new fit) or the L1 norm.
 
-Declared per model family: MnistNet (conv1 → conv2 → fc1 → fc2; fc2, the
-classifier, keeps its outputs). The CIFAR ResNets, whose option-A
-shortcuts tie channels across blocks, are not declared yet.
+Declared per model family (`declared_groups`):
+  * MnistNet: conv1 → conv2 → fc1 (fc1 reads conv2's pooled map flattened in
+    (H, W, C) order) → fc2; fc2, the classifier, keeps its outputs.
+  * CIFAR ResNets (option-A shortcuts): the channels a block adds to its
+    shortcut are tied across every block of a stage (and zero-padded into
+    the next), so they stay; each block's inner channels — conv1's outputs,
+    bn1, conv2's inputs — are its own and form the groups, one per block
+    (as Li et al. 2017 prune CIFAR ResNets).
 
 May import: jax, numpy, kpjax.models.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,34 +33,70 @@ import numpy as np
 from kpjax import models
 
 PyTree = Any
-# MnistNet's chain: each prunable layer and the layer that reads its outputs.
-_MNISTNET_CHAIN = (("conv1", "conv2"), ("conv2", "fc1"), ("fc1", "fc2"))
+Path = tuple[str, ...]
 
 
-def _check_model(spec: models.ModelSpec) -> None:
-    if not isinstance(spec.module, models.MnistNet):
-        raise ValueError(f"structured pruning is declared for MnistNet models only, not {spec.name}")
+class Group(NamedTuple):
+    """The output units of one layer, removable with what they feed.
+
+    Attributes:
+      name: the key of this layer's entries in groups/scores/keep dicts.
+      producer: path of the module whose output units these are.
+      norm: path of the BatchNorm normalizing them, or None.
+      consumer: path of the module reading them.
+      flattened: the consumer is a dense layer reading the producer's map
+        flattened in (H, W, C) order.
+    """
+
+    name: str
+    producer: Path
+    norm: Path | None
+    consumer: Path
+    flattened: bool = False
+
+
+def declared_groups(spec: models.ModelSpec, params: PyTree) -> list[Group]:
+    """The model family's groups (module docstring), in forward order."""
+    module = spec.module
+    if isinstance(module, models.MnistNet):
+        return [Group("conv1", ("conv1",), None, ("conv2",)),
+                Group("conv2", ("conv2",), None, ("fc1",), flattened=True),
+                Group("fc1", ("fc1",), None, ("fc2",))]
+    if isinstance(module, models.ResNet):
+        blocks = [f"layer{s + 1}_{b}" for s in range(len(module.widths))
+                  for b in range(module.num_blocks)]
+        return [Group(blk, (blk, "conv1"), (blk, "bn1"), (blk, "conv2")) for blk in blocks]
+    raise ValueError(f"structured pruning declares MnistNet and the CIFAR ResNets, not {spec.name}")
+
+
+def _get(tree: PyTree, path: Path) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 def groups(spec: models.ModelSpec, params: PyTree) -> dict[str, int]:
-    """The prunable groups of each layer: {layer: number of output units}."""
-    _check_model(spec)
-    return {layer: int(params[layer]["kernel"].shape[-1]) for layer, _ in _MNISTNET_CHAIN}
+    """The prunable groups of each layer: {group name: number of output units}."""
+    return {g.name: int(_get(params, g.producer)["kernel"].shape[-1])
+            for g in declared_groups(spec, params)}
 
 
 def group_scores(spec: models.ModelSpec, scores: PyTree, norm: str = "l2") -> dict[str, jax.Array]:
-    """Per-weight scores (a pytree like params) reduced over each unit's filter:
-    {layer: (units,)} of ‖scores[filter]‖₂ (norm="l2") or ‖·‖₁ ("l1")."""
-    _check_model(spec)
+    """Per-weight scores (a pytree like params) reduced over each unit's filter
+    (kernel[..., u] and bias[u] when the layer has one): {name: (units,)} of
+    ‖scores[filter]‖₂ (norm="l2") or ‖·‖₁ ("l1")."""
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     out = {}
-    for layer, _ in _MNISTNET_CHAIN:
-        kernel = jnp.asarray(scores[layer]["kernel"], jnp.float32)
-        bias = jnp.asarray(scores[layer]["bias"], jnp.float32)
-        flat = jnp.concatenate([kernel.reshape(-1, kernel.shape[-1]), bias[None, :]])
-        out[layer] = (jnp.sqrt(jnp.sum(flat**2, axis=0)) if norm == "l2"
-                      else jnp.sum(jnp.abs(flat), axis=0))
+    for g in declared_groups(spec, scores):
+        layer = _get(scores, g.producer)
+        kernel = jnp.asarray(layer["kernel"], jnp.float32)
+        parts = [kernel.reshape(-1, kernel.shape[-1])]
+        if "bias" in layer:
+            parts.append(jnp.asarray(layer["bias"], jnp.float32)[None, :])
+        flat = jnp.concatenate(parts)
+        out[g.name] = (jnp.sqrt(jnp.sum(flat**2, axis=0)) if norm == "l2"
+                       else jnp.sum(jnp.abs(flat), axis=0))
     return out
 
 
@@ -74,42 +116,75 @@ def keep_units(scores: dict[str, jax.Array], fraction: float) -> dict[str, np.nd
     return keep
 
 
-def unit_mask(params: PyTree, keep: dict[str, np.ndarray]) -> PyTree:
-    """The bool pytree mask that zeroes the removed units' filters."""
+def unit_mask(spec: models.ModelSpec, params: PyTree, keep: dict[str, np.ndarray]) -> PyTree:
+    """The bool pytree mask that zeroes the removed units: their filters and,
+    after a conv with BatchNorm, BN's scale and bias."""
+    removed: dict[Path, np.ndarray] = {}
+    for g in declared_groups(spec, params):
+        if g.name in keep:
+            removed[g.producer] = np.asarray(keep[g.name], bool)
+            if g.norm is not None:
+                removed[g.norm] = np.asarray(keep[g.name], bool)
+
     def leaf_mask(path, x):
-        names = [getattr(p, "key", None) for p in path]
-        layer, leaf = names[0], names[-1]
-        if layer in keep and leaf in ("kernel", "bias"):
-            return jnp.broadcast_to(jnp.asarray(keep[layer]), x.shape)
+        names = tuple(getattr(p, "key", None) for p in path)
+        k = removed.get(names[:-1])
+        if k is not None and names[-1] in ("kernel", "bias", "scale"):
+            return jnp.broadcast_to(jnp.asarray(k), x.shape)
         return jnp.ones(x.shape, bool)
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
+def _set(tree: dict, path: Path, value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def _copy(tree: PyTree) -> PyTree:
+    """Nested dicts of NumPy arrays, mutable."""
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        return {k: _copy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
 def shrink(spec: models.ModelSpec, variables: PyTree, keep: dict[str, np.ndarray]
            ) -> tuple[models.ModelSpec, PyTree]:
-    """A smaller MnistNet without the removed units, and its variables.
+    """A smaller model without the removed units, and its variables.
 
-    Its logits equal those of `variables` masked by `unit_mask(keep)`.
+    Its logits equal those of `variables` masked by `unit_mask(spec, ...)`
+    (BatchNorm in either mode: a removed unit's BN output is 0 there).
     """
-    _check_model(spec)
-    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    variables = _copy(variables)
+    params = variables["params"]
+    declared = declared_groups(spec, params)
     sizes = groups(spec, params)
-    for layer, n in sizes.items():
-        if layer not in keep or np.shape(keep[layer]) != (n,) or not np.any(keep[layer]):
-            raise ValueError(f"keep[{layer!r}] must be a bool vector of {n} with at least one True")
-    new = {k: dict(v) for k, v in params.items()}
-    for layer, nxt in _MNISTNET_CHAIN:
-        k = np.asarray(keep[layer], bool)
-        new[layer]["kernel"] = new[layer]["kernel"][..., k]
-        new[layer]["bias"] = new[layer]["bias"][k]
-        inputs = new[nxt]["kernel"]
-        if nxt == "fc1":  # fc1 reads conv2's pooled map flattened in (H, W, C) order
-            channels = params["conv2"]["kernel"].shape[-1]
-            rows = inputs.reshape(-1, channels, inputs.shape[-1])[:, k, :]
-            new[nxt]["kernel"] = rows.reshape(-1, inputs.shape[-1])
+    for name, n in sizes.items():
+        if name not in keep or np.shape(keep[name]) != (n,) or not np.any(keep[name]):
+            raise ValueError(f"keep[{name!r}] must be a bool vector of {n} with at least one True")
+    for g in declared:
+        k = np.asarray(keep[g.name], bool)
+        producer = _get(params, g.producer)
+        producer["kernel"] = producer["kernel"][..., k]
+        if "bias" in producer:
+            producer["bias"] = producer["bias"][k]
+        if g.norm is not None:
+            for collection in ("params", "batch_stats"):
+                if collection in variables:
+                    bn = _get(variables[collection], g.norm)
+                    for leaf in list(bn):
+                        bn[leaf] = bn[leaf][k]
+        consumer = _get(params, g.consumer)
+        inputs = consumer["kernel"]
+        if g.flattened:  # rows of the (H, W, C)-flattened map: channel is the fastest axis
+            rows = inputs.reshape(-1, sizes[g.name], inputs.shape[-1])[:, k, :]
+            consumer["kernel"] = rows.reshape(-1, inputs.shape[-1])
         else:
-            new[nxt]["kernel"] = inputs[..., k, :] if inputs.ndim == 4 else inputs[k, :]
-    module = spec.module.clone(conv1_features=int(keep["conv1"].sum()),
-                               conv2_features=int(keep["conv2"].sum()),
-                               fc1_features=int(keep["fc1"].sum()))
-    return spec._replace(module=module), {"params": new}
+            consumer["kernel"] = inputs[..., k, :] if inputs.ndim == 4 else inputs[k, :]
+    kept = {name: int(np.sum(keep[name])) for name in sizes}
+    if isinstance(spec.module, models.MnistNet):
+        module = spec.module.clone(conv1_features=kept["conv1"], conv2_features=kept["conv2"],
+                                   fc1_features=kept["fc1"])
+    else:
+        module = spec.module.clone(inner_widths=tuple(kept[g.name] for g in declared))
+    return spec._replace(module=module), variables

@@ -12,8 +12,16 @@ def test_mnistnet_groups_by_hand():
     spec = models.get_model("mnistnet")
     params = models.init_variables(spec, 0)["params"]
     assert structured.groups(spec, params) == {"conv1": 20, "conv2": 50, "fc1": 500}
-    with pytest.raises(ValueError, match="MnistNet models only"):
-        structured.groups(models.get_model("resnet20"), params)
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet20", 3), ("resnet32", 5), ("resnet44", 7),
+                                          ("resnet56", 9)])
+def test_resnet_groups_are_each_blocks_inner_channels(name, blocks):
+    spec = models.get_model(name)
+    params = models.variable_shapes(spec)["params"]
+    got = structured.groups(spec, params)
+    expected = {f"layer{s}_{b}": w for s, w in zip((1, 2, 3), (16, 32, 64)) for b in range(blocks)}
+    assert got == expected  # the stage channels, tied by the shortcuts, are no group
 
 
 def test_group_scores_reduce_the_filter():
@@ -31,25 +39,49 @@ def test_group_scores_reduce_the_filter():
     np.testing.assert_allclose(structured.group_scores(spec, phi)["fc1"], 2.0 * l2["fc1"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("model, seed", [("mnistnet", 0), ("mnistnet", 1), ("mnistnet_tiny", 2)])
+def _trained_like(spec, seed):
+    """Variables with non-trivial BatchNorm statistics and affine parameters."""
+    variables = models.init_variables(spec, seed)
+    rng = np.random.default_rng(seed + 100)
+
+    def jitter(path, x):
+        name = getattr(path[-1], "key", "")
+        if name == "var":
+            return jnp.asarray(rng.uniform(0.5, 2.0, x.shape), x.dtype)
+        if name in ("mean", "scale", "bias"):
+            return jnp.asarray(rng.normal(size=x.shape) * 0.3 + (name == "scale"), x.dtype)
+        return x
+    return jax.tree_util.tree_map_with_path(jitter, variables)
+
+
+@pytest.mark.parametrize("model, seed", [("mnistnet", 0), ("mnistnet", 1), ("mnistnet_tiny", 2),
+                                         ("resnet20", 0), ("resnet_tiny", 3)])
 def test_shrink_computes_what_the_masked_network_computes(model, seed):
     spec = models.get_model(model)
-    variables = models.init_variables(spec, seed)
+    variables = _trained_like(spec, seed)
     params = variables["params"]
     rng = np.random.default_rng(seed)
     keep = {layer: rng.random(n) < 0.5 for layer, n in structured.groups(spec, params).items()}
     for k in keep.values():
         k[rng.integers(len(k))] = True
-    masked = pruning.apply_mask(params, structured.unit_mask(params, keep))
+    masked = {**variables, "params": pruning.apply_mask(params, structured.unit_mask(spec, params, keep))}
     small_spec, small = structured.shrink(spec, variables, keep)
     x = jnp.asarray(rng.normal(size=(8, *spec.input_shape)), jnp.float32)
-    expected = spec.module.apply({"params": masked}, x)
+    expected = spec.module.apply(masked, x)  # BatchNorm with running statistics
     got = small_spec.module.apply(small, x)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    if "batch_stats" in variables:  # and with the batch's statistics (training mode)
+        expected, _ = spec.module.apply(masked, x, train=True, mutable=["batch_stats"])
+        got, _ = small_spec.module.apply(small, x, train=True, mutable=["batch_stats"])
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-4)
     before = sum(np.size(p) for p in jax.tree_util.tree_leaves(params))
-    after = sum(np.size(p) for p in jax.tree_util.tree_leaves(small))
+    after = sum(np.size(p) for p in jax.tree_util.tree_leaves(small["params"]))
     assert after < before
-    assert small["params"]["conv1"]["kernel"].shape[-1] == keep["conv1"].sum()
+    first = structured.declared_groups(spec, params)[0]
+    kernel = small["params"]
+    for key in first.producer:
+        kernel = kernel[key]
+    assert kernel["kernel"].shape[-1] == keep[first.name].sum()
 
 
 def test_keep_units_per_layer():

@@ -70,14 +70,18 @@ class BasicBlock(nn.Module):
     Attributes:
         features: output channels.
         stride: stride of the first conv (and of the shortcut's subsampling).
+        inner_features: channels between conv1 and conv2 (default `features`);
+            fewer after structured pruning (`kpjax.structured.shrink`): they
+            are the block's own, not added to the shortcut.
     """
 
     features: int
     stride: int = 1
+    inner_features: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = _conv3x3(self.features, self.stride, "conv1")(x)
+        y = _conv3x3(self.inner_features or self.features, self.stride, "conv1")(x)
         y = nn.relu(_batch_norm(train, "bn1")(y))
         y = _conv3x3(self.features, 1, "conv2")(y)
         y = _batch_norm(train, "bn2")(y)
@@ -97,11 +101,14 @@ class ResNet(nn.Module):
         num_blocks: basic blocks per stage (3, 5, 7, 9 for ResNet-20/32/44/56).
         widths: channels of the stem/stage 1 and of each stage.
         num_classes: outputs of the classifier.
+        inner_widths: each block's inner channels (stage by stage, block by
+            block), or None for the stage widths.
     """
 
     num_blocks: int
     widths: Sequence[int] = (16, 32, 64)
     num_classes: int = 10
+    inner_widths: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -121,8 +128,9 @@ class ResNet(nn.Module):
         for stage, features in enumerate(self.widths):
             for block in range(self.num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(features, stride, name=f"layer{stage + 1}_{block}")(
-                    x, train)
+                inner = (None if self.inner_widths is None
+                         else self.inner_widths[stage * self.num_blocks + block])
+                x = BasicBlock(features, stride, inner, name=f"layer{stage + 1}_{block}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(
             self.num_classes, kernel_init=initializers.kaiming_normal,
