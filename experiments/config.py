@@ -19,7 +19,7 @@ feasibility of every compression for the model's prunable set. Errors are
 ValueErrors whose message starts with the flag (`--compressions ...`).
 No flags are read and nothing is trained here.
 
-May import: jax, kpjax.
+May import: jax, numpy, kpjax.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import numpy as np
 
-from kpjax import data, koopman, models, pruning, train
+from kpjax import data, koopman, models, pruning, structured, train
 from kpjax.flatten import count_params
 
 
@@ -345,6 +346,10 @@ class PruneConfig(PruningConfig):
     train: SGD = opt(SGD(), "the optimizer of training from scratch", "sgd")
     trajectory_steps: int | None = opt(
         None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
+    granularity: str = opt("weight", "what a method removes: single weights, or whole filters "
+                           "and neurons (kpjax.structured: each unit scored by the L2 norm of the "
+                           "method's scores over its filter, the same fraction of every layer's "
+                           "units, physically removable)", choices=("weight", "filter"))
     eval_shifts: bool = opt(False, "also evaluate every refined cell under input shifts "
                             "(kpjax.shifts: 5 corruptions × severities 1–5) and report each "
                             "method's prune potential")
@@ -364,6 +369,17 @@ class PruneConfig(PruningConfig):
         _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
                "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
         _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
+        _check(self.granularity in ("weight", "filter"),
+               f"--granularity must be weight or filter, got {self.granularity!r}")
+        if self.granularity == "filter":
+            spec = self.spec()
+            zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
+                                           models.variable_shapes(spec))
+            try:
+                for c in self.compressions:
+                    structured.fraction_for_compression(spec, zeros, c)
+            except ValueError as e:
+                raise ValueError(f"--granularity=filter: {e}") from None
         _check_range(self, "shift_examples", 1, 10**7)
         _check(math.isfinite(self.prune_potential_delta) and self.prune_potential_delta >= 0,
                f"--prune_potential_delta must be >= 0, got {self.prune_potential_delta}")

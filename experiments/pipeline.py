@@ -19,6 +19,7 @@ import zipfile
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -27,7 +28,7 @@ from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, json_ready, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
 from kpjax import (data, flatten, koopman, metrics, models, pruning, recording, saliency, sharded,
-                   shifts, train)
+                   shifts, structured, train)
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
@@ -78,6 +79,7 @@ class Setup:
         self.job = common.JobClock()
         self.eval_units = common.eval_units(len(self.dataset.test_labels), config.batch_size)
         self._shifted = None
+        self._fractions: dict[float, float] = {}
         self.shift_units = 0.0
         if getattr(config, "eval_shifts", False):
             n = min(config.shift_examples, len(self.dataset.test_labels))
@@ -85,6 +87,17 @@ class Setup:
                 n * (1 + len(shifts.SHIFTS) * len(shifts.SEVERITIES)), config.batch_size)
         devices = config.devices or len(jax.devices())
         self.mesh = sharded.column_mesh(jax.devices()[:devices]) if devices > 1 else None
+
+    @property
+    def filter_granularity(self) -> bool:
+        return getattr(self.config, "granularity", "weight") == "filter"
+
+    def filter_fraction(self, c: float) -> float:
+        """The kept fraction f of every group's units whose shrunk network has
+        compression total/kept ≥ c (the largest such f, by bisection)."""
+        if c not in self._fractions:
+            self._fractions[c] = structured.fraction_for_compression(self.spec, self.variables0, c)
+        return self._fractions[c]
 
     def train_step(self, tx):
         return train.make_train_step(self.spec.module.apply, tx, augment_fn=self.augment,
@@ -196,13 +209,25 @@ class Window:
         """The bool pytree mask of `method` at compression c (built once)."""
         if (method, c) not in self._masks:
             params = self.variables["params"]
-            if method == "synflow":  # iterative: its scores change as it prunes
+            if setup.filter_granularity:  # whole units: the method's scores per filter
+                self._masks[(method, c)] = structured.unit_mask(
+                    setup.spec, params, self.filter_keep(setup, method, c))
+            elif method == "synflow":  # iterative: its scores change as it prunes
                 self._masks[(method, c)] = synflow_mask(setup, self.variables, c)
             else:
                 keep = pruning.method_flat_mask(base_method(method), self.scores[method],
                                                 setup.flat_spec, count_params(params), c)
                 self._masks[(method, c)] = pruning.mask_from_flat(keep, setup.flat_spec, params)
         return self._masks[(method, c)]
+
+    def filter_keep(self, setup: Setup, method: str, c: float) -> dict[str, np.ndarray]:
+        """--granularity=filter: the units kept, by the L2 norm of the method's
+        per-weight scores over each filter (KMP: ‖(b₁φ₁)[filter]‖₂; no new
+        fit), the same fraction of every group (`Setup.filter_fraction`)."""
+        params = self.variables["params"]
+        tree = pruning.scores_from_flat(jnp.asarray(self.scores[method]), setup.flat_spec, params)
+        return structured.keep_units(structured.group_scores(setup.spec, tree, "l2"),
+                                     setup.filter_fraction(c))
 
 
 def synflow_mask(setup: Setup, variables, c: float):
@@ -213,6 +238,32 @@ def synflow_mask(setup: Setup, variables, c: float):
     fraction = pruning.keep_fraction(c, count_params(params), setup.flat_spec.size)
     return pruning.synflow_iterative_mask(params, setup.select, objective, fraction,
                                           setup.config.synflow_rounds)
+
+
+def measured_speedup(setup: Setup, variables, keep: dict[str, np.ndarray], rounds: int = 3,
+                     calls: int = 5) -> float:
+    """Inference time at batch --batch_size of the dense network over the shrunk
+    one (`structured.shrink`): medians of `rounds` alternating rounds of
+    `calls` timed calls after one untimed call, on this process's cores."""
+    small_spec, small = structured.shrink(setup.spec, variables, keep)
+    x = jnp.asarray(setup.normalize(setup.dataset.test_images[:setup.config.batch_size]))
+    timers = []
+    for spec, v in ((setup.spec, variables), (small_spec, small)):
+        apply = jax.jit(lambda v, x, spec=spec: spec.module.apply(v, x))
+
+        def timed(apply=apply, v=v):
+            jax.block_until_ready(apply(v, x))
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = apply(v, x)
+            jax.block_until_ready(out)
+            return time.perf_counter() - start
+        timers.append(timed)
+    times = [[], []]
+    for _ in range(rounds):
+        for i, timed in enumerate(timers):
+            times[i].append(timed())
+    return float(np.median(times[0]) / np.median(times[1]))
 
 
 def cached_window(setup: Setup, path: str) -> Window | None:
@@ -344,12 +395,16 @@ def _with_progress(batches, steps: int, desc: str, job: common.JobClock):
 
 def row(setup: Setup, method: str, c: float, seed: int, phase: str, ev, params, mask,
         seconds: float, **extra) -> dict:
+    speedup = metrics.theoretical_speedup(setup.flops, params, mask)
+    if setup.filter_granularity and method != "dense":  # the shrunk network's FLOPs
+        speedup = structured.theoretical_speedup(setup.spec, setup.variables0,
+                                                 structured.kept_units(setup.spec, mask))
     return {
         "model": setup.spec.name, "data": setup.dataset.name, **extra, "method": method,
         "compression": c, "seed": seed, "phase": phase,
         "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"],
         "compression_achieved": pruning.compression_ratio(params, mask),
-        "speedup": metrics.theoretical_speedup(setup.flops, params, mask),
+        "speedup": speedup,
         "seconds": round(seconds, 2), "finetune_epochs": setup.config.finetune_epochs,
     }
 
@@ -406,6 +461,9 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
     state = setup.state(window.variables, seed, mask=mask)
     rows = [row(setup, method, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
                 state.params, mask, time.time() - start, **extra)]
+    if setup.filter_granularity and not dense:
+        rows[0]["measured_speedup"] = measured_speedup(
+            setup, window.variables, structured.kept_units(setup.spec, mask))
     if setup.config.finetune_epochs and "@" not in method:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
         state = common.run_steps(setup.finetune_step, state, setup.stream(seed, FINETUNE), steps,

@@ -19,7 +19,7 @@ Declared per model family (`declared_groups`):
     bn1, conv2's inputs — are its own and form the groups, one per block
     (as Li et al. 2017 prune CIFAR ResNets).
 
-May import: jax, numpy, kpjax.models.
+May import: jax, numpy, kpjax.flatten, kpjax.metrics, kpjax.models.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpjax import models
+from kpjax import metrics, models
+from kpjax.flatten import count_params
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -117,21 +118,41 @@ def keep_units(scores: dict[str, jax.Array], fraction: float) -> dict[str, np.nd
 
 
 def unit_mask(spec: models.ModelSpec, params: PyTree, keep: dict[str, np.ndarray]) -> PyTree:
-    """The bool pytree mask that zeroes the removed units: their filters and,
-    after a conv with BatchNorm, BN's scale and bias."""
-    removed: dict[Path, np.ndarray] = {}
+    """The bool pytree mask of everything the removed units take with them:
+    their filters, BatchNorm's scale and bias after a conv, and the next
+    layer's weights reading them. Its kept count is the shrunk network's
+    parameter count (`shrink`)."""
+    masks: dict[Path, dict[str, np.ndarray]] = {}
+
+    def leaf(path: Path, name: str) -> np.ndarray:
+        module = masks.setdefault(path, {})
+        if name not in module:
+            module[name] = np.ones(np.shape(_get(params, path)[name]), bool)
+        return module[name]
+
     for g in declared_groups(spec, params):
-        if g.name in keep:
-            removed[g.producer] = np.asarray(keep[g.name], bool)
-            if g.norm is not None:
-                removed[g.norm] = np.asarray(keep[g.name], bool)
+        if g.name not in keep:
+            continue
+        k = np.asarray(keep[g.name], bool)
+        producer = _get(params, g.producer)
+        leaf(g.producer, "kernel")[..., ~k] = False
+        if "bias" in producer:
+            leaf(g.producer, "bias")[~k] = False
+        if g.norm is not None:
+            for name in ("scale", "bias"):
+                leaf(g.norm, name)[~k] = False
+        inputs = leaf(g.consumer, "kernel")
+        if g.flattened:  # rows of the (H, W, C)-flattened map: channel is the fastest axis
+            inputs.reshape(-1, k.size, inputs.shape[-1])[:, ~k, :] = False
+        elif inputs.ndim == 4:
+            inputs[:, :, ~k, :] = False
+        else:
+            inputs[~k, :] = False
 
     def leaf_mask(path, x):
         names = tuple(getattr(p, "key", None) for p in path)
-        k = removed.get(names[:-1])
-        if k is not None and names[-1] in ("kernel", "bias", "scale"):
-            return jnp.broadcast_to(jnp.asarray(k), x.shape)
-        return jnp.ones(x.shape, bool)
+        m = masks.get(names[:-1], {}).get(names[-1])
+        return jnp.asarray(m) if m is not None else jnp.ones(x.shape, bool)
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
@@ -188,3 +209,49 @@ def shrink(spec: models.ModelSpec, variables: PyTree, keep: dict[str, np.ndarray
     else:
         module = spec.module.clone(inner_widths=tuple(kept[g.name] for g in declared))
     return spec._replace(module=module), variables
+
+
+def kept_units(spec: models.ModelSpec, mask: PyTree) -> dict[str, np.ndarray]:
+    """The units a `unit_mask` keeps (a unit is kept when any entry of its
+    filter is)."""
+    out = {}
+    for g in declared_groups(spec, mask):
+        kernel = np.asarray(_get(mask, g.producer)["kernel"])
+        out[g.name] = kernel.reshape(-1, kernel.shape[-1]).any(axis=0)
+    return out
+
+
+def theoretical_speedup(spec: models.ModelSpec, variables: PyTree, keep: dict[str, np.ndarray]) -> float:
+    """Dense multiply-adds over the shrunk network's (ShrinkBench's theoretical
+    speedup, counting the next layers' removed inputs too)."""
+    small_spec, small = shrink(spec, variables, keep)
+    dense = sum(metrics.layer_flops(spec.module, variables, spec.input_shape).values())
+    return dense / sum(metrics.layer_flops(small_spec.module, small, spec.input_shape).values())
+
+
+def fraction_for_compression(spec: models.ModelSpec, variables: PyTree, compression: float) -> float:
+    """The largest fraction f of every group's units (`keep_units`) whose
+    shrunk network has total / kept parameters ≥ `compression`.
+
+    Raises:
+      ValueError: even one unit per group leaves too many parameters (the
+        parameters outside the groups — a ResNet's shortcut-tied channels,
+        stem and classifier — bound the compression).
+    """
+    params = variables["params"]
+    total = count_params(params)
+    sizes = groups(spec, params)
+
+    def achieved(f: float) -> float:
+        keep = {name: np.arange(n) < max(1, int(round(f * n))) for name, n in sizes.items()}
+        return total / count_params(shrink(spec, {"params": params}, keep)[1]["params"])
+
+    if achieved(0.0) < compression:
+        raise ValueError(f"compression {compression:g} is out of reach of filter pruning of "
+                         f"{spec.name}: one unit per group leaves {total / achieved(0.0):,.0f} of "
+                         f"{total:,} parameters (c = {achieved(0.0):.2f} at most)")
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if achieved(mid) >= compression else (low, mid)
+    return max(low, 1e-9)

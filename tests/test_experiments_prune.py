@@ -334,3 +334,28 @@ def test_prune_takes_the_seed_methods_by_name_and_synflow_is_iterative(tmp_path)
                                                     jax.tree_util.tree_leaves(direct)))
     assert not np.array_equal(np.asarray(one_shot), np.asarray(
         pruning.flatten.ravel_with_spec(direct, setup.flat_spec)))  # iterative ≠ one shot here
+
+
+def test_filter_granularity_prunes_whole_units(tmp_path):
+    from experiments import pipeline
+    from kpjax import structured
+    config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(2,),
+                         methods=("kmp", "gmp"), finetune_epochs=0, rcond=(1e-6,),
+                         granularity="filter")
+    summary = prune.run(config, str(tmp_path / "work"))
+    assert "measured" in summary
+    pruned = [r for r in rows(tmp_path / "work" / "results.json") if r["phase"] == "pruned"]
+    assert {r["method"] for r in pruned} == {"kmp", "gmp"}
+    assert all(r["compression_achieved"] >= 2.0 and r["speedup"] > 1.0 and r["measured_speedup"] > 0
+               for r in pruned)
+    setup = pipeline.Setup(config)
+    window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
+    mask = window.mask(setup, "gmp", 2.0)
+    keep = structured.kept_units(setup.spec, mask)
+    # Whole units: the mask is exactly the unit mask of the kept units.
+    import jax
+    expected = structured.unit_mask(setup.spec, window.variables["params"], keep)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(mask),
+                                                    jax.tree_util.tree_leaves(expected)))
+    with pytest.raises(ValueError, match="out of reach of filter pruning"):
+        PruneConfig(**TINY, compressions=(60,), granularity="filter")

@@ -90,3 +90,20 @@ def test_keep_units_per_layer():
     np.testing.assert_array_equal(keep["b"], [True])  # at least one unit survives
     with pytest.raises(ValueError):
         structured.keep_units({"a": jnp.ones(2)}, 0.0)
+
+
+@pytest.mark.parametrize("model", ["mnistnet", "resnet20"])
+def test_the_unit_mask_counts_what_shrink_keeps(model):
+    from kpjax.flatten import count_params
+    spec = models.get_model(model)
+    variables = models.init_variables(spec, 0)
+    params = variables["params"]
+    rng = np.random.default_rng(1)
+    keep = {name: rng.random(n) < 0.4 for name, n in structured.groups(spec, params).items()}
+    for k in keep.values():
+        k[0] = True
+    mask = structured.unit_mask(spec, params, keep)
+    kept = sum(int(np.sum(np.asarray(m))) for m in jax.tree_util.tree_leaves(mask))
+    assert kept == count_params(structured.shrink(spec, variables, keep)[1]["params"])
+    got = structured.kept_units(spec, mask)
+    assert all(np.array_equal(got[name], keep[name]) for name in keep)
