@@ -486,6 +486,32 @@ class CompareConfig(PruneConfig):
 
 
 @dataclass(frozen=True)
+class CoresetConfig(PruneConfig):
+    """Neuron pruning of MnistNet's fc1: coreset against L2 neuron norm and KMP per neuron."""
+
+    methods: tuple[str, ...] = opt(("kmp", "gmp"), "per-weight scores reduced per neuron beside "
+                                   "the coreset (gmp: the L2 norm of the neuron's weights)", "strs")
+    fractions: tuple[float, ...] = opt((0.5, 0.25, 0.1, 0.05), "kept fractions of fc1's neurons",
+                                       "floats")
+    compressions: tuple[float, ...] = opt((2.0,), "unused: the kept fractions of fc1 set the size",
+                                          "floats")
+    sample_examples: int = opt(512, "training examples the coreset's sensitivities are taken on")
+    rcond: tuple[float, ...] = opt((koopman.DEFAULT_RCOND,), "DMD rank cutoff of the window's fit",
+                                   "floats")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _freeze(self, "fractions", float)
+        _check(bool(self.fractions) and all(0 < f <= 1 for f in self.fractions),
+               f"--fractions must be in (0, 1], got {list(self.fractions)}")
+        _check(isinstance(self.spec().module, models.MnistNet),
+               "--model: the coreset experiment prunes MnistNet's fc1")
+        _check_range(self, "sample_examples", 1, 10**6)
+        _check(not self.controls and not self.eval_shifts and self.granularity == "weight",
+               "--controls, --eval_shifts and --granularity belong to experiments.prune")
+
+
+@dataclass(frozen=True)
 class JumpConfig(DataConfig):
     """Koopman-accelerated training (Dogra & Redman 2020) against plain SGD
     with the same number of gradient evaluations."""
