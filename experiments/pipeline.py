@@ -221,13 +221,21 @@ class Window:
         return self._masks[(method, c)]
 
     def filter_keep(self, setup: Setup, method: str, c: float) -> dict[str, np.ndarray]:
-        """--granularity=filter: the units kept, by the L2 norm of the method's
-        per-weight scores over each filter (KMP: ‖(b₁φ₁)[filter]‖₂; no new
-        fit), the same fraction of every group (`Setup.filter_fraction`)."""
+        """--granularity=filter: the units kept, by the method's per-weight
+        scores reduced over each filter (`FILTER_NORM`: KMP ‖(b₁φ₁)[filter]‖₂,
+        no new fit; KGP Σ|θ ⊙ Δθ_K|), the same fraction of every group
+        (`Setup.filter_fraction`)."""
         params = self.variables["params"]
         tree = pruning.scores_from_flat(jnp.asarray(self.scores[method]), setup.flat_spec, params)
-        return structured.keep_units(structured.group_scores(setup.spec, tree, "l2"),
+        norm = FILTER_NORM.get(base_method(method), "l2")
+        return structured.keep_units(structured.group_scores(setup.spec, tree, norm),
                                      setup.filter_fraction(c))
+
+
+# How a method's per-weight scores become a filter's: saliencies that add up
+# (a filter's loss change is the sum of its weights', Lubana & Dick's
+# per-filter measures) by the sum; magnitudes and modes by the L2 norm.
+FILTER_NORM = {"kgp": "l1", "grad": "l1", "snip": "l1", "lp": "l1", "lp_biased": "l1", "gn": "l1"}
 
 
 def synflow_mask(setup: Setup, variables, c: float):
