@@ -99,6 +99,24 @@ def random_scores(params: PyTree, rng: jax.Array) -> PyTree:
     )
 
 
+def bn_gamma_scores(params: PyTree) -> PyTree:
+    """Network slimming's |γ| (Liu et al. 2017): every weight of a conv's
+    output channel u scores the |scale[u]| of the BatchNorm after that conv
+    (convN → bnN in the same module, as the CIFAR ResNets name them); a
+    filter's scores are then one value, so at filter granularity this ranks
+    channels by |γ|. Kernels without a BatchNorm score 0 and biases 0."""
+    def score(path, x):
+        names = [getattr(p, "key", None) for p in path]
+        module = params
+        for key in names[:-2]:
+            module = module[key]
+        bn = str(names[-2]).replace("conv", "bn") if names[-2] else None
+        if names[-1] == "kernel" and bn in module and bn != names[-2] and "scale" in module[bn]:
+            return jnp.broadcast_to(jnp.abs(jnp.asarray(module[bn]["scale"], jnp.float32)), jnp.shape(x))
+        return jnp.zeros(jnp.shape(x), jnp.float32)
+    return jax.tree_util.tree_map_with_path(score, params)
+
+
 def scores_from_flat(flat: jax.Array, spec: flatten.FlatSpec, params: PyTree) -> PyTree:
     """A score vector over `spec`'s leaves as a pytree like params (zeros elsewhere)."""
     zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
@@ -637,6 +655,9 @@ register_method("grasp", PruningMethod(
 register_method("synflow", PruningMethod(
     from_tree_scores(lambda i: saliency.synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
     ("synflow_fn",), "SynFlow, one shot: |θ ⊙ ∂R/∂θ| (iterative: synflow_iterative_mask)"))
+register_method("bn_gamma", PruningMethod(
+    from_tree_scores(lambda i: bn_gamma_scores(i.params)), global_flat_mask, (),
+    "network slimming: |γ| of each conv channel's BatchNorm (meant for --granularity=filter)"))
 register_method("kmp", PruningMethod(
     _koopman_method(kmp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1"))
