@@ -257,7 +257,13 @@ def run(config: JumpConfig, workdir: str) -> str:
                         atomic_write_json(jumps_path, cycles)
                         atomic_write_text(os.path.join(workdir, "jumps.csv"), rows_to_csv(cycles))
                     curves.add(out)  # all the pair's rows at once: done or not at all
-    summary = _summary(setup, curves.rows, cycles, curves.timings.rows if curves.timings else ())
+    # A run's rows carry the seconds since its start: its last row is its wall time.
+    last: dict[tuple, dict] = {}
+    for r in (curves.timings.rows if curves.timings else ()):
+        key = (r["run"], r["seed"])
+        if key not in last or r["grad_evals"] > last[key]["grad_evals"]:
+            last[key] = r
+    summary = _summary(setup, curves.rows, cycles, list(last.values()))
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     if curves.rows:
         _plot(curves.rows, os.path.join(workdir, "fig_curves.png"),
