@@ -161,8 +161,12 @@ def run(config: InitConfig, workdir: str) -> str:
     summary = _summary(setup, table.rows, table.timings.rows if table.timings else ())
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     if table.rows:
+        collapse = {}
+        for r in table.rows:
+            if r["layer_collapse"]:
+                collapse[r["method"]] = min(collapse.get(r["method"], r["compression"]), r["compression"])
         plots.accuracy_vs_compression(table.rows, os.path.join(workdir, "fig_accuracy.png"),
-                                      f"{setup.spec.name} pruned at initialization")
+                                      f"{setup.spec.name} pruned at initialization", collapse)
     return summary
 
 

@@ -62,12 +62,16 @@ _PHASE_TITLES = {"pruned": "immediately after pruning", "finetuned": "after refi
                  "init": "pruned at initialization", "trained": "after training"}
 
 
-def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> None:
+def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "",
+                            collapse: dict[str, float] | None = None) -> None:
     """Top-1 vs compression, pruned and after refinement (the paper's Fig. 1).
 
     One shared y-axis; the dense reference of each panel as a horizontal line
     (θ(t₂) before, θ(t₂) fine-tuned for the same steps after refinement);
     error bars (std over seeds) only when there are several seeds.
+    `collapse` ({method: compression}) marks where each method first cuts a
+    layer (Synaptic-Flow's layer collapse) with a triangle on every panel's
+    bottom edge, in the method's colour.
     """
     phases = [p for p in _PHASE_TITLES if any(r["phase"] == p for r in rows)]
     fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4.2), squeeze=False,
@@ -80,6 +84,11 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "") -> 
             if pts:
                 _line(ax, [c for c, _ in pts], [s for _, s in pts], _NAMES.get(method, method),
                       _METHOD_STYLE.get(method, dict(marker="o")))
+                if collapse and method in collapse:  # stacked below 0, one row per method
+                    color = ax.get_lines()[-1].get_color() if ax.get_lines() else None
+                    row = list(collapse).index(method)
+                    ax.plot([collapse[method]], [-2.0 - 3.0 * row], marker="v", ms=7, color=color,
+                            ls="none", label="first layer collapse" if row == 0 else None)
         reference = ("dense", "unpruned θ(t₂)") if phase == "pruned" else (
             "finetuned", "unpruned, fine-tuned alike")
         if phase in ("pruned", "finetuned") and (reference[0],) in dense:
