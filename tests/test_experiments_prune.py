@@ -201,7 +201,9 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     run = subprocess.Popen([sys.executable, "-m", "experiments.prune", "--model=mnistnet_tiny",
                             "--max_train_examples=384", "--max_test_examples=200", "--batch_size=64",
                             "--methods=kmp,gmp", "--compressions=2", "--seeds=0",
-                            "--trajectory_steps=4", f"--workdir={work}"],
+                            # A window far longer than the wait below: on a loaded machine
+                            # a short run could finish before the signal is sent.
+                            "--trajectory_steps=3000", f"--workdir={work}"],
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (work / ".lock").exists():  # running: the workdir is claimed
