@@ -204,7 +204,10 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
                             # A window far longer than the wait below: on a loaded machine
                             # a short run could finish before the signal is sent.
                             "--trajectory_steps=3000", f"--workdir={work}"],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           # A shell's background job inherits SIGINT ignored (then Python
+                           # installs no KeyboardInterrupt handler): restore the default.
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (work / ".lock").exists():  # running: the workdir is claimed
         assert run.poll() is None and time.time() < deadline
