@@ -198,16 +198,17 @@ def test_main_turns_bad_flags_into_one_usage_line_and_help_lists_every_flag(tmp_
 
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     work = tmp_path / "interrupted"
-    run = subprocess.Popen([sys.executable, "-m", "experiments.prune", "--model=mnistnet_tiny",
+    # A shell's background job inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: the child puts Python's default back first.
+    child = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "runpy.run_module('experiments.prune', run_name='__main__', alter_sys=True)")
+    run = subprocess.Popen([sys.executable, "-c", child, "--model=mnistnet_tiny",
                             "--max_train_examples=384", "--max_test_examples=200", "--batch_size=64",
                             "--methods=kmp,gmp", "--compressions=2", "--seeds=0",
                             # A window far longer than the wait below: on a loaded machine
                             # a short run could finish before the signal is sent.
                             "--trajectory_steps=3000", f"--workdir={work}"],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           # A shell's background job inherits SIGINT ignored (then Python
-                           # installs no KeyboardInterrupt handler): restore the default.
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (work / ".lock").exists():  # running: the workdir is claimed
         assert run.poll() is None and time.time() < deadline
