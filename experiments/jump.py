@@ -87,8 +87,9 @@ def sgd_run(setup: _Setup, seed: int) -> list[dict]:
     total = int(round(setup.config.sgd_factor * setup.budget))
     state, rows, done = setup.state(seed), [], 0
     rows.append(setup.row("sgd", seed, 0, state, 0.0))
-    while done < total:
-        n = min(config.eval_every, total - done)
+    while done < total:  # every --eval_every, and at the budget itself (the equal-budget column)
+        stop = min((done // config.eval_every + 1) * config.eval_every, total)
+        n = (min(stop, setup.budget) if done < setup.budget else stop) - done
         state = common.run_steps(setup.step, state, setup.batches(seed), n, f"seed {seed} sgd")
         done += n
         rows.append(setup.row("sgd", seed, done, state, time.time() - start))
@@ -171,7 +172,7 @@ def savings(setup: _Setup, rows: list[dict]) -> list[dict]:
             continue
         target = kp[-1][1]
         reach = steps_to_reach(sgd, target)
-        at_budget = next((a for g, a in sgd if g >= setup.budget), None)
+        at_budget = next((a for g, a in sgd if g == setup.budget), None)
         out.append({"seed": seed, "koopman_top1": target, "sgd_top1_at_budget": at_budget,
                     "sgd_steps_to_match": reach,
                     "saved": None if reach is None else 1.0 - setup.budget / reach})

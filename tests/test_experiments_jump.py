@@ -31,6 +31,7 @@ def test_with_the_gate_shut_the_accelerated_run_is_plain_sgd(tmp_path):
     sgd = {r["grad_evals"]: r for r in rows if r["run"] == "sgd"}
     kp = {r["grad_evals"]: r for r in rows if r["run"] == "koopman"}
     assert sorted(kp) == [0, 4, 8, 12] and max(sgd) == 24  # sgd_factor 2
+    assert 12 in sgd  # SGD is evaluated at the budget itself
     for g in kp:
         assert kp[g]["top1"] == sgd[g]["top1"]
         assert kp[g]["loss"] == pytest.approx(sgd[g]["loss"], rel=1e-4)
@@ -47,3 +48,9 @@ def test_jumps_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(jump, "sgd_run", lambda *a: pytest.fail("ran again"))
     monkeypatch.setattr(jump, "koopman_run", lambda *a: pytest.fail("ran again"))
     jump.run(config(max_residual=1.0), str(tmp_path / "w"))
+
+
+def test_sgd_is_evaluated_at_the_budget_off_the_grid(tmp_path):
+    jump.run(config(max_residual=0.0, budget=10, eval_every=4), str(tmp_path / "w"))
+    rows = json.loads((tmp_path / "w" / "curves.json").read_text())["rows"]
+    assert sorted(r["grad_evals"] for r in rows if r["run"] == "sgd") == [0, 4, 8, 10, 12, 16, 20]
