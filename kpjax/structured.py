@@ -156,12 +156,6 @@ def unit_mask(spec: models.ModelSpec, params: PyTree, keep: dict[str, np.ndarray
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
-def _set(tree: dict, path: Path, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree[key]
-    tree[path[-1]] = value
-
-
 def _copy(tree: PyTree) -> PyTree:
     """Nested dicts of NumPy arrays, mutable."""
     if isinstance(tree, dict) or hasattr(tree, "items"):
