@@ -347,9 +347,10 @@ class PruneConfig(PruningConfig):
     trajectory_steps: int | None = opt(
         None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
     granularity: str = opt("weight", "what a method removes: single weights, or whole filters "
-                           "and neurons (kpjax.structured: each unit scored by the L2 norm of the "
-                           "method's scores over its filter, the same fraction of every layer's "
-                           "units, physically removable)", choices=("weight", "filter"))
+                           "and neurons (kpjax.structured: each unit scored by the L2 norm, or for "
+                           "saliencies the sum, of the method's scores over its filter; the same "
+                           "fraction of every layer's units; the shrunk network is refined)",
+                           choices=("weight", "filter"))
     eval_shifts: bool = opt(False, "also evaluate every refined cell under input shifts "
                             "(kpjax.shifts: 5 corruptions × severities 1–5) and report each "
                             "method's prune potential")

@@ -70,7 +70,7 @@ class Setup:
         self.augment = common.augment_fn(config, self.dataset)
         self.finetune_tx = config.finetune.optimizer(self.steps_per_epoch)
         self.finetune_step = self.train_step(self.finetune_tx)
-        self.eval_step = train.make_eval_step(self.spec.module.apply, normalize_fn=self.normalize)
+        self.eval_step = self.make_eval_step(self.spec)
         self.variables0 = models.init_variables(self.spec, 0)
         params = self.variables0["params"]
         self.select = config.prunable(params)
@@ -99,9 +99,13 @@ class Setup:
             self._fractions[c] = structured.fraction_for_compression(self.spec, self.variables0, c)
         return self._fractions[c]
 
-    def train_step(self, tx):
-        return train.make_train_step(self.spec.module.apply, tx, augment_fn=self.augment,
+    def train_step(self, tx, spec: models.ModelSpec | None = None):
+        """The training step of `spec` (default: the run's model) with `tx`."""
+        return train.make_train_step((spec or self.spec).module.apply, tx, augment_fn=self.augment,
                                      normalize_fn=self.normalize)
+
+    def make_eval_step(self, spec: models.ModelSpec):
+        return train.make_eval_step(spec.module.apply, normalize_fn=self.normalize)
 
     def stream(self, seed: int, purpose: int):
         """Batches of (seed, purpose) as a function of the start step (`kpjax.loop`),
@@ -115,12 +119,14 @@ class Setup:
             return (sharded.shard_batch(x, y, self.mesh) for x, y in stream)
         return batches
 
-    def evaluate(self, state) -> dict[str, float]:
-        result = common.evaluate(self.eval_step, state, self.dataset, self.config.eval_batch_size)
+    def evaluate(self, state, eval_step=None) -> dict[str, float]:
+        """Test-set loss, top-1 and top-5 (`eval_step`: another model's, e.g. a shrunk one)."""
+        result = common.evaluate(eval_step or self.eval_step, state, self.dataset,
+                                 self.config.eval_batch_size)
         self.job.tick(self.eval_units)
         return result
 
-    def evaluate_shifts(self, state) -> dict[str, float]:
+    def evaluate_shifts(self, state, eval_step=None) -> dict[str, float]:
         """Top-1 on the first --shift_examples test images, unshifted ('top1@clean')
         and under every shift and severity ('top1@contrast-3'; `kpjax.shifts`,
         the noise seeded by the severity); {} without --eval_shifts."""
@@ -135,7 +141,7 @@ class Setup:
             self._shift_labels = labels
         out = {}
         for key, images in self._shifted.items():
-            ev = train.evaluate(self.eval_step, state, data.batches(
+            ev = train.evaluate(eval_step or self.eval_step, state, data.batches(
                 images, self._shift_labels, self.config.eval_batch_size, seed=0, epoch=0,
                 shuffle=False))
             out[f"top1@{key}"] = ev["top1"]
@@ -234,8 +240,9 @@ class Window:
 
 # How a method's per-weight scores become a filter's: saliencies that add up
 # (a filter's loss change is the sum of its weights', Lubana & Dick's
-# per-filter measures) by the sum; magnitudes and modes by the L2 norm.
-FILTER_NORM = {"kgp": "l1", "grad": "l1", "snip": "l1", "lp": "l1", "lp_biased": "l1", "gn": "l1"}
+# per-filter measures) and Li et al.'s L1 filter norm by the sum; magnitudes
+# and modes by the L2 norm.
+FILTER_NORM = {"l1": "l1", "kgp": "l1", "grad": "l1", "snip": "l1", "lp": "l1", "lp_biased": "l1", "gn": "l1"}
 
 
 def synflow_mask(setup: Setup, variables, c: float):
@@ -467,19 +474,27 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
     params = window.variables["params"]
     mask = train.full_mask(params) if dense else window.mask(setup, method, c)
     state = setup.state(window.variables, seed, mask=mask)
+    pruned = state.params  # the sizes and FLOPs of every row of the cell
     rows = [row(setup, method, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
-                state.params, mask, time.time() - start, **extra)]
+                pruned, mask, time.time() - start, **extra)]
+    step, eval_step = setup.finetune_step, None
     if setup.filter_granularity and not dense:
-        rows[0]["measured_speedup"] = measured_speedup(
-            setup, window.variables, structured.kept_units(setup.spec, mask))
+        keep = structured.kept_units(setup.spec, mask)
+        rows[0]["measured_speedup"] = measured_speedup(setup, window.variables, keep)
+        # Refine the shrunk network: it computes what the masked one does
+        # (structured.shrink; the optimizer keeps removed weights at 0), and
+        # each of its steps costs less.
+        small_spec, small = structured.shrink(setup.spec, window.variables, keep)
+        state = setup.state(small, seed)
+        step, eval_step = setup.train_step(setup.finetune_tx, small_spec), setup.make_eval_step(small_spec)
     if setup.config.finetune_epochs and "@" not in method:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
-        state = common.run_steps(setup.finetune_step, state, setup.stream(seed, FINETUNE), steps,
+        state = common.run_steps(step, state, setup.stream(seed, FINETUNE), steps,
                                  f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
-        rows.append(row(setup, method, c, seed, "finetuned", setup.evaluate(state), state.params,
-                        mask, time.time() - start, **extra))
+        rows.append(row(setup, method, c, seed, "finetuned", setup.evaluate(state, eval_step),
+                        pruned, mask, time.time() - start, **extra))
     if "@" not in method:  # the final phase under input shifts (--eval_shifts)
-        rows[-1].update(setup.evaluate_shifts(state))
+        rows[-1].update(setup.evaluate_shifts(state, eval_step))
     logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",
                  "  ".join(f"{r['phase']} top-1 {100 * r['top1']:.2f}%" for r in rows))
     return rows

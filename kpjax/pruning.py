@@ -626,6 +626,10 @@ _TRAJECTORY = ("snapshots", "spec")
 register_method("gmp", PruningMethod(
     from_tree_scores(lambda i: magnitude_scores(i.params)), global_flat_mask, (),
     "global magnitude pruning: |θ|, one threshold"))
+register_method("l1", PruningMethod(
+    from_tree_scores(lambda i: magnitude_scores(i.params)), global_flat_mask, (),
+    "L1 filter norm (Li et al. 2017): |θ|, summed over each filter with --granularity=filter "
+    "(gmp: the L2 norm); per weight the same as gmp"))
 register_method("layer_mag", PruningMethod(
     from_tree_scores(lambda i: magnitude_scores(i.params)), layerwise_flat_mask, (),
     "layerwise magnitude pruning: |θ|, one threshold per tensor"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import early, prune
-from experiments.config import EarlyConfig, PruneConfig
+from experiments.config import SGD, EarlyConfig, PruneConfig
 from kpjax import pruning
 from kpjax.flatten import count_params
 
@@ -346,12 +346,12 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
     from experiments import pipeline
     from kpjax import structured
     config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(2,),
-                         methods=("kmp", "gmp"), finetune_epochs=0, rcond=(1e-6,),
+                         methods=("kmp", "gmp", "l1"), finetune_epochs=0, rcond=(1e-6,),
                          granularity="filter")
     summary = prune.run(config, str(tmp_path / "work"))
     assert "measured" in summary
     pruned = [r for r in rows(tmp_path / "work" / "results.json") if r["phase"] == "pruned"]
-    assert {r["method"] for r in pruned} == {"kmp", "gmp"}
+    assert {r["method"] for r in pruned} == {"kmp", "gmp", "l1"}
     assert all(r["compression_achieved"] >= 2.0 and r["speedup"] > 1.0 and r["measured_speedup"] > 0
                for r in pruned)
     setup = pipeline.Setup(config)
@@ -363,5 +363,39 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
     expected = structured.unit_mask(setup.spec, window.variables["params"], keep)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(mask),
                                                     jax.tree_util.tree_leaves(expected)))
+    # l1: Li et al.'s filter norm Σ|θ| over each filter, by hand.
+    params = window.variables["params"]
+    f = setup.filter_fraction(2.0)
+    by_hand = {}
+    for g in structured.declared_groups(setup.spec, params):
+        kernel = np.abs(np.asarray(structured._get(params, g.producer)["kernel"]))
+        norms = kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+        by_hand[g.name] = np.argsort(-norms, kind="stable")[:max(1, int(round(f * norms.size)))]
+    got = structured.kept_units(setup.spec, window.mask(setup, "l1", 2.0))
+    assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
+        k: sorted(v) for k, v in by_hand.items()}
     with pytest.raises(ValueError, match="out of reach of filter pruning"):
         PruneConfig(**TINY, compressions=(60,), granularity="filter")
+
+
+def test_filter_cells_refine_the_shrunk_network_as_the_masked_one(tmp_path):
+    """Oracle: refining the shrunk network (what run_cell does) ends where
+    masked refinement of the full network does, on the same batches."""
+    from experiments import common, pipeline
+    config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(2,),
+                         methods=("gmp",), finetune_epochs=1, rcond=(1e-6,), granularity="filter",
+                         finetune=SGD(lr=0.05, momentum=0.9, nesterov=True))
+    setup = pipeline.Setup(config)
+    window = prune.seed_window(setup, 0, 4, str(tmp_path))
+    rows_ = pipeline.run_cell(setup, window, "gmp", 2.0, 0)
+    assert [r["phase"] for r in rows_] == ["pruned", "finetuned"]
+    mask = window.mask(setup, "gmp", 2.0)
+    state = setup.state(window.variables, 0, mask=mask)
+    state = common.run_steps(setup.finetune_step, state, setup.stream(0, pipeline.FINETUNE),
+                             setup.steps_per_epoch, "masked")
+    masked = setup.evaluate(state)
+    assert rows_[1]["top1"] == pytest.approx(masked["top1"], abs=1 / 200)  # one test image at most
+    # Other batches end 1e-4 apart here; the same computation agrees to rounding.
+    assert rows_[1]["loss"] == pytest.approx(masked["loss"], rel=2e-6)
+    assert rows_[1]["loss"] != pytest.approx(rows_[0]["loss"], rel=1e-3)  # it did train
+    assert rows_[1]["compression_achieved"] == rows_[0]["compression_achieved"] >= 2.0
