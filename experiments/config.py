@@ -404,6 +404,10 @@ class EarlyConfig(PruningConfig):
                                           "floats")
     prune_epochs: tuple[int, ...] = opt((0, 1, 2, 4, 8), "epochs at which a window starts", "ints")
     window_steps: int | None = opt(None, "steps of each Koopman window; default one epoch", "int")
+    window_stride: int = opt(0, "sliding windows: record the run once (first window's start to "
+                             "the last one's end), fit every window of --window_steps steps every "
+                             "this many steps from one banded Gram, and score the --prune_epochs "
+                             "windows from it; 0: each window a branch recording")
     train: SGD = opt(SGD(), "the optimizer of the training run the windows branch from", "sgd")
     early_bird_patience: int = opt(5, "early-bird ticket: drawn when this many consecutive mask "
                                    "distances (between windows) are below --early_bird_eps")
@@ -423,6 +427,7 @@ class EarlyConfig(PruningConfig):
                "--window_steps must be >= 2 (a DMD fit needs 3 snapshots)")
         _check_range(self, "window_steps", 2, 10**6, none_ok=True)
         _check_range(self, "early_bird_patience", 1, 10**6)
+        _check_range(self, "window_stride", 0, 10**6)
         _check(0 < self.early_bird_eps <= 1, f"--early_bird_eps must be in (0, 1], got {self.early_bird_eps}")
 
 

@@ -10,6 +10,16 @@ fine-tuned (ShrinkBench's optimizer) and evaluated again. The window is a
 branch of the training run: the main run continues from step e·S, and
 because batches are a function of (seed, step) the branch follows it exactly.
 
+With --window_stride=s the run is recorded once instead, from the first
+window's start to the last one's end, into a trajectory store in the
+workdir (deleted when the seed is done): one banded Gram ΘΘᵀ, every
+--prune_epochs window fitted and scored from its diagonal block (the same
+windows as the branches, without training their steps twice), and sliding
+windows every s steps: λ₁, its separation, the rank, and each window's KMP
+and GMP masks with their distance to the previous window's (sliding.csv;
+the early-bird ticket at window resolution). A kill during the recording
+redoes it from the first window's start.
+
   python -m experiments.early --prune_epochs=0,1,2,4,8   # defaults: kmp,gmp at 4 and 16
 
 Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
@@ -17,24 +27,29 @@ Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
 of each window at every cutoff), mask_distance.csv/json (each method's masks
 between consecutive windows: the early-bird distance), summary.md (with the
 epoch each early-bird ticket is drawn), fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
-fig_lambda_vs_epoch.png, fig_spectra.png. Reruns resume.
+fig_lambda_vs_epoch.png, fig_spectra.png; with --window_stride also
+sliding.csv/json and fig_sliding.png. Reruns resume.
 
 May import: absl, jax, experiments, kpjax.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, loop, models, pruning, train
+from kpjax import koopman, loop, models, pruning, recording, train, trajectory_store
+from kpjax.flatten import count_params
 
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")
 
@@ -73,7 +88,8 @@ class MainRun:
         return _copy(self.state)
 
 
-def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=(), distance_rows=()) -> str:
+def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=(), distance_rows=(),
+             sliding_rows=()) -> str:
     config = setup.config
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
@@ -120,6 +136,7 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=(), distanc
     out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
                                      config.rcond, by=("prune_epoch",))
     out += _early_bird(setup, epochs, distance_rows)
+    out += _sliding_section(setup, sliding_rows)
     return "\n".join(out + report.provenance(timings))
 
 
@@ -134,7 +151,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
         spectra = {}
-        table, overlap, windows, distances = _tables(workdir)
+        table, overlap, windows, distances, sliding = _tables(workdir)
         for seed in setup.seeds:
             previous = None
             for e in epochs:
@@ -150,7 +167,8 @@ def run(config: EarlyConfig, workdir: str) -> str:
                         compression=setup.compressions[0], seed=seed):
                     distances.rows.extend(_distance_rows(setup, previous, window, e, seed))
                 previous = (e, window)
-        return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra)
+        return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
+                              spectra)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
         return _run(setup, epochs, workdir)
@@ -161,7 +179,8 @@ def _tables(workdir: str) -> tuple[ResultTable, ...]:
             ResultTable(workdir, ("model", "prune_epoch", "pair", "compression", "seed"), stem="overlap"),
             ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows"),
             ResultTable(workdir, ("model", "prune_epoch", "method", "compression", "seed"),
-                        stem="mask_distance"))
+                        stem="mask_distance"),
+            ResultTable(workdir, ("model", "seed", "start_step"), stem="sliding"))
 
 
 def _distance_rows(setup, previous: tuple[int, pipeline.Window], window, epoch: int, seed: int):
@@ -209,7 +228,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     config = setup.config
     steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
-    table, overlap, windows, distances = _tables(workdir)
+    table, overlap, windows, distances, sliding = _tables(workdir)
     cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.score_names
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
@@ -227,9 +246,11 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     spectra = {}
     for seed in setup.seeds:
         main_run = MainRun(setup, seed, workdir)
+        if config.window_stride:
+            _record_once(setup, main_run, seed, epochs, workdir, sliding)
         previous = None
         for e in epochs:
-            path = os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz")
+            path = _window_path(workdir, seed, e)
             window = pipeline.cached_window(setup, path)
             if window is None:
                 start = e * setup.steps_per_epoch
@@ -258,12 +279,122 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                                   pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
                 progress.update(1)
 
-    return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra)
+    return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding, spectra)
 
 
-def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, spectra) -> str:
+def _window_path(workdir: str, seed: int, epoch: int) -> str:
+    return os.path.join(workdir, f"seed{seed}", f"window_epoch{epoch}.npz")
+
+
+def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: list[int],
+                 workdir: str, sliding: ResultTable) -> None:
+    """--window_stride: the seed's run from the first window's start to the last
+    one's end, recorded once (a `TrajectoryStore`, deleted at the end); one
+    banded Gram; the --prune_epochs windows scored from its diagonal blocks
+    (cached like branch windows) and the sliding windows' rows."""
+    config = setup.config
+    per_epoch, w = setup.steps_per_epoch, config.window_steps or setup.steps_per_epoch
+    first, last = epochs[0] * per_epoch, epochs[-1] * per_epoch + w
+    todo = [e for e in epochs if pipeline.cached_window(setup, _window_path(workdir, seed, e)) is None]
+    if not todo and sliding.done(model=setup.spec.name, seed=seed, start_step=first):
+        return
+    ends = {e * per_epoch + w - first: e for e in todo}  # step of the recording → window
+    captured: dict[int, train.TrainState] = {}
+
+    def keep_window_ends(t, state):
+        if t in ends:
+            captured[ends[t]] = _copy(state)
+
+    path = os.path.join(workdir, f"seed{seed}", "trajectory.kpt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    recorder = recording.make_recording_train_step(main_run.step_fn, setup.select)
+    desc = f"seed {seed} steps {first}–{last}"
+    started = time.time()
+    with trajectory_store.create_store(
+            path, setup.flat_spec.size, last - first + 1, overwrite=True,
+            metadata={"model": setup.spec.name, "seed": seed, "first_step": first}) as store:
+        batches = pipeline._with_progress(setup.stream(seed, pipeline.PRETRAIN)(first),
+                                          last - first, desc, setup.job)
+        recording.record_trajectory_to_store(recorder, main_run.at(first), batches, last - first,
+                                             setup.select, store, on_step=keep_window_ends)
+        k = koopman.banded_gram(store, w)
+        seconds = (time.time() - started) / max(1, len(todo))
+        for e in todo:
+            r = e * per_epoch - first
+            stream = setup.stream(seed, pipeline.PRETRAIN)(e * per_epoch + w)
+            scoring = [next(stream) for _ in range(pipeline.scoring_batch_count(setup))]
+            pipeline.score_window(setup, captured.pop(e), store.row_range(r, r + w + 1),
+                                  k[r:r + w + 1, r:r + w + 1], scoring, seed,
+                                  _window_path(workdir, seed, e), f"seed {seed} epoch {e}", seconds)
+        if not sliding.done(model=setup.spec.name, seed=seed, start_step=first):
+            sliding.add(_sliding_rows(setup, store, k, w, first, seed))
+    os.remove(path)
+
+
+def _sliding_rows(setup: pipeline.Setup, store, k: np.ndarray, w: int, first: int,
+                  seed: int) -> list[dict]:
+    """Every window of w steps, every --window_stride steps, of the recorded
+    run (`koopman.sliding_window_fits` of the banded Gram): λ₁ and the fit's
+    diagnostics, and the normalized Hamming distance of its KMP and GMP masks
+    at every compression to the previous window's."""
+    config = setup.config
+    starts, fits = koopman.sliding_window_fits(k, w, config.window_stride, rcond=config.rcond[0])
+    modes = np.asarray(koopman.sliding_fixed_point_modes(store, starts, fits))
+    fits = jax.tree_util.tree_map(np.asarray, fits)
+    total = count_params(setup.variables0["params"])
+    rows, previous = [], None
+    for j, s in enumerate(starts):
+        fit = jax.tree_util.tree_map(lambda x: x[j], fits)
+        lam1 = complex(fit.eigenvalues[koopman.fixed_point_index(fit)])
+        scores = {"kmp": np.abs(modes[:, j]).astype(np.float32),
+                  "gmp": np.abs(store.read_rows(s + w, s + w + 1)[0])}
+        masks = {(m, c): np.asarray(pruning.method_flat_mask(m, jnp.asarray(x), setup.flat_spec,
+                                                             total, c))
+                 for m, x in scores.items() for c in setup.compressions}
+        row = {"model": setup.spec.name, "seed": seed, "start_step": first + s,
+               "end_step": first + s + w, "lambda1_real": lam1.real, "lambda1_imag": lam1.imag,
+               "lambda1_distance": abs(lam1 - 1.0), **pipeline.fit_diagnostics(fit)}
+        for (m, c), mask in masks.items():
+            row[f"distance_{m}@{c:g}"] = (float(np.mean(mask != previous[(m, c)]))
+                                          if previous else math.nan)
+        rows.append(row)
+        previous = masks
+    return rows
+
+
+def _sliding_section(setup, rows) -> list[str]:
+    """The sliding windows: |λ₁ − 1| and each mask's distance to the previous
+    window's, and where an early-bird ticket is drawn at window resolution."""
+    if not rows:
+        return []
+    config = setup.config
+    cols = [(m, c) for m in ("kmp", "gmp") for c in setup.compressions]
+    body = []
+    for seed in setup.seeds:
+        mine = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["start_step"])
+        if not mine:
+            continue
+        cells = []
+        for m, c in cols:
+            d = [r[f"distance_{m}@{c:g}"] for r in mine[1:]]
+            i = pruning.early_bird_index(d, config.early_bird_patience, config.early_bird_eps)
+            cells.append(f"step {mine[i + 1]['end_step']}" if i is not None
+                         else f"not drawn (last {d[-1]:.3f})" if d else "–")
+        body.append([seed, len(mine)] + cells)
+    first = min(r["start_step"] for r in rows)
+    return ["## Sliding windows", "",
+            f"One recording of each seed's run from step {first}; windows of "
+            f"{config.window_steps or setup.steps_per_epoch} steps every {config.window_stride} "
+            "steps, fitted from one banded Gram (sliding.csv: λ₁, the fit's diagnostics and each "
+            "mask's normalized Hamming distance to the previous window's). Early-bird ticket: the "
+            f"end step of the window that ends {config.early_bird_patience} consecutive distances "
+            f"below {config.early_bird_eps:g}.", "",
+            markdown_table(["seed", "windows"] + [f"{m.upper()} c={c:g}" for m, c in cols], body), ""]
+
+
+def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding, spectra) -> str:
     summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows,
-                       table.timings.rows if table.timings else (), distances.rows)
+                       table.timings.rows if table.timings else (), distances.rows, sliding.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
     if table.rows:
@@ -275,6 +406,9 @@ def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, s
                          title=f"{setup.spec.name} on {setup.dataset.name}")
     if windows.rows:
         plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"),
+                              f"{setup.spec.name} on {setup.dataset.name}")
+    if sliding.rows:
+        plots.sliding_windows(sliding.rows, out("fig_sliding.png"),
                               f"{setup.spec.name} on {setup.dataset.name}")
     if spectra:
         plots.spectra_by(spectra, out("fig_spectra.png"), "epoch",

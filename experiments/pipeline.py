@@ -352,7 +352,8 @@ def with_scoring_batches(setup: Setup, inputs: pruning.PruneInputs, batch_stats,
 
 def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
                   seed: int, path: str, desc: str, **facts: float) -> Window:
-    """Trains `steps` steps recording Θ, fits the Koopman operator, scores every method.
+    """Trains `steps` steps recording Θ, fits the Koopman operator, scores every
+    method (`score_window`; the scoring batches are the next ones).
 
     `facts` (e.g. the accuracy at the window's start) are kept with the fit's
     diagnostics and end up in windows.csv.
@@ -365,15 +366,39 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     batches = iter(batches)
     state, theta = recording.record_trajectory(
         recorder, state, _with_progress(batches, steps, desc, setup.job), steps, setup.select)
-    k = koopman.gram(theta)
+    scoring = [next(batches) for _ in range(scoring_batch_count(setup))]
+    return score_window(setup, state, theta, koopman.gram(theta), scoring, seed, path, desc,
+                        time.time() - start, **facts)
+
+
+def scoring_batch_count(setup: Setup) -> int:
+    """How many batches after a window the data-dependent methods score on."""
+    needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
+    return setup.config.score_batches if needs & SCORING_NEEDS else 0
+
+
+def score_window(setup: Setup, state: train.TrainState, theta, k, scoring: list, seed: int,
+                 path: str, desc: str, seconds: float = 0.0, **facts: float) -> Window:
+    """The Koopman fit of a recorded window and every method's scores at its end.
+
+    Args:
+      state: the training state at the window's end, θ(t₂).
+      theta: the window's snapshots Θ (an array, or a `TrajectoryStore` row range).
+      k: its Gram matrix ΘΘᵀ (float64; e.g. a diagonal block of a `banded_gram`).
+      scoring: the batches the data-dependent methods score on (ShrinkBench:
+        the next ones after the window).
+      seconds: time already spent on the window (recording), added to the fit's.
+
+    Saves the window to `path` (atomically) for `cached_window`.
+    """
+    start = time.time() - seconds
     fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
     diagnostics = {**facts, **fit_diagnostics(fit)}
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
-    if needs & SCORING_NEEDS:  # the next batches, ShrinkBench-style
-        scoring = [next(batches) for _ in range(setup.config.score_batches)]
+    if scoring:
         inputs = with_scoring_batches(setup, inputs, state.batch_stats, scoring)
     if "synflow_fn" in needs:
         inputs = inputs._replace(synflow_fn=saliency.synflow_objective(
@@ -474,9 +499,9 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
     params = window.variables["params"]
     mask = train.full_mask(params) if dense else window.mask(setup, method, c)
     state = setup.state(window.variables, seed, mask=mask)
-    pruned = state.params  # the sizes and FLOPs of every row of the cell
+    # Every row's sizes and FLOPs: θ(t₂) under the mask (the steps donate the state).
     rows = [row(setup, method, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
-                pruned, mask, time.time() - start, **extra)]
+                params, mask, time.time() - start, **extra)]
     step, eval_step = setup.finetune_step, None
     if setup.filter_granularity and not dense:
         keep = structured.kept_units(setup.spec, mask)
@@ -492,7 +517,7 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
         state = common.run_steps(step, state, setup.stream(seed, FINETUNE), steps,
                                  f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
         rows.append(row(setup, method, c, seed, "finetuned", setup.evaluate(state, eval_step),
-                        pruned, mask, time.time() - start, **extra))
+                        params, mask, time.time() - start, **extra))
     if "@" not in method:  # the final phase under input shifts (--eval_shifts)
         rows[-1].update(setup.evaluate_shifts(state, eval_step))
     logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",

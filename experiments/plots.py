@@ -226,6 +226,31 @@ def lambda_vs_epoch(rows: Sequence[Row], path: str, title: str = "") -> None:
     _save(fig, path)
 
 
+def sliding_windows(rows: Sequence[Row], path: str, title: str = "") -> None:
+    """Sliding windows: |λ₁ − 1| and the KMP / GMP masks' distance to the
+    previous window's vs the window's end step (mean over seeds)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6), sharex=True)
+    lam = group_mean_std(rows, ("end_step",), "lambda1_distance")
+    pts = sorted((k[0], v) for k, v in lam.items())
+    _line(top, [p for p, _ in pts], [v for _, v in pts], "|λ₁ − 1|", dict(marker="."), scale=1.0)
+    top.set_yscale("log")
+    top.set_ylabel("|λ₁ − 1|")
+    for col in sorted(k for k in rows[0] if k.startswith("distance_")):
+        stats = group_mean_std([r for r in rows if np.isfinite(r[col])], ("end_step",), col)
+        pts = sorted((k[0], v) for k, v in stats.items())
+        if pts:
+            _line(bottom, [p for p, _ in pts], [v for _, v in pts], col[len("distance_"):].upper(),
+                  dict(marker="."), scale=1.0)
+    bottom.set_ylabel("mask distance to the previous window")
+    bottom.set_xlabel("end step of the window")
+    bottom.legend(fontsize=8)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    n = _n_seeds(rows)
+    top.set_title(f"{title + ': ' if title else ''}sliding Koopman windows, n = {n} seed{'s' if n > 1 else ''}")
+    _save(fig, path)
+
+
 def spectra_by(groups: dict[Any, np.ndarray], path: str, label: str, title: str = "") -> None:
     """Several spectra (e.g. one per pruning epoch) in the complex plane, and
     zoomed on the eigenvalues nearest 1."""

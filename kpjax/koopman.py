@@ -198,6 +198,41 @@ def gram(
     return k
 
 
+def banded_gram(snapshots: Any, bandwidth: int, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """The band |i − j| ≤ `bandwidth` of K = ΘΘᵀ, float64, zero outside it.
+
+    What sliding windows of w ≤ bandwidth steps read (their Grams are the
+    diagonal blocks K[s:s+w+1, s:s+w+1]), for about 2·bandwidth/(T+1) of
+    the full Gram's flops: one pass over Θ, blocked over columns as `gram`.
+    Row tiles of bandwidth+1 rows each take the products with the tile and
+    the `bandwidth` rows before it; the upper triangle is the lower's mirror.
+
+    Raises:
+      ValueError: bandwidth < 2, too few snapshots, or NaN/Inf in Θ.
+    """
+    _check_snapshots(snapshots)
+    if bandwidth < MIN_SNAPSHOTS - 1:
+        raise ValueError(f"bandwidth must be >= {MIN_SNAPSHOTS - 1}, got {bandwidth}")
+    rows = snapshots.shape[0]
+    tile = bandwidth + 1
+    lower = np.zeros((rows, rows), np.float64)
+    for _, _, block in _column_blocks(snapshots, block_size):
+        b = np.asarray(block, np.float64)
+        for r0 in range(0, rows, tile):
+            r1, lo = min(rows, r0 + tile), max(0, r0 - bandwidth)
+            lower[r0:r1, lo:r1] += b[r0:r1] @ b[lo:r1].T
+    lower = np.tril(lower)
+    for i in range(tile, rows):  # tiles also computed some entries left of the band
+        lower[i, : i - bandwidth] = 0.0
+    k = lower + lower.T
+    k[np.diag_indices(rows)] /= 2
+    bad = np.flatnonzero(~np.isfinite(np.diagonal(k)))
+    if bad.size:
+        raise ValueError(f"snapshots contain NaN or Inf (in snapshot rows {bad[:10].tolist()}"
+                         f"{' …' if bad.size > 10 else ''})")
+    return k
+
+
 def segment_grams(
     snapshots: Any, spec: FlatSpec, block_size: int = DEFAULT_BLOCK_SIZE
 ) -> jax.Array:

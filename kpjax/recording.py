@@ -118,6 +118,7 @@ def record_trajectory_to_store(
     select: Any,
     store: TrajectoryStore,
     rows_per_flush: int = 32,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> Any:
     """`record_trajectory` with Θ written to `store` instead of RAM.
 
@@ -137,6 +138,8 @@ def record_trajectory_to_store(
       select: which params to record, as for `kpjax.flatten.ravel_selected`.
       store: an empty store with N columns and room for T+1 rows.
       rows_per_flush: k.
+      on_step: called as on_step(t, state) after step t (the next step
+        donates the state: copy what you keep).
 
     Returns:
       The state after T steps; row 0 of the store holds θ before the first
@@ -177,6 +180,8 @@ def record_trajectory_to_store(
         steps = take_batches(batches, num_steps, "record_trajectory_to_store")
         for t, (images, labels) in enumerate(steps, start=1):
             state, buffer, _ = recording_step(state, images, labels, buffer, jnp.int32(filled))
+            if on_step is not None:
+                on_step(t, state)
             filled += 1
             if filled == k or t == num_steps:
                 buffer.copy_to_host_async()

@@ -154,6 +154,13 @@ class TrajectoryStore:
         """Rows start..stop−1 (whole snapshots), (stop−start, N)."""
         return self[start:stop, :]
 
+    def row_range(self, start: int, stop: int) -> "RowRange":
+        """Snapshots start..stop−1 as an array-like of their own (a window of
+        the trajectory, for `kpjax.koopman`), read on demand."""
+        if not 0 <= start < stop <= self.rows:
+            raise ValueError(f"rows {start}..{stop} are not within the {self.rows} written")
+        return RowRange(self, start, stop)
+
     # -- reading --------------------------------------------------------------
 
     def _read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -241,6 +248,33 @@ class TrajectoryStore:
             f"TrajectoryStore({self.path!r}, rows={self.rows}/{self.num_snapshots}, "
             f"N={self.num_params}, dtype={self.dtype_name})"
         )
+
+
+class RowRange:
+    """Rows start..stop−1 of a store, with the array protocol of the store."""
+
+    def __init__(self, store: TrajectoryStore, start: int, stop: int):
+        self.store, self.start, self.stop = store, start, stop
+        self.dtype = store.dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.stop - self.start, self.store.num_params)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
+            raise TypeError(f"index a RowRange with two slices, rows[r0:r1, c0:c1]; got {key!r}")
+        r0, r1, rs = key[0].indices(len(self))
+        if rs != 1:
+            raise TypeError("RowRange slices must have step 1")
+        return self.store[self.start + r0 : self.start + max(r0, r1), key[1]]
 
 
 def _data_offset(header_length: int) -> int:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -176,6 +177,48 @@ def test_early_end_to_end(tmp_path):
     assert {(r["prune_epoch"], r["previous_epoch"], r["method"], r["seed"]) for r in distances} == {
         (1, 0, m, s) for m in ("kmp", "kmp_subspace", "gmp") for s in (0, 1)}
     assert all(0.0 <= r["distance"] <= 1.0 for r in distances)
+
+
+def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):
+    """--window_stride: one recording of the run gives the same --prune_epochs
+    windows as the branch recordings (same batches, same steps), and the
+    sliding windows at those starts have their λ₁."""
+    from experiments import pipeline
+    base = dict(**{**TINY, "seeds": (0,)}, window_steps=4, prune_epochs=(0, 1, 2),
+                compressions=(4,), methods=("kmp", "gmp", "grad"), finetune_epochs=0,
+                rcond=(1e-6,))
+    branches, once = tmp_path / "branches", tmp_path / "once"
+    early.run(EarlyConfig(**base), str(branches))
+    config = EarlyConfig(**base, window_stride=2)
+    summary = early.run(config, str(once))
+    setup = pipeline.Setup(config)
+    for e in (0, 1, 2):
+        a, b = (pipeline.cached_window(setup, str(w / "seed0" / f"window_epoch{e}.npz"))
+                for w in (branches, once))
+        for x, y in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
+            np.testing.assert_array_equal(x, y)
+        for m in ("kmp", "gmp", "grad"):
+            np.testing.assert_allclose(b.scores[m], a.scores[m], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-8)
+    top1 = {tuple(r[k] for k in ("prune_epoch", "method")): r["top1"] for r in rows(once / "results.json")}
+    assert top1 == {tuple(r[k] for k in ("prune_epoch", "method")): r["top1"]
+                    for r in rows(branches / "results.json")}
+    assert not (once / "seed0" / "trajectory.kpt").exists()
+    # 6 steps an epoch: the recording spans steps 0–16, windows of 4 every 2.
+    sliding = rows(once / "sliding.json")
+    assert [r["start_step"] for r in sliding] == [0, 2, 4, 6, 8, 10, 12]
+    lam = {r["prune_epoch"]: r["lambda1_distance"] for r in rows(once / "windows.json")}
+    by_start = {r["start_step"]: r for r in sliding}
+    for e in (0, 1, 2):
+        assert by_start[6 * e]["lambda1_distance"] == pytest.approx(lam[e], rel=1e-6)
+    assert np.isnan(sliding[0]["distance_kmp@4"])
+    assert all(0.0 <= r[f"distance_{m}@4"] <= 1.0 for r in sliding[1:] for m in ("kmp", "gmp"))
+    assert "## Sliding windows" in summary and (once / "fig_sliding.png").stat().st_size > 0
+    # A rerun finds everything done: nothing is recorded again.
+    mtime = (once / "sliding.json").stat().st_mtime_ns
+    assert "## Sliding windows" in early.run(config, str(once))
+    assert (once / "sliding.json").stat().st_mtime_ns == mtime
+    assert rows(once / "sliding.json") == sliding
 
 
 def test_main_turns_bad_flags_into_one_usage_line_and_help_lists_every_flag(tmp_path):

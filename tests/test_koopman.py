@@ -396,6 +396,24 @@ def test_sliding_windows_equal_independent_fits_of_the_slices():
         koopman.window_starts(41, 41, 1)
 
 
+@pytest.mark.parametrize("bandwidth,block", [(2, 5), (12, 7), (13, 64), (40, 3)])
+def test_banded_gram_is_the_band_of_the_gram(bandwidth, block):
+    theta = np.random.default_rng(0).normal(size=(41, 30)).astype(np.float32)
+    full = np.asarray(koopman.gram(jnp.asarray(theta)))
+    band = koopman.banded_gram(theta, bandwidth, block_size=block)
+    i, j = np.indices(full.shape)
+    inside = np.abs(i - j) <= bandwidth
+    np.testing.assert_allclose(band[inside], full[inside], rtol=1e-12)
+    assert np.all(band[~inside] == 0)
+    # Sliding windows read only the band: their fits are the full Gram's.
+    starts, fits = koopman.sliding_window_fits(band, window=min(bandwidth, 12), stride=5)
+    _, ref = koopman.sliding_window_fits(full, window=min(bandwidth, 12), stride=5)
+    np.testing.assert_allclose(np.asarray(fits.eigenvalues), np.asarray(ref.eigenvalues), rtol=1e-8, atol=1e-12)
+    theta[7, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf \(in snapshot rows \[7\]"):
+        koopman.banded_gram(theta, bandwidth)
+
+
 def test_a_jump_on_linear_dynamics_lands_on_the_trajectory():
     oracle = quadratic_gd(steps=60)
     seen = jnp.asarray(oracle.snapshots[:21])  # fit on the first 20 steps

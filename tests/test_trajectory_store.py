@@ -65,6 +65,21 @@ def test_fit_from_store_equals_in_memory_fit(tmp_path):
     np.testing.assert_allclose(mode_disk.real, traj.theta_star @ embed, rtol=1e-3, atol=1e-4)
 
 
+def test_a_row_range_is_a_window_of_the_trajectory(tmp_path):
+    theta = np.random.default_rng(2).normal(size=(20, 5000)).astype(np.float32)
+    with ts.create_store(tmp_path / "w", 5000, 20, read_chunk_bytes=20 * 4 * 4096) as store:
+        store.append(theta)
+        view = store.row_range(6, 15)
+        assert view.shape == (9, 5000) and view.ndim == 2 and len(view) == 9
+        np.testing.assert_array_equal(view[:, 4000:4500], theta[6:15, 4000:4500])
+        np.testing.assert_array_equal(view[2:4, :], theta[8:10])
+        # The Koopman functions read it as the sliced array.
+        np.testing.assert_array_equal(np.asarray(koopman.gram(view, block_size=1024)),
+                                      np.asarray(koopman.gram(theta[6:15], block_size=1024)))
+        with pytest.raises(ValueError, match="not within the 20 written"):
+            store.row_range(5, 21)
+
+
 def _write(path, data=b"", size=None):
     with open(path, "wb") as f:
         f.write(data)
