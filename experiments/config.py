@@ -530,6 +530,9 @@ class JumpConfig(DataConfig):
                             "needs to match the accelerated run can be read off its curve")
     window: int = opt(50, "SGD steps recorded before each jump (the DMD window)")
     jump: int = opt(50, "τ: steps the jump predicts ahead, θ ← Re Σ b_i λ_i^(w+τ) φ_i")
+    increment: bool = opt(False, "jump by the drift of the modes with |λ| ≤ 1 from θ(w) instead, "
+                          "θ ← θ(w) + Re Σ_{|λ_i|≤1} b_i λ_i^w (λ_i^τ − 1) φ_i "
+                          "(koopman.jump_increment): growing modes are not extrapolated")
     max_residual: float = opt(0.05, "jump only when the fixed-point mode's residual "
                               "‖Yv − λXv‖/‖Xv‖ is at most this")
     reset_momentum: bool = opt(True, "zero the momentum buffer after a jump (it describes the "

@@ -8,7 +8,8 @@ the same order (batch i is the i-th gradient evaluation of either run):
   * the accelerated run, --budget gradient evaluations in cycles: --window
     SGD steps recording Θ, an exact-DMD fit of the window (rcond --rcond),
     then a jump θ ← Re Σ_i b_i λ_i^(w+τ) φ_i (τ = --jump; `koopman.jump`)
-    of the recorded parameters, taken only when the fixed-point mode's
+    of the recorded parameters (with --increment: θ(w) plus the drift of the
+    modes with |λ| ≤ 1 only, `koopman.jump_increment`), taken only when the fixed-point mode's
     residual is at most --max_residual and the loss on the next batch does
     not rise (one forward pass each side: no gradient); the momentum buffer
     is zeroed after a jump (--reset_momentum). Evaluated after every cycle.
@@ -127,8 +128,9 @@ def koopman_run(setup: _Setup, seed: int) -> tuple[list[dict], list[dict]]:
                  "lambda1_real": lam.real, "lambda1_imag": lam.imag, "jumped": False}
         if np.isfinite(residual) and residual <= config.max_residual:
             spec = flatten.flat_spec(state.params, setup.select)
+            predict = koopman.jump_increment if config.increment else koopman.jump
             jumped = flatten.unravel_selected(
-                np.asarray(koopman.jump(theta, fit, config.jump), np.float32), spec, state.params)
+                np.asarray(predict(theta, fit, config.jump), np.float32), spec, state.params)
             jumped = pruning.apply_mask(jumped, state.mask)
             nxt = next(iter(setup.batches(seed)(int(state.step))))  # the next batch, forward only
             before, after = _loss(setup, state, state.params, nxt), _loss(setup, state, jumped, nxt)
@@ -205,7 +207,8 @@ def _summary(setup: _Setup, rows, cycles, timings=()) -> str:
         f"Seeds {sorted({r['seed'] for r in rows})}; budget {setup.budget} gradient evaluations "
         f"({setup.budget / setup.steps_per_epoch:g} epochs); SGD lr {config.train.lr:g}, momentum "
         f"{config.train.momentum:g}, batch {config.batch_size}; window w = {config.window} steps, "
-        f"jump τ = {config.jump} steps, rcond {config.rcond:g}, residual gate {config.max_residual:g}, "
+        f"jump τ = {config.jump} steps"
+        f"{' (increment: the drift of the modes with |λ| ≤ 1 from θ(w))' if config.increment else ''}, rcond {config.rcond:g}, residual gate {config.max_residual:g}, "
         f"momentum {'reset' if config.reset_momentum else 'kept'} after a jump. Jumped params: "
         f"{count_params(params, setup.select):,} of {count_params(params):,}.", "",
         *report.data_line(setup.dataset.name, setup.dataset.source),

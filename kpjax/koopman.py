@@ -719,6 +719,24 @@ def jump(snapshots: Any, fit: DMDFit, steps: float) -> jax.Array:
     return predict(snapshots, fit, snapshots.shape[0] - 1 + steps)
 
 
+def jump_increment(snapshots: Any, fit: DMDFit, steps: float, max_modulus: float = 1.0) -> jax.Array:
+    """A jump from the last snapshot by the decaying modes' drift only,
+    θ(T) + Re Σ_{|λ_i| ≤ max_modulus} b_i λ_i^T (λ_i^τ − 1) φ_i (float64, (N,)).
+
+    `jump` extrapolates every mode, and a mode with |λ| slightly above 1
+    (noise, or a slow instability) grows by |λ|^τ; here such modes add
+    nothing and the jump starts from θ(T) itself rather than from the fit's
+    reconstruction of it. On exact linear dynamics with |λ| ≤ 1 the two agree.
+    """
+    last = snapshots.shape[0] - 1
+    with jax.enable_x64(True):
+        lam = fit.eigenvalues
+        keep = fit.valid & (jnp.abs(lam) <= max_modulus)
+        factor = fit.amplitudes * jnp.where(keep, lam**last * (lam**steps - 1.0), 0.0)
+        weights = (fit.coefficients @ factor).at[last].add(1.0)  # + θ(T)
+        return combine_snapshots(snapshots, weights).real
+
+
 def fit_trajectory(
     snapshots: Any,
     rcond: float = DEFAULT_RCOND,

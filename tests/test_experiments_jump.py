@@ -54,3 +54,14 @@ def test_sgd_is_evaluated_at_the_budget_off_the_grid(tmp_path):
     jump.run(config(max_residual=0.0, budget=10, eval_every=4), str(tmp_path / "w"))
     rows = json.loads((tmp_path / "w" / "curves.json").read_text())["rows"]
     assert sorted(r["grad_evals"] for r in rows if r["run"] == "sgd") == [0, 4, 8, 10, 12, 16, 20]
+
+
+def test_increment_jumps_from_the_last_snapshot(tmp_path):
+    jump.run(config(max_residual=1.0), str(tmp_path / "full"))
+    summary = jump.run(config(max_residual=1.0, increment=True), str(tmp_path / "inc"))
+    assert "increment: the drift of the modes with |λ| ≤ 1" in summary
+    full, inc = (json.loads((tmp_path / w / "jumps.json").read_text()) for w in ("full", "inc"))
+    # The first window is the same run: the same fit and loss before, another jump.
+    assert inc[0]["loss_before"] == full[0]["loss_before"]
+    assert inc[0]["residual"] == full[0]["residual"]
+    assert inc[0]["loss_after"] != full[0]["loss_after"]

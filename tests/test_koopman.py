@@ -421,3 +421,29 @@ def test_a_jump_on_linear_dynamics_lands_on_the_trajectory():
     for tau in (1, 10, 40):
         np.testing.assert_allclose(np.asarray(koopman.jump(seen, fit, tau)),
                                    oracle.snapshots[20 + tau], rtol=1e-5, atol=1e-6)
+
+
+def test_an_increment_jump_keeps_only_the_decaying_modes_drift():
+    # Stable linear dynamics: the same landing point as the full jump.
+    oracle = quadratic_gd(steps=60)
+    seen = jnp.asarray(oracle.snapshots[:21])
+    fit = koopman.fit_trajectory(seen)
+    for tau in (1, 10, 40):
+        np.testing.assert_allclose(np.asarray(koopman.jump_increment(seen, fit, tau)),
+                                   oracle.snapshots[20 + tau], rtol=1e-5, atol=1e-6)
+    # θ(t) = θ* + Σ a_i μ_i^t v_i with one growing mode (μ = 1.05): the
+    # increment jump moves the decaying ones by their drift and leaves the
+    # growing one where θ(T) has it; the full jump extrapolates it.
+    rng = np.random.default_rng(3)
+    v, _ = np.linalg.qr(rng.normal(size=(50, 3)))
+    theta_star, a, mu = rng.normal(size=50), np.array([2.0, -1.5, 0.7]), np.array([0.9, 0.5, 1.05])
+    traj = np.stack([theta_star + v @ (a * mu**t) for t in range(21)])
+    fit = koopman.fit_trajectory(jnp.asarray(traj))
+    tau = 15
+    expected = theta_star + v @ (a * np.array([0.9**35, 0.5**35, 1.05**20]))
+    np.testing.assert_allclose(np.asarray(koopman.jump_increment(jnp.asarray(traj), fit, tau)),
+                               expected, rtol=1e-5, atol=1e-6)
+    full = theta_star + v @ (a * mu**35)
+    np.testing.assert_allclose(np.asarray(koopman.jump(jnp.asarray(traj), fit, tau)), full,
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - full).max() > 0.1  # the two jumps differ here
