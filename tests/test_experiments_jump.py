@@ -38,6 +38,8 @@ def test_with_the_gate_shut_the_accelerated_run_is_plain_sgd(tmp_path):
     jumps = json.loads((tmp_path / "w" / "jumps.json").read_text())
     assert len(jumps) == 3 and not any(c["jumped"] for c in jumps)
     assert "Jumps taken: 0 of 3 cycles" in summary
+    # No jump: the run is SGD, 0 % saved whatever SGD's curve does.
+    assert "| 0 | 0 |" in summary and "12 (no jump: SGD itself) | 0.0 % |" in summary
 
 
 def test_jumps_end_to_end_and_resume(tmp_path, monkeypatch):
