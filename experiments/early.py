@@ -30,7 +30,7 @@ epoch each early-bird ticket is drawn), fig_accuracy_vs_epoch.png, fig_overlap_v
 fig_lambda_vs_epoch.png, fig_spectra.png; with --window_stride also
 sliding.csv/json and fig_sliding.png. Reruns resume.
 
-May import: absl, jax, experiments, kpjax.
+May import: absl, jax, numpy, experiments, kpjax.
 """
 
 from __future__ import annotations
