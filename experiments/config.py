@@ -327,16 +327,11 @@ CONTROLS = ("reinit", "small_dense")
 
 
 @dataclass(frozen=True)
-class PruneConfig(PruningConfig):
-    """The paper's Fig. 1: dense model → one recorded window → prune θ(t₂)."""
+class WindowConfig(PruningConfig):
+    """A dense model (imported, or trained from scratch) and one recorded
+    window of fine-tuning per seed: what experiments.prune, .compare_dynamics
+    and .coreset start from (`prune.seed_window`)."""
 
-    # The default main job (`python -m experiments.prune`, no flags): 3 seeds so
-    # that every gap has a spread, at 3 compressions so that it stays within
-    # 15 minutes on 2 cores (measured: BUILD_NOTES); c = 2, where every method
-    # is within 0.2 points of dense, and c = 8 are left out. The paper's
-    # figure: --compressions=2,4,8,16,32.
-    compressions: tuple[float, ...] = opt((4.0, 16.0, 32.0), "compression ratios (total / nonzero "
-                                          "parameters); the paper's figure: 2,4,8,16,32", "floats")
     seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: each has its own training run, window, gradient "
                                  "batch and fine-tuning order", "ints")
     init_checkpoint: str | None = opt(
@@ -346,6 +341,27 @@ class PruneConfig(PruningConfig):
     train: SGD = opt(SGD(), "the optimizer of training from scratch", "sgd")
     trajectory_steps: int | None = opt(
         None, "steps T of the recorded window; default one epoch (469 MNIST, 391 CIFAR-10)", "int")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.pretrain_epochs >= 0, f"--pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
+        _check_range(self, "pretrain_epochs", 0, _MAX_EPOCHS)
+        _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
+               "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
+        _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
+
+
+@dataclass(frozen=True)
+class PruneConfig(WindowConfig):
+    """The paper's Fig. 1: dense model → one recorded window → prune θ(t₂)."""
+
+    # The default main job (`python -m experiments.prune`, no flags): 3 seeds so
+    # that every gap has a spread, at 3 compressions so that it stays within
+    # 15 minutes on 2 cores (measured: BUILD_NOTES); c = 2, where every method
+    # is within 0.2 points of dense, and c = 8 are left out. The paper's
+    # figure: --compressions=2,4,8,16,32.
+    compressions: tuple[float, ...] = opt((4.0, 16.0, 32.0), "compression ratios (total / nonzero "
+                                          "parameters); the paper's figure: 2,4,8,16,32", "floats")
     granularity: str = opt("weight", "what a method removes: single weights, or whole filters "
                            "and neurons (kpjax.structured: each unit scored by the L2 norm, or for "
                            "saliencies the sum, of the method's scores over its filter; the same "
@@ -365,11 +381,6 @@ class PruneConfig(PruningConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.pretrain_epochs >= 0, f"--pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
-        _check_range(self, "pretrain_epochs", 0, _MAX_EPOCHS)
-        _check(self.trajectory_steps is None or self.trajectory_steps >= 2,
-               "--trajectory_steps must be >= 2 (a DMD fit needs 3 snapshots)")
-        _check_range(self, "trajectory_steps", 2, 10**6, none_ok=True)
         _check(self.granularity in ("weight", "filter"),
                f"--granularity must be weight or filter, got {self.granularity!r}")
         if self.granularity == "filter":
@@ -456,7 +467,7 @@ class InitConfig(PruningConfig):
 
 
 @dataclass(frozen=True)
-class CompareConfig(PruneConfig):
+class CompareConfig(WindowConfig):
     """Comparing training dynamics (Redman et al. 2024): fine-tuning runs of
     the dense network and of its KMP- and GMP-pruned versions, each recorded
     and reduced to its Koopman spectrum."""
@@ -487,12 +498,10 @@ class CompareConfig(PruneConfig):
                f"and --top={self.top}")
         _check(len(self.seeds) >= 2, "--seeds: the shuffle test needs at least 2 seeds per run type")
         _check(len(self.rcond) == 1, "--rcond: the comparison uses one cutoff")
-        _check(not self.controls and not self.eval_shifts,
-               "--controls and --eval_shifts belong to experiments.prune, not to the comparison")
 
 
 @dataclass(frozen=True)
-class CoresetConfig(PruneConfig):
+class CoresetConfig(WindowConfig):
     """Neuron pruning of MnistNet's fc1: coreset against L2 neuron norm and KMP per neuron."""
 
     methods: tuple[str, ...] = opt(("kmp", "gmp"), "per-weight scores reduced per neuron beside "
@@ -513,8 +522,6 @@ class CoresetConfig(PruneConfig):
         _check(isinstance(self.spec().module, models.MnistNet),
                "--model: the coreset experiment prunes MnistNet's fc1")
         _check_range(self, "sample_examples", 1, 10**6)
-        _check(not self.controls and not self.eval_shifts and self.granularity == "weight",
-               "--controls, --eval_shifts and --granularity belong to experiments.prune")
 
 
 @dataclass(frozen=True)
