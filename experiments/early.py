@@ -28,13 +28,15 @@ of each window at every cutoff), mask_distance.csv/json (each method's masks
 between consecutive windows: the early-bird distance), summary.md (with the
 epoch each early-bird ticket is drawn), fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
 fig_lambda_vs_epoch.png, fig_spectra.png; with --window_stride also
-sliding.csv/json and fig_sliding.png. Reruns resume.
+sliding.csv/json, seed<s>/sliding_spectra.npz (every window's eigenvalues)
+and fig_sliding.png. Reruns resume.
 
 May import: absl, jax, numpy, experiments, kpjax.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -46,7 +48,8 @@ from absl import logging
 
 from experiments import cli, common, pipeline, plots, report
 from experiments.config import EarlyConfig
-from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
+from experiments.results import (ResultTable, atomic_write_bytes, atomic_write_text, fmt_pm,
+                                 group_mean_std, markdown_table)
 from experiments.workdir import claim
 from kpjax import koopman, loop, models, pruning, recording, train, trajectory_store
 from kpjax.flatten import count_params
@@ -327,16 +330,21 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
                                   k[r:r + w + 1, r:r + w + 1], scoring, seed,
                                   _window_path(workdir, seed, e), f"seed {seed} epoch {e}", seconds)
         if not sliding.done(model=setup.spec.name, seed=seed, start_step=first):
-            sliding.add(_sliding_rows(setup, store, k, w, first, seed))
+            rows, spectra = _sliding_rows(setup, store, k, w, first, seed)
+            buf = io.BytesIO()
+            np.savez(buf, **spectra)
+            atomic_write_bytes(os.path.join(workdir, f"seed{seed}", "sliding_spectra.npz"), buf.getvalue())
+            sliding.add(rows)
     os.remove(path)
 
 
 def _sliding_rows(setup: pipeline.Setup, store, k: np.ndarray, w: int, first: int,
-                  seed: int) -> list[dict]:
+                  seed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every window of w steps, every --window_stride steps, of the recorded
-    run (`koopman.sliding_window_fits` of the banded Gram): λ₁ and the fit's
-    diagnostics, and the normalized Hamming distance of its KMP and GMP masks
-    at every compression to the previous window's."""
+    run (`koopman.sliding_window_fits` of the banded Gram): rows with λ₁, the
+    fit's diagnostics and the normalized Hamming distance of its KMP and GMP
+    masks at every compression to the previous window's; and the spectra
+    (start_step, eigenvalues and valid, one row per window)."""
     config = setup.config
     starts, fits = koopman.sliding_window_fits(k, w, config.window_stride, rcond=config.rcond[0])
     modes = np.asarray(koopman.sliding_fixed_point_modes(store, starts, fits))
@@ -359,7 +367,9 @@ def _sliding_rows(setup: pipeline.Setup, store, k: np.ndarray, w: int, first: in
                                           if previous else math.nan)
         rows.append(row)
         previous = masks
-    return rows
+    spectra = {"start_step": first + np.asarray(starts), "eigenvalues": fits.eigenvalues,
+               "valid": fits.valid}
+    return rows, spectra
 
 
 def _sliding_section(setup, rows) -> list[str]:

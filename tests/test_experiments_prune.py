@@ -211,6 +211,10 @@ def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):
     by_start = {r["start_step"]: r for r in sliding}
     for e in (0, 1, 2):
         assert by_start[6 * e]["lambda1_distance"] == pytest.approx(lam[e], rel=1e-6)
+    with np.load(once / "seed0" / "sliding_spectra.npz") as f:
+        assert list(f["start_step"]) == [0, 2, 4, 6, 8, 10, 12] and f["eigenvalues"].shape == (7, 4)
+        lam1 = np.abs(f["eigenvalues"][3][f["valid"][3]] - 1).min()
+    assert lam1 == pytest.approx(lam[1], rel=1e-6)  # window 3 starts at epoch 1
     assert np.isnan(sliding[0]["distance_kmp@4"])
     assert all(0.0 <= r[f"distance_{m}@4"] <= 1.0 for r in sliding[1:] for m in ("kmp", "gmp"))
     assert "## Sliding windows" in summary and (once / "fig_sliding.png").stat().st_size > 0
