@@ -91,6 +91,16 @@ def run_cell(setup, window, method: str, fraction: float, seed: int) -> list[dic
     return rows
 
 
+def dense_cell(setup, window, seed: int) -> list[dict]:
+    """The unpruned references (`pipeline.dense_cell`): θ(t₂), and θ(t₂) refined
+    like every pruned cell; fraction 1, all 500 neurons."""
+    rows = pipeline.dense_cell(setup, window, seed)
+    for r in rows:
+        r["fraction"] = r.pop("compression")
+        r["neurons_kept"] = int(window.variables["params"][LAYER]["kernel"].shape[-1])
+    return rows
+
+
 def _summary(setup, rows, timings=()) -> str:
     config = setup.config
     names = ["coreset", *config.methods]
@@ -102,10 +112,14 @@ def _summary(setup, rows, timings=()) -> str:
            "mean ± std over seeds.", "",
            *report.data_line(setup.dataset.name, setup.dataset.source)]
     for phase, title in (("pruned", "Immediately after pruning"), ("finetuned", "After refinement")):
-        body = [[f"{f:g}"] + [fmt_pm(stats.get((m, f, phase))) for m in names] for f in config.fractions
-                if any((m, f, phase) in stats for m in names)]
+        # The unpruned reference: θ(t₂) itself before refinement, refined alike after.
+        dense = fmt_pm(stats.get(("dense", 1.0, "dense" if phase == "pruned" else "finetuned")))
+        body = [[f"{f:g}"] + [fmt_pm(stats.get((m, f, phase))) for m in names] + [dense]
+                for f in config.fractions if any((m, f, phase) in stats for m in names)]
         if body:
-            out += [f"## {title}", "", markdown_table(["fc1 neurons kept"] + names, body), ""]
+            out += [f"## {title}", "", markdown_table(
+                ["fc1 neurons kept"] + names + ["unpruned" + ("" if phase == "pruned" else ", refined alike")],
+                body), ""]
     return "\n".join(out + report.provenance(timings))
 
 
@@ -118,12 +132,14 @@ def run(config: CoresetConfig, workdir: str) -> str:
         with claim(workdir):
             pipeline.check_workdir(workdir, config)
             for seed in setup.seeds:
-                cells = [(m, f) for m in ("coreset", *config.methods) for f in config.fractions
+                cells = [(m, f) for m in ("coreset", *config.methods) for f in config.fractions]
+                cells = [(m, f) for m, f in [("dense", 1.0)] + cells
                          if not table.done(model=setup.spec.name, method=m, fraction=f, seed=seed)]
                 if cells:
                     window = prune.seed_window(setup, seed, steps, workdir)
                     for method, fraction in cells:
-                        table.add(run_cell(setup, window, method, fraction, seed))
+                        table.add(dense_cell(setup, window, seed) if method == "dense"
+                                  else run_cell(setup, window, method, fraction, seed))
     summary = _summary(setup, table.rows, table.timings.rows if table.timings else ())
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     return summary

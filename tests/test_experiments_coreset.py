@@ -16,5 +16,7 @@ def test_coreset_experiment_end_to_end(tmp_path):
     rows = json.loads((tmp_path / "w" / "results.json").read_text())["rows"]
     cells = {(r["method"], r["fraction"], r["phase"]): r for r in rows}
     assert set(cells) == {(m, f, p) for m in ("coreset", "kmp", "gmp") for f in (0.5, 0.25)
-                          for p in ("pruned", "finetuned")}
+                          for p in ("pruned", "finetuned")} | {("dense", 1.0, "dense"),
+                                                              ("dense", 1.0, "finetuned")}
     assert all(r["neurons_kept"] == round(16 * r["fraction"]) for r in rows)  # fc1 has 16 units
+    assert "unpruned, refined alike" in summary
