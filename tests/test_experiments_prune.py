@@ -421,6 +421,18 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
     got = structured.kept_units(setup.spec, window.mask(setup, "l1", 2.0))
     assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
         k: sorted(v) for k, v in by_hand.items()}
+    # Group KMP: the window's per-weight |b₁φ₁| (no new fit), L2 over each filter, by hand.
+    phi = pruning.scores_from_flat(np.asarray(window.scores["kmp"]), setup.flat_spec, params)
+    for g in structured.declared_groups(setup.spec, params):
+        layer = structured._get(phi, g.producer)
+        rows_ = [np.asarray(layer["kernel"]).reshape(-1, np.shape(layer["kernel"])[-1])]
+        if "bias" in layer:
+            rows_.append(np.asarray(layer["bias"])[None, :])
+        norms = np.sqrt((np.concatenate(rows_) ** 2).sum(axis=0))
+        by_hand[g.name] = np.argsort(-norms, kind="stable")[:max(1, int(round(f * norms.size)))]
+    got = structured.kept_units(setup.spec, window.mask(setup, "kmp", 2.0))
+    assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
+        k: sorted(v) for k, v in by_hand.items()}
     with pytest.raises(ValueError, match="out of reach of filter pruning"):
         PruneConfig(**TINY, compressions=(60,), granularity="filter")
 
