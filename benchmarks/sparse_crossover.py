@@ -18,14 +18,14 @@ Measure on idle, pinned cores (`taskset`); report the load.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from jax.experimental import sparse
+
+from benchmarks.timing import alternating_medians, call_timer
 
 _DENSITIES = flags.DEFINE_list("densities", ["0.5", "0.2", "0.1", "0.05", "0.02", "0.01", "0.005", "0.002"],
                                "fractions of each kernel's entries kept")
@@ -41,15 +41,7 @@ LAYERS = {"conv1 (im2col)": (24 * 24, 25, 20), "conv2 (im2col)": (8 * 8, 500, 50
 
 
 def _timer(fn, *args):
-    def run():
-        for _ in range(_WARMUP.value):
-            jax.block_until_ready(fn(*args))
-        start = time.perf_counter()
-        for _ in range(_STEPS.value):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        return (time.perf_counter() - start) / _STEPS.value
-    return run
+    return call_timer(fn, *args, warmup=_WARMUP.value, steps=_STEPS.value)
 
 
 def main(argv) -> None:
@@ -69,12 +61,9 @@ def main(argv) -> None:
             np.testing.assert_allclose(np.asarray(sparse_matmul(x, w_sparse)),
                                        np.asarray(dense_matmul(x, jnp.asarray(masked))),
                                        rtol=1e-3, atol=1e-3)
-            timers = (_timer(dense_matmul, x, jnp.asarray(masked)), _timer(sparse_matmul, x, w_sparse))
-            times = ([], [])
-            for _ in range(_REPEATS.value):
-                for t, timer in zip(times, timers):
-                    t.append(timer())
-            d, s = (statistics.median(t) * 1e3 for t in times)
+            d, s = (1e3 * t for t in alternating_medians(
+                (_timer(dense_matmul, x, jnp.asarray(masked)), _timer(sparse_matmul, x, w_sparse)),
+                _REPEATS.value))
             print(f"| {name} ({_BATCH.value * rows} × {inner} → {out}) | {density:g} "
                   f"| {d:.3f} | {s:.3f} | {d / s:.2f}× |", flush=True)
     print(f"load after {os.getloadavg()[0]:.2f}")

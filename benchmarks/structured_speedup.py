@@ -19,14 +19,13 @@ Measure on idle, pinned cores (`taskset`); report the load.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks.timing import alternating_medians, call_timer
 from kpjax import metrics, models, structured, train
 
 _MODEL = flags.DEFINE_string("model", "mnistnet", "model (MnistNet or a CIFAR ResNet)")
@@ -38,15 +37,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed calls per round")
 
 
 def _timer(fn, *args):
-    def run():
-        for _ in range(_WARMUP.value):
-            jax.block_until_ready(fn(*args))
-        start = time.perf_counter()
-        for _ in range(_STEPS.value):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        return (time.perf_counter() - start) / _STEPS.value
-    return run
+    return call_timer(fn, *args, warmup=_WARMUP.value, steps=_STEPS.value)
 
 
 def _workloads(spec, variables, rng):
@@ -103,11 +94,7 @@ def main(argv) -> None:
         theoretical, small_spec, small = _theoretical(spec, variables, flops, scores, fraction)
         shrunk = _workloads(small_spec, small, rng)
         for name in dense:
-            times = {"dense": [], "shrunk": []}
-            for _ in range(_REPEATS.value):
-                times["dense"].append(dense[name]())
-                times["shrunk"].append(shrunk[name]())
-            d, s = statistics.median(times["dense"]), statistics.median(times["shrunk"])
+            d, s = alternating_medians((dense[name], shrunk[name]), _REPEATS.value)
             print(f"| {fraction:.3f} | {theoretical:.2f}× | {name} | {1e3 * d:.3f} | {1e3 * s:.3f} | "
                   f"{d / s:.2f}× |", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
