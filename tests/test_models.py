@@ -303,3 +303,46 @@ def test_width_scaling_by_hand_and_the_largest_model_under_a_budget():
         models.scale_width(spec, 1.5)
     with pytest.raises(ValueError, match="at width 1"):
         models.width_for_params(spec, 10)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_stored_for_backward_is_the_identity_bit_for_bit(dtype):
+    from kpjax.models.resnet import stored_for_backward
+    x = jnp.asarray([[-0.0, 1.5, jnp.nan, -jnp.inf], [3e-39, -2.0, 7.0, 0.0]], dtype)
+    g = jnp.asarray(np.arange(8).reshape(2, 4), dtype)
+    for key in (jnp.float32(1.0), jnp.float32(-1.0), jnp.float32(jnp.nan)):  # either branch
+        out, vjp = jax.vjp(lambda v: stored_for_backward(v, key), x)
+        np.testing.assert_array_equal(np.asarray(out).view(np.uint8), np.asarray(x).view(np.uint8))
+        np.testing.assert_array_equal(vjp(g)[0], g)
+
+
+def test_stored_for_backward_puts_a_conditional_in_the_cpu_step():
+    from kpjax.models.resnet import stored_for_backward
+    text = jax.jit(lambda v: stored_for_backward(v, v[0]) * 2).lower(jnp.ones(3)).compile().as_text()
+    assert ("conditional(" in text) == (jax.default_backend() == "cpu")
+
+
+def test_resnet_training_gradients_do_not_depend_on_the_stored_activations(tiny, monkeypatch):
+    """The model with and without `stored_for_backward`: the same loss, batch
+    statistics and gradients (up to XLA's fusion order), and its eval pass unchanged."""
+    from kpjax.models import resnet
+    spec, variables, _ = tiny["resnet_tiny"]
+    x = jnp.asarray(np.random.default_rng(2).normal(0.5, 1.0, (8, 8, 8, 3)), jnp.float32)
+
+    def loss(params):
+        logits, state = spec.module.apply({**variables, "params": params}, x, train=True,
+                                          mutable=["batch_stats"])
+        return jnp.sum(logits ** 2), state
+
+    def run():
+        (value, state), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+        logits = jax.jit(lambda v: spec.module.apply(v, x, train=False))(variables)
+        return value, state, grads, logits
+
+    with_store = run()
+    monkeypatch.setattr(resnet, "stored_for_backward", lambda v, key: v)
+    without = run()
+    # Fusion changes float32 summation order: compare on each array's scale.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max()),
+                 with_store[:3], without[:3])
+    np.testing.assert_array_equal(with_store[3], without[3])
