@@ -40,7 +40,7 @@ def stored_for_backward(x: jax.Array, key: jax.Array) -> jax.Array:
     residual sums of up to three blocks), recomputing it in the transpose's
     cache-hostile order instead of reading the stored activation. Passing
     the activation through a `lax.cond` whose two branches return the same
-    bits makes the transposes read it: a ResNet-20 training step runs ~1.2x
+    bits makes the transposes read it: a ResNet-20 training step runs ~1.4x
     faster on 2 cores (BUILD_NOTES.md, "Training throughput").
     `lax.optimization_barrier` does not do this: XLA:CPU removes barriers
     before fusion. Other backends get x itself (a conditional there costs a
