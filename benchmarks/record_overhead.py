@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks.timing import load_average
+
 from kpjax import data, models, pruning, recording, train, trajectory_store
 from kpjax.flatten import ravel_selected
 
@@ -82,9 +84,6 @@ def _run(mode, variables, tx, steps, batches, select, num_params):
     return elapsed
 
 
-def _load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
-
 
 def _benchmark(name: str, num_steps: int) -> None:
     spec = models.get_model(name)
@@ -109,7 +108,7 @@ def _benchmark(name: str, num_steps: int) -> None:
     print(f"{spec.name}: N = {num_params} recorded params, T = {num_steps}, "
           f"batch {_BATCH.value}, RAM buffer "
           f"{(num_steps + 1) * num_params * 4 / 2**20:.0f} MiB, disk ring "
-          f"2×{k} rows, {jax.devices()[0].device_kind}; {_load()}",
+          f"2×{k} rows, {jax.devices()[0].device_kind}; {load_average()}",
           flush=True)
     # Untimed: compiles each mode's step for its buffer shape, (T+1)×N in
     # RAM and k×N on disk.
@@ -129,7 +128,7 @@ def _benchmark(name: str, num_steps: int) -> None:
                                       select, num_params))
         print(f"  round {r + 1}: " + ", ".join(
             f"{m} {num_steps / seconds[m][-1]:.2f}" for m in _MODES)
-            + f" steps/s; {_load()}", flush=True)
+            + f" steps/s; {load_average()}", flush=True)
     median = {m: statistics.median(v) for m, v in seconds.items()}
     for mode in _MODES:
         print(f"  {mode:>5}: {num_steps / median[mode]:7.2f} steps/s median "

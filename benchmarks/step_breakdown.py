@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+from benchmarks.timing import load_average, run_json
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "alternating rounds (kpjax, torch)")
 _CALLS = flags.DEFINE_integer("calls", 10, "timed calls per measurement and round")
@@ -124,15 +125,6 @@ def _kpjax_worker(batch_size: int, calls: int) -> dict:
     return {"layers": layers, "step": parts, "jax": jax.__version__}
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> dict:
-    out = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def _median(rounds: list[dict], *path: str) -> float:
@@ -157,16 +149,16 @@ def main(argv):
                  "--layers=" + ";".join(_key(x) for x in LAYERS),
                  f"--batch_size={_BATCH.value}", f"--calls={_CALLS.value}",
                  "--repeats=1", f"--threads={threads}"] if _TORCH_PYTHON.value else None
-    print(f"threads {threads}; {_load()}", flush=True)
+    print(f"threads {threads}; {load_average()}", flush=True)
     rounds = {"kpjax": [], "torch": []}
     for r in range(_REPEATS.value):
         order = ["kpjax", "torch"] if r % 2 == 0 else ["torch", "kpjax"]
         for name in order:
             if name == "kpjax":
-                rounds[name].append(_run(jax_cmd, env))
+                rounds[name].append(run_json(jax_cmd, env, _ROOT))
             elif torch_cmd:
-                rounds[name].append(_run(torch_cmd, env))
-        print(f"  round {r + 1} done; {_load()}", flush=True)
+                rounds[name].append(run_json(torch_cmd, env, _ROOT))
+        print(f"  round {r + 1} done; {load_average()}", flush=True)
 
     has_torch = bool(rounds["torch"])
     print("\n| layer (H, C_in→C_out, stride) | × | " + " | ".join(
@@ -191,7 +183,7 @@ def main(argv):
         print(f"| {part} | {1e3 * _median(rounds['kpjax'], 'step', part):.0f} |")
     print(f"\nmedians of {_REPEATS.value} rounds, {_CALLS.value} calls each; "
           f"jax {rounds['kpjax'][0]['jax']}"
-          + (f", torch {rounds['torch'][0]['torch']}" if has_torch else "") + f"; {_load()}")
+          + (f", torch {rounds['torch'][0]['torch']}" if has_torch else "") + f"; {load_average()}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Paired timing for the benchmarks: seconds per call, alternating rounds.
+"""Paired timing for the benchmarks: seconds per call, alternating rounds,
+measurements run as fresh subprocesses, and the load line they report.
 
 May import: jax.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,3 +38,16 @@ def alternating_medians(timers: Sequence[Callable[[], float]], repeats: int) -> 
         for t, timer in zip(times, timers):
             t.append(timer())
     return [statistics.median(t) for t in times]
+
+
+def load_average() -> str:
+    """The machine's load, printed beside every measurement."""
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def run_json(cmd: list[str], env: dict[str, str], cwd) -> dict:
+    """Runs one measurement subprocess; returns the JSON of its last stdout line."""
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -29,12 +29,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+from benchmarks.timing import load_average, run_json
 
 _MODELS = flags.DEFINE_list("models", ["mnistnet", "resnet20"],
                             "models to time")
@@ -93,16 +94,6 @@ def _kpjax_worker(model: str, batch_size: int, steps: int, warmup: int):
                       "device": jax.devices()[0].device_kind}))
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> dict:
-    out = subprocess.run(cmd, env=env, cwd=_ROOT, capture_output=True,
-                         text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def main(argv):
@@ -119,7 +110,7 @@ def main(argv):
     jax_env = dict(env, XLA_FLAGS=" ".join(
         f for f in (env.get("XLA_FLAGS", ""), _XLA_FLAGS.value) if f))
     print(f"threads {threads}; XLA_FLAGS={jax_env['XLA_FLAGS']!r}; "
-          f"{_load()}")
+          f"{load_average()}")
     rows = []
     for model in _MODELS.value:
         n = str(int(steps.get(model, 10)))
@@ -136,12 +127,12 @@ def main(argv):
             order = ["kpjax", "torch"] if r % 2 == 0 else ["torch", "kpjax"]
             for name in order:
                 if name == "kpjax":
-                    rates[name].append(_run(jax_cmd, jax_env)["images_per_s"])
+                    rates[name].append(run_json(jax_cmd, jax_env, _ROOT)["images_per_s"])
                 elif torch_cmd:
-                    rates[name].append(_run(torch_cmd, env)["images_per_s"])
+                    rates[name].append(run_json(torch_cmd, env, _ROOT)["images_per_s"])
             print(f"  {model} round {r + 1}: " + ", ".join(
                 f"{k} {v[-1]:.1f}" for k, v in rates.items() if v)
-                + f" img/s; {_load()}", flush=True)
+                + f" img/s; {load_average()}", flush=True)
         rows.append((model, rates))
     print("\n| model | kpjax img/s | PyTorch img/s | ratio kpjax/PyTorch |"
           "\n|---|---|---|---|")
@@ -154,7 +145,7 @@ def main(argv):
         else:
             print(f"| {model} | {jax_med:.1f} | - | - |")
     print(f"\nmedians of {_REPEATS.value} runs, batch {_BATCH.value}; "
-          f"{_load()}")
+          f"{load_average()}")
 
 
 if __name__ == "__main__":
