@@ -72,6 +72,11 @@ def _same_bits_jvp(primals, tangents):
     return _same_bits(primals[0]), tangents[0]
 
 
+def _a_weight(conv: nn.Conv) -> jax.Array:
+    """One weight of a called conv: `stored_for_backward`'s predicate input."""
+    return conv.variables["params"]["kernel"].reshape(-1)[0]
+
+
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train, momentum=_BN_MOMENTUM,
@@ -124,13 +129,12 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         conv1 = _conv3x3(self.inner_features or self.features, self.stride, "conv1")
         y = nn.relu(_batch_norm(train, "bn1")(conv1(x)))
-        key = conv1.variables["params"]["kernel"].reshape(-1)[0]
         if train:
-            y = stored_for_backward(y, key)
+            y = stored_for_backward(y, _a_weight(conv1))
         y = _conv3x3(self.features, 1, "conv2")(y)
         y = _batch_norm(train, "bn2")(y)
         out = nn.relu(y + shortcut_option_a(x, self.features, self.stride))
-        return stored_for_backward(out, key) if train else out
+        return stored_for_backward(out, _a_weight(conv1)) if train else out
 
 
 class ResNet(nn.Module):
@@ -171,7 +175,7 @@ class ResNet(nn.Module):
         stem = _conv3x3(self.widths[0], 1, "conv1")
         x = nn.relu(_batch_norm(train, "bn1")(stem(x)))
         if train:
-            x = stored_for_backward(x, stem.variables["params"]["kernel"].reshape(-1)[0])
+            x = stored_for_backward(x, _a_weight(stem))
         for stage, features in enumerate(self.widths):
             for block in range(self.num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
