@@ -63,11 +63,16 @@ _PHASE_TITLES = {"pruned": "immediately after pruning", "finetuned": "after refi
 
 
 def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "",
-                            collapse: dict[str, float] | None = None) -> None:
+                            collapse: dict[str, float] | None = None,
+                            start: float | None = None,
+                            start_label: str = "unpruned θ(t₁), the window's start") -> None:
     """Top-1 vs compression, pruned and after refinement (the paper's Fig. 1).
 
     One shared y-axis; the dense reference of each panel as a horizontal line
     (θ(t₂) before, θ(t₂) fine-tuned for the same steps after refinement);
+    `start` (the mean top-1 of θ(t₁), e.g. an imported network before the
+    recorded window) as a second line on the pruned panel, so the window's
+    own gain is visible beside what pruning costs;
     error bars (std over seeds) only when there are several seeds.
     `collapse` ({method: compression}) marks where each method first cuts a
     layer (Synaptic-Flow's layer collapse) with a triangle on every panel's
@@ -94,6 +99,8 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "",
         if phase in ("pruned", "finetuned") and (reference[0],) in dense:
             ax.axhline(100 * dense[(reference[0],)][0], color="k", lw=0.9, ls=":",
                        label=reference[1])
+        if phase == "pruned" and start is not None:
+            ax.axhline(100 * start, color="0.45", lw=0.9, ls="-.", label=start_label)
         _compression_axis(ax, [r["compression"] for r in rows if r["method"] != "dense"])
         ax.set_xlabel("compression ratio (total / nonzero parameters)")
         ax.set_title(_PHASE_TITLES[phase])

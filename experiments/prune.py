@@ -78,6 +78,12 @@ def seed_window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> p
                                   f"seed {seed}", top1_start=start["top1"])
 
 
+def _start_name(config: PruneConfig) -> str:
+    """What θ(t₁), the window's start, is: the imported or the pretrained network."""
+    return ("the imported network, before the recorded window" if config.init_checkpoint
+            else "the pretrained network")
+
+
 def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=(),
              agreement=(), controls=()) -> str:
     config = setup.config
@@ -106,8 +112,7 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
     start = group_mean_std(window_rows, (), "top1_start").get(())
     if start is not None:
-        out += [f"Unpruned θ(t₁) (the window's start: the "
-                f"{'imported' if config.init_checkpoint else 'pretrained'} network): top-1 "
+        out += [f"Unpruned θ(t₁) (the window's start: {_start_name(config)}): top-1 "
                 f"{fmt_pm(start)} %", ""]
     if dense:
         out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %"
@@ -327,8 +332,13 @@ def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> 
     title = f"{setup.spec.name} on {setup.dataset.name}"
     main_rows = [r for r in table.rows if "@" not in r["method"]]
     main_overlap = [r for r in overlap.rows if "@" not in r["pair"]]
+    start = group_mean_std(windows.rows, (), "top1_start").get(())
     if main_rows:
-        plots.accuracy_vs_compression(main_rows, os.path.join(workdir, "fig_accuracy.png"), title)
+        plots.accuracy_vs_compression(
+            main_rows, os.path.join(workdir, "fig_accuracy.png"), title,
+            start=None if start is None else start[0],
+            start_label="unpruned θ(t₁), " + ("imported" if setup.config.init_checkpoint
+                                               else "pretrained"))
     if main_overlap:
         plots.overlap_vs(main_overlap, "compression", os.path.join(workdir, "fig_overlap.png"),
                          "compression ratio", log2=True, title=title)
