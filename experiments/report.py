@@ -18,13 +18,12 @@ import importlib.metadata
 import os
 import platform
 import resource
-import subprocess
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from experiments.results import Row, fmt_pm, group_mean_std, markdown_table
+from experiments.results import COMMIT, Row, fmt_pm, group_mean_std, markdown_table
 from kpjax import shifts
 
 _START = time.time()
@@ -258,23 +257,6 @@ def shift_section(rows: Sequence[Row], methods: Sequence[str], compressions: Seq
             markdown_table(["compression"] + list(methods), acc), ""]
 
 
-def _git_commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return (commit + (" (with uncommitted changes)" if dirty else "")) if commit else "unknown"
-
-
-# Read once, at import (the process's start): a long run's code is what was
-# checked out then, whatever is committed while it runs.
-_COMMIT = _git_commit()
-
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -284,6 +266,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _cell_commits(timings: Sequence[Row]) -> list[str]:
+    """A line naming the commits that computed the cells (timings rows;
+    a resumed run's cells may come from several invocations)."""
+    cells: dict[str, set] = {}
+    for r in timings:
+        key = tuple(v for k, v in r.items() if k not in ("phase", "seconds", "commit"))
+        cells.setdefault(r.get("commit", "not recorded"), set()).add(key)
+    if not cells:
+        return []
+    return ["- the cells were computed at: " + "; ".join(
+        f"{commit} ({len(keys)} cell{'s' if len(keys) != 1 else ''})"
+        for commit, keys in sorted(cells.items(), key=lambda kv: -len(kv[1])))]
 
 
 def provenance(timings: Sequence[Row] = ()) -> list[str]:
@@ -299,8 +295,8 @@ def provenance(timings: Sequence[Row] = ()) -> list[str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
         "## Provenance", "",
-        f"- commit: {_COMMIT} (when this invocation started; a resumed run's earlier "
-        "invocations are in their logs)",
+        f"- commit: {COMMIT} (this invocation's, read when it started)",
+        *_cell_commits(timings),
         f"- Python {platform.python_version()}; {', '.join(versions)}",
         f"- CPU: {cpu_model()}; {cores} cores available to the run (of {os.cpu_count()})",
         f"- this invocation: {time.time() - _START:.0f} s wall, "

@@ -3,6 +3,8 @@
 Every file is written to a temporary file in the same directory and renamed
 over the target, so a killed run never leaves a half-written file. A table
 is keyed by its cell columns; a rerun skips the cells already present.
+Each cell's timing rows also name the commit that computed it (`COMMIT`),
+since a resumed run's cells may come from several invocations.
 
 May import: the standard library only.
 """
@@ -14,6 +16,7 @@ import io
 import json
 import math
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -60,6 +63,25 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def git_commit() -> str:
+    """The commit of this checkout (12 hex digits), marked when tracked files
+    differ from it; "unknown" outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return (commit + (" (with uncommitted changes)" if dirty else "")) if commit else "unknown"
+
+
+# Read once, at import (the process's start): a long run's code is what was
+# checked out then, whatever is committed while it runs.
+COMMIT = git_commit()
+
+
 class ResultTable:
     """Rows of one experiment, saved as `<stem>.json` and `<stem>.csv`.
 
@@ -68,8 +90,8 @@ class ResultTable:
     the two writes, or a CSV cut short, is repaired by the next run (even
     one with nothing left to do). Columns in `timing_columns` (wall times)
     are kept out of the comparison files: they go to `timings.json/.csv`
-    keyed by the cell and phase, so two identical runs write byte-identical
-    `<stem>.csv`.
+    keyed by the cell and phase, with the commit that computed the cell
+    (`COMMIT`), so two identical runs write byte-identical `<stem>.csv`.
 
     Args:
       workdir: the directory of the files.
@@ -110,7 +132,8 @@ class ResultTable:
         rows = list(rows)
         if self.timings is not None:
             self.timings.add([{**{k: r[k] for k in self.timings.key},
-                               **{c: r[c] for c in self.timing_columns if c in r}} for r in rows])
+                               **{c: r[c] for c in self.timing_columns if c in r},
+                               "commit": COMMIT} for r in rows])
             rows = [{k: v for k, v in r.items() if k not in self.timing_columns} for r in rows]
         self.rows.extend(rows)
         self.save()

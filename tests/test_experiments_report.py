@@ -1,6 +1,6 @@
 """Tests for experiments.report: the generated reading and the provenance."""
 
-from experiments import report
+from experiments import report, results
 
 
 def _rows(values):
@@ -31,3 +31,18 @@ def test_provenance_names_commit_versions_cpu_and_cores():
     text = "\n".join(report.provenance())
     for fragment in ("- commit: ", "jax ", "numpy ", "- CPU: ", "cores available", "s wall", "s CPU"):
         assert fragment in text
+
+
+def test_provenance_names_the_commits_that_computed_the_cells(tmp_path, monkeypatch):
+    # A run resumed at another commit: its cells come from two invocations.
+    table = results.ResultTable(str(tmp_path), ("method", "seed"), timing_columns=("seconds",))
+    for commit, cells in (("aaaa", [("kmp", 0), ("gmp", 0)]), ("bbbb", [("kmp", 1)])):
+        monkeypatch.setattr(results, "COMMIT", commit)
+        for method, seed in cells:
+            table.add([{"method": method, "seed": seed, "phase": p, "top1": 0.5, "seconds": 1.0}
+                       for p in ("pruned", "finetuned")])
+    text = "\n".join(report.provenance(table.timings.rows))
+    assert "- the cells were computed at: aaaa (2 cells); bbbb (1 cell)" in text
+    # Timings written before the commit was recorded say so.
+    old = [{k: v for k, v in r.items() if k != "commit"} for r in table.timings.rows]
+    assert "not recorded (3 cells)" in "\n".join(report.provenance(old))

@@ -70,8 +70,9 @@ def test_timing_columns_go_to_their_own_table(tmp_path):
             {"seed": 0, "phase": "finetuned", "top1": 0.7, "seconds": 9.5}]
     results.ResultTable(str(tmp_path), ("seed",), timing_columns=("seconds",)).add(rows)
     assert "seconds" not in (tmp_path / "results.csv").read_text()
+    commit = results.COMMIT
     assert (tmp_path / "timings.csv").read_text().splitlines() == [
-        "seed,phase,seconds", "0,pruned,1.25", "0,finetuned,9.5"]
+        "seed,phase,seconds,commit", f"0,pruned,1.25,{commit}", f"0,finetuned,9.5,{commit}"]
     # Identical runs write identical comparison files, whatever their timings.
     other = tmp_path / "other"
     results.ResultTable(str(other), ("seed",), timing_columns=("seconds",)).add(
