@@ -84,7 +84,6 @@ def _run(mode, variables, tx, steps, batches, select, num_params):
     return elapsed
 
 
-
 def _benchmark(name: str, num_steps: int) -> None:
     spec = models.get_model(name)
     variables = spec.module.init(

@@ -125,8 +125,6 @@ def _kpjax_worker(batch_size: int, calls: int) -> dict:
     return {"layers": layers, "step": parts, "jax": jax.__version__}
 
 
-
-
 def _median(rounds: list[dict], *path: str) -> float:
     values = []
     for r in rounds:

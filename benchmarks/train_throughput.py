@@ -94,8 +94,6 @@ def _kpjax_worker(model: str, batch_size: int, steps: int, warmup: int):
                       "device": jax.devices()[0].device_kind}))
 
 
-
-
 def main(argv):
     del argv
     steps = dict(s.split("=") for s in _STEPS.value)

@@ -46,7 +46,6 @@ OVERLAPS = PAIRS + (("kmp_subspace", "kmp"),)
 CUTOFF_SENSITIVE = tuple(BASELINE)
 
 
-
 # Batch orders: each purpose of a seed gets its own (seed * 1000 + purpose).
 PRETRAIN, WINDOW, FINETUNE, REINIT = 0, 1, 2, 3
 

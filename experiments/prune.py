@@ -78,10 +78,9 @@ def seed_window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> p
                                   f"seed {seed}", top1_start=start["top1"])
 
 
-def _start_name(config: PruneConfig) -> str:
+def _start_kind(config: PruneConfig) -> str:
     """What θ(t₁), the window's start, is: the imported or the pretrained network."""
-    return ("the imported network, before the recorded window" if config.init_checkpoint
-            else "the pretrained network")
+    return "imported" if config.init_checkpoint else "pretrained"
 
 
 def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=(),
@@ -112,7 +111,7 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
     dense = group_mean_std([r for r in rows if r["method"] == "dense"], ("phase",), "top1")
     start = group_mean_std(window_rows, (), "top1_start").get(())
     if start is not None:
-        out += [f"Unpruned θ(t₁) (the window's start: {_start_name(config)}): top-1 "
+        out += [f"Unpruned θ(t₁) (the window's start: the {_start_kind(config)} network): top-1 "
                 f"{fmt_pm(start)} %", ""]
     if dense:
         out += [f"Unpruned θ(t₂) (end of the window): top-1 {fmt_pm(dense.get(('dense',)))} %"
@@ -337,8 +336,7 @@ def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> 
         plots.accuracy_vs_compression(
             main_rows, os.path.join(workdir, "fig_accuracy.png"), title,
             start=None if start is None else start[0],
-            start_label="unpruned θ(t₁), " + ("imported" if setup.config.init_checkpoint
-                                               else "pretrained"))
+            start_label=f"unpruned θ(t₁), {_start_kind(setup.config)}")
     if main_overlap:
         plots.overlap_vs(main_overlap, "compression", os.path.join(workdir, "fig_overlap.png"),
                          "compression ratio", log2=True, title=title)
