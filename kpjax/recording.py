@@ -12,6 +12,7 @@ kpjax.trajectory_store.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -58,9 +59,15 @@ def make_recording_train_step(
     return jit_step(recording_step, donate_argnums=(0, 3))
 
 
-@jax.jit
-def _with_first_row(snapshots: jax.Array, flat: jax.Array) -> jax.Array:
-    return snapshots.at[0].set(flat.astype(snapshots.dtype))
+@functools.partial(jax.jit, static_argnums=1)
+def first_snapshots(flat0: jax.Array, rows: int) -> jax.Array:
+    """The float32 rows×N snapshot buffer: θ(t₁) in row 0, zeros below.
+
+    Built by one compiled fusion, so only one rows×N array ever exists: a
+    zero buffer made first and then given its row 0 is copied (a 3.45 GB
+    buffer peaked at 6.96 GB RSS that way, at 3.58 GB built in one).
+    """
+    return jnp.zeros((rows, flat0.size), jnp.float32).at[0].set(flat0.astype(jnp.float32))
 
 
 def take_batches(
@@ -101,8 +108,7 @@ def record_trajectory(
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     flat0, _ = ravel_selected(state.params, select)
-    snapshots = _with_first_row(
-        jnp.zeros((num_steps + 1, flat0.size), jnp.float32), flat0)
+    snapshots = first_snapshots(flat0, num_steps + 1)
     steps = take_batches(batches, num_steps, "record_trajectory")
     for t, (images, labels) in enumerate(steps, start=1):
         state, snapshots, _ = recording_step(

@@ -71,6 +71,19 @@ def test_recording_step_updates_the_donated_buffer_in_place():
         new_buffer[2], np.asarray(ravel_selected(state.params, is_weight)[0]))
 
 
+def test_the_snapshot_buffer_is_built_without_a_second_copy():
+    flat0 = jnp.arange(1000, dtype=jnp.float32)
+    rows = 50
+    buffer = np.asarray(recording.first_snapshots(flat0, rows))
+    np.testing.assert_array_equal(buffer[0], np.asarray(flat0))
+    np.testing.assert_array_equal(buffer[1:], 0.0)
+    # Made by one computation: no rows×N argument or temporary beside the
+    # output (a zero buffer passed in and given its row 0 would be one).
+    mem = recording.first_snapshots.lower(flat0, rows).compile().memory_analysis()
+    size = rows * flat0.size * 4
+    assert mem.output_size_in_bytes == size
+    assert mem.argument_size_in_bytes + mem.temp_size_in_bytes < size / 10
+
 
 @pytest.mark.parametrize("rows_per_flush", [3, 100])
 def test_recording_to_store_equals_in_memory_recording(tmp_path, rows_per_flush):
