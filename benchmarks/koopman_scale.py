@@ -2,7 +2,7 @@
 
 --mode=scale (default): a synthetic trajectory with N = 25,000,000 and
 T = 391 (392 snapshots; 39 GB as float32, 20 GB as float16) is written to a
-`kpjax.trajectory_store` file one snapshot at a time (never held in RAM),
+`kpjax.io.trajectory_store` file one snapshot at a time (never held in RAM),
 then fitted out of core:
   write  generate θ(t) row by row, append (a writer thread overlaps the
          disk), fsync, then drop the file from the page cache
@@ -41,7 +41,7 @@ stores hold the same rows cast.
   python -m benchmarks.koopman_scale --mode=mnist [--steps=391]
 
 --mode=sharded: the fit with Θ's columns sharded over --devices devices
-(`kpjax.sharded`; on a CPU, forced host devices) against the whole Θ on one
+(`kpjax.koopman.sharded`; on a CPU, forced host devices) against the whole Θ on one
 device, in alternating rounds: wall time of gram + fit + mode, Θ bytes held
 per device against the formula N/devices·(T+1)·4 + (T+1)²·8, and the modes'
 agreement. Every device's Θ shard is in memory, so on one host N is bounded
@@ -62,8 +62,9 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.koopman_fit import kmp_mask, make_trajectory
-from kpjax import flatten, koopman, recording
-from kpjax import trajectory_store as ts
+from kpjax import flatten, koopman
+from kpjax.train import recording
+from kpjax.io import trajectory_store as ts
 
 _MODE = flags.DEFINE_enum("mode", "scale", ["scale", "compare", "mnist", "sharded"], "what to run")
 _DEVICES = flags.DEFINE_integer("devices", 4, "sharded mode: devices of the mesh (on a CPU, forced "
@@ -283,13 +284,13 @@ def mnist() -> None:
 def sharded(n: int) -> None:
     """One device against --devices: the same Θ (a float32 store in the page
     cache, read straight into device memory) fitted whole on one device and
-    with its columns sharded (`kpjax.sharded`), in alternating rounds."""
+    with its columns sharded (`kpjax.koopman.sharded`), in alternating rounds."""
     import tempfile
 
     import jax
     import jax.numpy as jnp
 
-    from kpjax import sharded as sh
+    from kpjax.koopman import sharded as sh
 
     devices = _DEVICES.value
     if len(jax.devices()) < devices:

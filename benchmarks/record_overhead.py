@@ -5,10 +5,10 @@ trains --steps steps on synthetic batches in three modes, alternating their
 order over --repeats rounds:
 
   plain  `make_train_step` alone;
-  ram    `kpjax.recording.record_trajectory`: `make_recording_train_step` writes
+  ram    `kpjax.train.recording.record_trajectory`: `make_recording_train_step` writes
          the raveled prunable params into a donated (T+1)×N float32 device
          buffer inside the jitted step;
-  disk   `kpjax.recording.record_trajectory_to_store`: a k-row device
+  disk   `kpjax.train.recording.record_trajectory_to_store`: a k-row device
          ring buffer, copied to the host and appended to a float32 store
          file by a writer thread every k steps (file under --dir).
 
@@ -36,7 +36,9 @@ from absl import app, flags
 
 from benchmarks.timing import load_average
 
-from kpjax import data, models, pruning, recording, train, trajectory_store
+from kpjax import data, models, pruning, train
+from kpjax.train import recording
+from kpjax.io import trajectory_store
 from kpjax.flatten import ravel_selected
 
 _MODELS = flags.DEFINE_list("models", ["mnistnet", "resnet20"], "model names")

@@ -64,7 +64,8 @@ def _kpjax_worker(batch_size: int, calls: int) -> dict:
     import optax
 
     from benchmarks.timing import call_timer
-    from kpjax import compile_options, models, train
+    from kpjax import models, train
+    from kpjax.train import compile_options
 
     jit = compile_options.jit_step
     rng = np.random.default_rng(0)

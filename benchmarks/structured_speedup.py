@@ -1,6 +1,6 @@
 """Benchmark: measured CPU speed of a structurally pruned network.
 
-The dense model against `kpjax.structured.shrink` of it at several kept
+The dense model against `kpjax.pruning.structured.shrink` of it at several kept
 fractions of every group's units (MnistNet: conv1's and conv2's channels
 and fc1's neurons; ResNets: every block's inner channels), chosen by L2
 filter norm, beside the theoretical speedup (dense multiply-adds / the
@@ -26,7 +26,8 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.timing import alternating_medians, call_timer
-from kpjax import metrics, models, structured, train
+from kpjax import metrics, models, train
+from kpjax.pruning import structured
 
 _MODEL = flags.DEFINE_string("model", "mnistnet", "model (MnistNet or a CIFAR ResNet)")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.75", "0.5", "0.25"], "kept fraction of every layer's units")

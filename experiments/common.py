@@ -19,7 +19,9 @@ import numpy as np
 from absl import logging
 
 from experiments.config import DataConfig
-from kpjax import checkpoints, data, loop, models, torch_import, train
+from kpjax import data, models, train
+from kpjax.io import checkpoints, torch_import
+from kpjax.train import loop
 
 PyTree = Any
 
@@ -187,7 +189,7 @@ def run_steps(
     checkpointing: loop.Checkpointing | None = None,
     job: JobClock | None = None,
 ) -> train.TrainState:
-    """`num_steps` more steps of `kpjax.loop.train_steps` with a progress bar
+    """`num_steps` more steps of `kpjax.train.loop.train_steps` with a progress bar
     (resuming from `checkpointing`, if given); logs the last batch's loss and
     ticks the run's `job` clock."""
     progress = Progress(num_steps, desc)

@@ -8,7 +8,7 @@ the dense network, and the network pruned by each --methods at each
 --compressions — from θ(t₂), --record_steps steps with the fine-tuning
 optimizer and the seed's fine-tuning batch order (the same batches for
 every run type of a seed), recording Θ. Each run becomes a signature
-(`kpjax.dynamics.spectrum_signature`): Θ projected on its --components
+(`kpjax.koopman.dynamics.spectrum_signature`): Θ projected on its --components
 leading principal components (from K = ΘΘᵀ), delay-embedded (--delays),
 fitted by exact DMD, its --top eigenvalues of largest modulus. Two run
 types are compared by the 1-Wasserstein distance between signatures
@@ -37,7 +37,9 @@ from experiments import cli, pipeline, plots, prune, report
 from experiments.config import CompareConfig
 from experiments.results import ResultTable, atomic_write_text, markdown_table, rows_to_csv
 from experiments.workdir import claim
-from kpjax import dynamics, koopman, recording, train
+from kpjax import koopman, train
+from kpjax.koopman import dynamics
+from kpjax.train import recording
 
 _KEY = ("model", "run", "seed")
 

@@ -32,7 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from kpjax import data, koopman, models, pruning, structured, train
+from kpjax import data, koopman, models, pruning, train
+from kpjax.pruning import structured
 from kpjax.flatten import count_params
 
 
@@ -150,7 +151,7 @@ class DataConfig:
     batch_size: int = opt(128, "training batch size")
     eval_batch_size: int = opt(1000, "evaluation batch size")
     devices: int = opt(1, "data-parallel training over this many devices (jax.devices()); 0 = all. "
-                       "The batch is split over them, the state replicated (kpjax.sharded)")
+                       "The batch is split over them, the state replicated (kpjax.koopman.sharded)")
     augment: str = opt("auto", "random crop + flip; auto: on for cifar10", choices=("auto", "on", "off"))
     normalization: str = opt("pretrained", "CIFAR-10 normalization constants (data.get_normalization)",
                              choices=("pretrained", "shrinkbench"))
@@ -363,12 +364,12 @@ class PruneConfig(WindowConfig):
     compressions: tuple[float, ...] = opt((4.0, 16.0, 32.0), "compression ratios (total / nonzero "
                                           "parameters); the paper's figure: 2,4,8,16,32", "floats")
     granularity: str = opt("weight", "what a method removes: single weights, or whole filters "
-                           "and neurons (kpjax.structured: each unit scored by the L2 norm, or for "
+                           "and neurons (kpjax.pruning.structured: each unit scored by the L2 norm, or for "
                            "saliencies the sum, of the method's scores over its filter; the same "
                            "fraction of every layer's units; the shrunk network is refined)",
                            choices=("weight", "filter"))
     eval_shifts: bool = opt(False, "also evaluate every refined cell under input shifts "
-                            "(kpjax.shifts: 5 corruptions × severities 1–5) and report each "
+                            "(kpjax.data.shifts: 5 corruptions × severities 1–5) and report each "
                             "method's prune potential")
     shift_examples: int = opt(2000, "test examples evaluated under each shift (the first N)")
     prune_potential_delta: float = opt(0.5, "prune potential: the largest compression within "

@@ -7,10 +7,10 @@ same flags and cache). At each kept fraction f of fc1's neurons:
   * coreset: sensitivities from fc1's ReLU activations on the first
     --sample_examples training images at θ(t₂) and fc2's rows; exactly
     round(f·units) neurons sampled (seed's generator), fc2's rows reweighted
-    by 1/π (`kpjax.coreset`);
+    by 1/π (`kpjax.pruning.coreset`);
   * each of --methods: the neurons with the largest L2 norm of the method's
     per-weight scores over their filter (gmp: of the weights; kmp: of
-    b₁φ₁) — `kpjax.structured`, fc1 only.
+    b₁φ₁) — `kpjax.pruning.structured`, fc1 only.
 The removed neurons are masked (their filter and fc2's rows), the network is
 evaluated, refined for --finetune_epochs with the mask, evaluated again.
 
@@ -35,7 +35,8 @@ from experiments import cli, common, pipeline, prune, report
 from experiments.config import CoresetConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import coreset, pruning, structured
+from kpjax import pruning
+from kpjax.pruning import coreset, structured
 
 _CELL = ("model", "method", "fraction", "seed")
 LAYER, NEXT = "fc1", "fc2"

@@ -51,7 +51,9 @@ from experiments.config import EarlyConfig
 from experiments.results import (ResultTable, atomic_write_bytes, atomic_write_text, fmt_pm,
                                  group_mean_std, markdown_table)
 from experiments.workdir import claim
-from kpjax import koopman, loop, models, pruning, recording, train, trajectory_store
+from kpjax import koopman, models, pruning, train
+from kpjax.train import loop, recording
+from kpjax.io import trajectory_store
 from kpjax.flatten import count_params
 
 _CELL = ("model", "prune_epoch", "method", "compression", "seed")

@@ -33,7 +33,8 @@ from experiments import cli, common, pipeline, plots, report
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, models, pruning, recording
+from kpjax import koopman, models, pruning
+from kpjax.train import recording
 from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")

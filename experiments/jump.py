@@ -44,7 +44,8 @@ from experiments.config import JumpConfig
 from experiments.results import (ResultTable, atomic_write_json, atomic_write_text, markdown_table,
                                  mean_std, read_json, rows_to_csv)
 from experiments.workdir import claim
-from kpjax import data, flatten, koopman, models, pruning, recording, train
+from kpjax import data, flatten, koopman, models, pruning, train
+from kpjax.train import recording
 from kpjax.flatten import count_params
 
 _KEY = ("model", "run", "seed", "grad_evals")

@@ -27,8 +27,10 @@ from experiments import common
 from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, json_ready, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
-from kpjax import (data, flatten, koopman, metrics, models, pruning, recording, saliency, sharded,
-                   shifts, structured, train)
+from kpjax import data, flatten, koopman, metrics, models, parallel, pruning, train
+from kpjax.train import recording
+from kpjax.pruning import saliency, structured
+from kpjax.data import shifts
 from kpjax.flatten import count_params
 
 # Config fields that are not settings of the results in a workdir: more
@@ -85,7 +87,7 @@ class Setup:
             self.shift_units = common.eval_units(
                 n * (1 + len(shifts.SHIFTS) * len(shifts.SEVERITIES)), config.batch_size)
         devices = config.devices or len(jax.devices())
-        self.mesh = sharded.column_mesh(jax.devices()[:devices]) if devices > 1 else None
+        self.mesh = parallel.column_mesh(jax.devices()[:devices]) if devices > 1 else None
 
     @property
     def filter_granularity(self) -> bool:
@@ -107,7 +109,7 @@ class Setup:
         return train.make_eval_step(spec.module.apply, normalize_fn=self.normalize)
 
     def stream(self, seed: int, purpose: int):
-        """Batches of (seed, purpose) as a function of the start step (`kpjax.loop`),
+        """Batches of (seed, purpose) as a function of the start step (`kpjax.train.loop`),
         split over the devices when training is data-parallel."""
         def batches(start_step=0):
             stream = data.batch_stream(
@@ -115,7 +117,7 @@ class Setup:
                 seed=seed * 1000 + purpose, start_step=start_step)
             if self.mesh is None:
                 return stream
-            return (sharded.shard_batch(x, y, self.mesh) for x, y in stream)
+            return (parallel.shard_batch(x, y, self.mesh) for x, y in stream)
         return batches
 
     def evaluate(self, state, eval_step=None) -> dict[str, float]:
@@ -127,7 +129,7 @@ class Setup:
 
     def evaluate_shifts(self, state, eval_step=None) -> dict[str, float]:
         """Top-1 on the first --shift_examples test images, unshifted ('top1@clean')
-        and under every shift and severity ('top1@contrast-3'; `kpjax.shifts`,
+        and under every shift and severity ('top1@contrast-3'; `kpjax.data.shifts`,
         the noise seeded by the severity); {} without --eval_shifts."""
         if not self.shift_units:  # only PruneConfig has --eval_shifts
             return {}
@@ -159,7 +161,7 @@ class Setup:
         state = train.create_train_state(variables["params"], tx or self.finetune_tx,
                                          jax.random.PRNGKey(seed),
                                          batch_stats=variables.get("batch_stats"), mask=mask)
-        return state if self.mesh is None else sharded.replicate(state, self.mesh)
+        return state if self.mesh is None else parallel.replicate(state, self.mesh)
 
 
 def check_workdir(workdir: str, config: PruningConfig, write: bool = True) -> None:
@@ -569,7 +571,7 @@ def small_dense_cell(setup: Setup, c: float, seed: int, **extra) -> list[dict]:
     state = train.create_train_state(variables["params"], tx, jax.random.PRNGKey(seed),
                                      batch_stats=variables.get("batch_stats"))
     if setup.mesh is not None:
-        state = sharded.replicate(state, setup.mesh)
+        state = parallel.replicate(state, setup.mesh)
     step = train.make_train_step(spec.module.apply, tx, augment_fn=setup.augment,
                                  normalize_fn=setup.normalize)
     epochs = setup.config.pretrain_epochs + setup.config.finetune_epochs

@@ -36,7 +36,8 @@ from experiments.config import PruneConfig
 from experiments.results import (ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table,
                                  rows_to_csv)
 from experiments.workdir import claim
-from kpjax import koopman, loop, models
+from kpjax import koopman, models
+from kpjax.train import loop
 from kpjax.flatten import count_params
 
 _CELL = ("model", "method", "compression", "seed")
@@ -144,7 +145,7 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 "ShrinkBench's definition); mean over seeds."
                 + (" Filter granularity: the FLOPs of the shrunk network (the next layers' "
                    "inputs from removed units go too), and the measured inference speedup of the "
-                   "shrunk network at the training batch size (kpjax.structured.shrink; median of "
+                   "shrunk network at the training batch size (kpjax.pruning.structured.shrink; median of "
                    "3 alternating rounds on this run's cores)." if setup.filter_granularity else ""),
                 "",
                 markdown_table(["compression"] + methods, body), ""]

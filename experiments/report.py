@@ -9,7 +9,7 @@ potential; `provenance` records the commit, package versions, CPU model, cores a
 times, since bits depend on the CPU and the core count (BUILD_NOTES,
 "Reproducibility").
 
-May import: numpy, experiments.results, kpjax.shifts.
+May import: numpy, experiments.results, kpjax.data.shifts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from experiments.results import COMMIT, Row, fmt_pm, group_mean_std, markdown_table
-from kpjax import shifts
+from kpjax.data import shifts
 
 _START = time.time()
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
@@ -248,7 +248,7 @@ def shift_section(rows: Sequence[Row], methods: Sequence[str], compressions: Seq
     return ["## Beyond accuracy: input shifts and prune potential (--eval_shifts)", "",
             f"Prune potential (Liebenwein et al. 2021): the largest compression whose top-1 is "
             f"within {delta_points:g} points of the unpruned network's, on the clean test set and "
-            "under each shift (kpjax.shifts, mean over severities 1–5, on the first "
+            "under each shift (kpjax.data.shifts, mean over severities 1–5, on the first "
             f"{examples:,} test images); 1 = no compression qualifies. "
             f"Unpruned reference: the dense network (phase {reference_phase or phase}). Means over seeds.", "",
             markdown_table(["method"] + [name for name, _ in columns], body), "",

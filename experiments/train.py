@@ -13,7 +13,7 @@ Examples:
 With --workdir, the whole training state is checkpointed every
 --checkpoint_every steps and at the end; rerunning the same
 command after a kill resumes from the latest checkpoint, mid-epoch at the
-next batch (batches are a function of (seed, step)); `kpjax.loop` does
+next batch (batches are a function of (seed, step)); `kpjax.train.loop` does
 both. The final metrics go to <workdir>/results.json, written atomically.
 From Python: `run(TrainConfig(steps=20), workdir)`.
 
@@ -35,7 +35,8 @@ from experiments import cli, common
 from experiments.config import TrainConfig
 from experiments.results import atomic_write_json
 from experiments.workdir import claim
-from kpjax import data, loop, train
+from kpjax import data, train
+from kpjax.train import loop
 from kpjax.flatten import count_params
 
 

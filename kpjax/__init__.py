@@ -1,8 +1,64 @@
 """kpjax: Koopman-operator pruning of neural networks in JAX.
 
-Pure functions on parameter pytrees: a Koopman/DMD fit of the weight
-trajectory (`kpjax.koopman`), pruning scores and masks (`kpjax.pruning`),
-models, data, masked training and checkpoints.
+Pure functions on parameter pytrees, for any Flax model (Linen or NNX,
+`from_linen` / `from_nnx`) and the user's own loss. Training is a dynamical system on the
+weights θ; a Koopman / DMD fit of the recorded trajectory Θ = [θ_0 … θ_T]
+gives Koopman magnitude pruning (KMP: |b₁φ₁|, the mode with λ₁ closest to 1)
+and Koopman gradient pruning (KGP: |θ ⊙ Δθ_K|), beside the baselines (GMP,
+gradient, random) and the saliency methods (SNIP, GraSP, SynFlow, ...):
+
+    model = kpjax.from_linen(module, variables)          # or kpjax.from_nnx(nnx_module)
+    rec = kpjax.record(model, optax.sgd(0.05), batches, T, rng=key)  # Θ: (T+1, N), its FlatSpec
+    fit = kpjax.fit_trajectory(rec.theta)                # exact DMD from K = ΘΘᵀ (float64)
+    inputs = kpjax.PruneInputs(rec.params, kpjax.prunable(rec.params),
+                               snapshots=rec.theta, spec=rec.spec, fit=fit)
+    mask = kpjax.prune("kmp", inputs, compression=8.0)   # bool pytree like params
+    tx = kpjax.freeze_pruned(optax.adam(1e-3), mask)     # pruned weights stay exactly 0
+
+The concepts live in subpackages, each with its own face: `kpjax.koopman`
+(the fit), `kpjax.pruning` (scores, masks, methods), `kpjax.train` (state,
+steps, loop, recording), `kpjax.models` (MnistNet, CIFAR ResNets),
+`kpjax.data` (datasets, batches), `kpjax.io` (checkpoints, trajectory
+files, PyTorch import); `kpjax.flatten` (θ ∈ R^N), `kpjax.flax_model` (any
+Flax module as a function), `kpjax.metrics` (sizes, FLOPs) and
+`kpjax.parallel` (device meshes) stand alone.
+
+May import: kpjax.
 """
 
+from kpjax import data, flatten, flax_model, io, koopman, metrics, models, parallel, pruning, train
+from kpjax.flax_model import Model, from_linen, from_nnx, to_nnx, update_nnx
+from kpjax.flatten import FlatSpec, count_params, flat_spec, ravel_selected, unravel_selected
+from kpjax.koopman import (DEFAULT_RCOND, DMDFit, fit_dmd, fit_trajectory, fixed_point_mode, gram,
+                           predicted_step)
+from kpjax.models import ModelSpec, get_model
+from kpjax.pruning import (METHODS, PruneInputs, PruningMethod, apply_mask, compression_ratio,
+                           freeze_pruned, get_method, keep_fraction, mask_jaccard, prunable, prune,
+                           register_method)
+from kpjax.train import (TrainState, create_train_state, evaluate, make_eval_step, make_optimizer,
+                         make_train_step)
+from kpjax.train.any_model import (Carry, Recording, cross_entropy_loss, init_carry, inputs_of,
+                                   make_step, record, targets_of)
+from kpjax.train.recording import make_recording_train_step, record_trajectory
+
 __version__ = "0.1.0"
+
+__all__ = [
+    # subpackages
+    "data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel", "pruning", "train",
+    # any Flax model (Linen or NNX) as f(θ, s, x) ↦ (y, s′); its masked training and Θ
+    "Model", "from_linen", "from_nnx", "to_nnx", "update_nnx",
+    "Carry", "Recording", "cross_entropy_loss", "init_carry", "inputs_of", "make_step", "record",
+    "targets_of",
+    # θ ∈ R^N
+    "FlatSpec", "count_params", "flat_spec", "ravel_selected", "unravel_selected",
+    # recording and fitting
+    "make_recording_train_step", "record_trajectory",
+    "DEFAULT_RCOND", "DMDFit", "fit_dmd", "fit_trajectory", "fixed_point_mode", "gram", "predicted_step",
+    # scoring and masking
+    "METHODS", "PruneInputs", "PruningMethod", "get_method", "keep_fraction", "prunable", "prune",
+    "register_method", "apply_mask", "compression_ratio", "freeze_pruned", "mask_jaccard",
+    # training
+    "ModelSpec", "TrainState", "create_train_state", "evaluate", "get_model", "make_eval_step",
+    "make_optimizer", "make_train_step",
+]

@@ -36,7 +36,14 @@ class FlatSpec(NamedTuple):
 
 
 def path_names(path: Sequence[Any]) -> Path:
-    """A jax key path as a tuple of plain strings, e.g. ('conv1', 'kernel')."""
+    """A jax key path as a tuple of plain strings, e.g. ('conv1', 'kernel').
+
+    A trailing ``.value`` attribute is dropped: it is where a flax.nnx
+    Variable keeps its array, so an nnx.State names its leaves as the plain
+    dict of the same params does (a dict key 'value' is kept).
+    """
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
     names = []
     for key in path:
         for attr in ("key", "name", "idx"):
@@ -46,6 +53,12 @@ def path_names(path: Sequence[Any]) -> Path:
         else:
             names.append(str(key))
     return tuple(names)
+
+
+def paths_and_leaves(tree: PyTree) -> list[tuple[Path, Any]]:
+    """Every leaf of `tree` with its path as plain strings, in tree-flatten order."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(path_names(p), leaf) for p, leaf in leaves]
 
 
 def _selected_flags(params: PyTree, select: Select) -> tuple[bool, ...]:

@@ -67,3 +67,11 @@ def damped_rotation(
         z = rot @ z
     lam = radius * np.exp(1j * omega)
     return np.stack(traj), np.array([lam, lam.conjugate()])
+
+
+def stack_snapshots(trajectory, select):
+    """Θ ((T+1, N) float32) and its FlatSpec from a list of parameter pytrees."""
+    import jax.numpy as jnp
+    from kpjax import flatten
+    spec = flatten.flat_spec(trajectory[0], select)
+    return jnp.stack([flatten.ravel_with_spec(p, spec).astype(jnp.float32) for p in trajectory]), spec

@@ -1,4 +1,4 @@
-"""Tests for kpjax.checkpoints: round trip, resume after a kill, bad dirs."""
+"""Tests for kpjax.io.checkpoints: round trip, resume after a kill, bad dirs."""
 
 import os
 
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import checkpoints, train
+from kpjax import train
+from kpjax.io import checkpoints
 
 
 class TinyConvBN(nn.Module):
@@ -66,7 +67,7 @@ def test_round_trip_restores_every_field(tmp_path):
     with checkpoints.checkpoint_manager(tmp_path) as manager:
         assert checkpoints.save_checkpoint(
             manager, state, {"epoch": 1, "batch": 2}) == 3
-    assert checkpoints.latest_step(tmp_path) == 3
+    assert checkpoints.saved_steps(tmp_path) == [3]
     restored, meta = checkpoints.restore_checkpoint(tmp_path, initial_state(5))
     assert isinstance(restored, train.TrainState)
     assert meta == {"epoch": 1, "batch": 2}
@@ -93,7 +94,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
             if int(state.step) % every == 0:
                 checkpoints.save_checkpoint(manager, state)
     del state  # the "kill": everything in memory is lost
-    assert checkpoints.latest_step(tmp_path) == 6
+    assert checkpoints.saved_steps(tmp_path) == [3, 6]
     assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [3, 6]
 
     state, _ = checkpoints.restore_checkpoint(tmp_path, initial_state(9))
@@ -104,8 +105,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
 
 
 def test_missing_directory_and_empty_directory(tmp_path):
-    assert checkpoints.latest_step(tmp_path / "nope") is None
-    assert checkpoints.latest_step(tmp_path) is None
+    assert checkpoints.saved_steps(tmp_path / "nope") == []
+    assert checkpoints.saved_steps(tmp_path) == []
     with pytest.raises(FileNotFoundError, match="not found"):
         checkpoints.restore_checkpoint(tmp_path / "nope", initial_state())
     with pytest.raises(FileNotFoundError, match="no checkpoints"):

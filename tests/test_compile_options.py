@@ -1,4 +1,4 @@
-"""Tests for kpjax.compile_options: when the step options apply, and that they
+"""Tests for kpjax.train.compile_options: when the step options apply, and that they
 change how a step compiles but not what it computes."""
 
 import jax
@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import compile_options, models, train
+from kpjax import models, train
+from kpjax.train import compile_options
 
 _OPTION = "xla_cpu_experimental_ynn_fusion_type"
 

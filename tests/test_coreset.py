@@ -1,10 +1,10 @@
-"""kpjax.coreset: sensitivities by hand, exactly k neurons, inclusion
+"""kpjax.pruning.coreset: sensitivities by hand, exactly k neurons, inclusion
 probabilities honoured, and the reweighted layer unbiased."""
 
 import numpy as np
 import pytest
 
-from kpjax import coreset
+from kpjax.pruning import coreset
 
 
 def test_sensitivities_by_hand():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from kpjax import data
+from kpjax.data import sources
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -366,7 +367,7 @@ def fake_download_manager(monkeypatch):
     FakeDownloadManager.files = {}
     FakeDownloadManager.real_class = tfds.download.DownloadManager
     monkeypatch.setattr(tfds.download, "DownloadManager", FakeDownloadManager)
-    monkeypatch.setattr(data, "_check_reachable", lambda url, download_dir: None)  # no network
+    monkeypatch.setattr(sources, "_check_reachable", lambda url, download_dir: None)  # no network
     return FakeDownloadManager
 
 
@@ -663,7 +664,7 @@ def test_check_available_says_what_load_dataset_would(tmp_path):
 
 def test_download_without_network_fails_at_once_with_one_line(tmp_path, fake_download_manager, monkeypatch):
     monkeypatch.undo()  # the real reachability check, with the connection refused
-    monkeypatch.setattr(data.socket, "create_connection",
+    monkeypatch.setattr(sources.socket, "create_connection",
                         lambda address, timeout: (_ for _ in ()).throw(OSError("Network is unreachable")))
     start = time.monotonic()
     with pytest.raises(data.DataNotFoundError) as info:

@@ -26,10 +26,12 @@ CHILD = textwrap.dedent("""
         jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                                    num_processes=processes, process_id=process)
     import jax.numpy as jnp, numpy as np
-    from kpjax import checkpoints, koopman, models, pruning, sharded, train, trajectory_store
+    from kpjax import koopman, models, parallel, pruning, train
+    from kpjax.io import checkpoints, trajectory_store
+    from kpjax.koopman import sharded
     from oracles import quadratic_gd
     assert jax.device_count() == 4 and jax.process_count() == processes
-    mesh = sharded.column_mesh()
+    mesh = parallel.column_mesh()
 
     # Data-parallel training: every process passes the same global batches.
     spec = models.get_model("mnistnet_tiny")
@@ -39,10 +41,10 @@ CHILD = textwrap.dedent("""
     labels = rng.integers(0, 10, (4, 16)).astype(np.int32)
     tx = train.make_optimizer(0.05, momentum=0.9)
     step = train.make_train_step(spec.module.apply, tx)
-    state = sharded.replicate(train.create_train_state(variables["params"], tx, jax.random.PRNGKey(0)),
+    state = parallel.replicate(train.create_train_state(variables["params"], tx, jax.random.PRNGKey(0)),
                               mesh)
     for x, y in zip(images, labels):
-        state, _ = step(state, *sharded.shard_batch(x, y, mesh))
+        state, _ = step(state, *parallel.shard_batch(x, y, mesh))
     # orbax's multi-host saving: every process calls save, the primary writes
     # the replicated arrays.
     manager = checkpoints.checkpoint_manager(os.path.join(out, "ckpt"))
@@ -55,7 +57,7 @@ CHILD = textwrap.dedent("""
     if process == 0:
         with trajectory_store.create_store(path, theta.shape[1], theta.shape[0]) as store:
             store.append(theta)
-    sharded.sync("theta written")
+    parallel.sync("theta written")
     with trajectory_store.open_store(path) as store:
         x = sharded.shard_columns(store, mesh, block_size=64)
         k = sharded.sharded_gram(x, mesh, block_size=64)
@@ -66,13 +68,13 @@ CHILD = textwrap.dedent("""
     part = {f"{s.index[0].start or 0}": np.asarray(s.data) for s in phi.addressable_shards}
     np.savez(os.path.join(out, f"phi_part{process}.npz"), **part)
     if process == 0:
-        params = sharded.to_host(state.params)
+        params = parallel.to_host(state.params)
         np.savez(os.path.join(out, "params.npz"),
                  **{str(i): p for i, p in enumerate(jax.tree_util.tree_leaves(params))})
         np.save(os.path.join(out, "phi_gathered.npy"), whole)
         json.dump({"lambda1": abs(complex(np.asarray(fit.eigenvalues)[koopman.fixed_point_index(fit)])),
                    "rank": int(np.sum(np.asarray(fit.valid)))}, open(os.path.join(out, "result.json"), "w"))
-    sharded.sync("done")
+    parallel.sync("done")
     print("ok", process)
 """)
 
@@ -126,7 +128,8 @@ def test_two_processes_train_and_fit_as_one(tmp_path):
             np.testing.assert_allclose(b[k], a[k], rtol=2e-4, atol=2e-5)
     # The checkpoint written by two processes restores in this (single) process.
     import jax
-    from kpjax import checkpoints, models, train
+    from kpjax import models, train
+    from kpjax.io import checkpoints
     assert checkpoints.saved_steps(two / "ckpt") == [4]
     variables = models.init_variables(models.get_model("mnistnet_tiny"), 0)
     template = train.create_train_state(variables["params"], train.make_optimizer(0.05, momentum=0.9),

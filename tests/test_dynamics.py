@@ -1,10 +1,11 @@
-"""Tests of kpjax.dynamics: comparing runs by their Koopman spectra."""
+"""Tests of kpjax.koopman.dynamics: comparing runs by their Koopman spectra."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import dynamics, koopman
+from kpjax import koopman
+from kpjax.koopman import dynamics
 from oracles import damped_rotation, quadratic_gd
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from experiments import early, prune
 from experiments.config import SGD, EarlyConfig, PruneConfig
-from kpjax import pruning
+from kpjax import flatten, pruning
 from kpjax.flatten import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,7 +374,7 @@ def test_prune_takes_the_seed_methods_by_name_and_synflow_is_iterative(tmp_path)
     setup = pipeline.Setup(config)
     window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
     params = window.variables["params"]
-    from kpjax import saliency
+    from kpjax.pruning import saliency
     objective = saliency.synflow_objective(setup.spec.module.apply, window.variables,
                                            setup.spec.input_shape)
     fraction = pruning.keep_fraction(8.0, count_params(params), setup.flat_spec.size)
@@ -386,12 +386,12 @@ def test_prune_takes_the_seed_methods_by_name_and_synflow_is_iterative(tmp_path)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got),
                                                     jax.tree_util.tree_leaves(direct)))
     assert not np.array_equal(np.asarray(one_shot), np.asarray(
-        pruning.flatten.ravel_with_spec(direct, setup.flat_spec)))  # iterative ≠ one shot here
+        flatten.ravel_with_spec(direct, setup.flat_spec)))  # iterative ≠ one shot here
 
 
 def test_filter_granularity_prunes_whole_units(tmp_path):
     from experiments import pipeline
-    from kpjax import structured
+    from kpjax.pruning import structured
     config = PruneConfig(**{**TINY, "seeds": (0,)}, trajectory_steps=4, compressions=(2,),
                          methods=("kmp", "gmp", "l1"), finetune_epochs=0, rcond=(1e-6,),
                          granularity="filter")

@@ -1,6 +1,6 @@
 """Tests for experiments.train, in-process: resume, results, refusals.
 
-(A workdir of another run is refused by `kpjax.loop`: tests/test_loop.py.)
+(A workdir of another run is refused by `kpjax.train.loop`: tests/test_loop.py.)
 """
 
 import json

@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 import pytest
 
-from kpjax import torch_import
+from kpjax.io import torch_import
 from test_torch_import import FakeStorage, FakeTensor, legacy_header, pickle_object, tensor, write, zip_bytes
 
 SECONDS, EXTRA_MB = 5.0, 200

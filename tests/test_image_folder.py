@@ -1,4 +1,4 @@
-"""Tests of kpjax.image_folder and kpjax.archives on tiny folders and archives
+"""Tests of kpjax.data.image_folder and kpjax.data.archives on tiny folders and archives
 made here (PNG is lossless, so decoded pixels are known exactly)."""
 
 import io
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kpjax import data, image_folder
+from kpjax import data
+from kpjax.data import image_folder
 
 CLASSES = ("cat", "ant", "bee")  # sorted: ant 0, bee 1, cat 2
 

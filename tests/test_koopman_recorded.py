@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpjax import data, koopman, models, pruning, recording, train
+from kpjax import data, koopman, models, pruning, train
+from kpjax.train import recording
 from kpjax.flatten import flat_spec
 
 REFERENCE_RCOND = 1e-7  # σ² > 1e-14 σ²_max

@@ -1,4 +1,4 @@
-"""Tests for kpjax.loop: the one training loop, its checkpoints and resume."""
+"""Tests for kpjax.train.loop: the one training loop, its checkpoints and resume."""
 
 import itertools
 
@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from kpjax import checkpoints, loop, train
+from kpjax import train
+from kpjax.io import checkpoints
+from kpjax.train import loop
 from test_train import TinyConvBN, init
 
 
@@ -89,7 +91,7 @@ def test_a_damaged_latest_step_falls_back_to_the_newest_intact_one(tmp_path, cap
     at8 = loop.train_steps(step, fresh(), batches_from, 8, checkpointing=ckpt)
     expected = _leaves(loop.train_steps(step, at8, batches_from, 12))
     _damage(tmp_path / "c" / "8")
-    with caplog.at_level("WARNING", logger="kpjax.loop"):
+    with caplog.at_level("WARNING", logger="kpjax.train.loop"):
         resumed = loop.train_steps(step, fresh(), batches_from, 12, checkpointing=ckpt)
     assert "checkpoint step 8" in caplog.text and "damaged" in caplog.text
     assert (tmp_path / "c" / "8.damaged").is_dir()

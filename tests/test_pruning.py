@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from kpjax import flatten, koopman, pruning
-from oracles import quadratic_gd
+from oracles import quadratic_gd, stack_snapshots
 
 
 def _model_params(seed=0):
@@ -59,7 +59,10 @@ def test_global_mask_hand_computed_and_ties():
 
 def test_layerwise_mask_keeps_fraction_of_each_tensor():
     scores = {"a": jnp.array([3.0, 1.0, 2.0, 0.5]), "b": jnp.array([10.0, 20.0]), "c": jnp.zeros(3)}
-    mask = pruning.layerwise_mask(scores, {"a": True, "b": True, "c": False}, 0.5)
+    select = {"a": True, "b": True, "c": False}
+    spec = flatten.flat_spec(scores, select)
+    keep = pruning.layerwise_flat_mask(flatten.ravel_with_spec(scores, spec), spec, 0.5)
+    mask = pruning.mask_from_flat(keep, spec, scores)
     np.testing.assert_array_equal(mask["a"], [True, False, True, False])
     np.testing.assert_array_equal(mask["b"], [False, True])
     np.testing.assert_array_equal(mask["c"], [True, True, True])
@@ -72,7 +75,7 @@ def test_target_compression_reached_and_batchnorm_kept(method, compression):
     select = pruning.prunable(params)
     inputs = pruning.PruneInputs(params, select, rng=jax.random.key(0))
     mask = pruning.prune(method, inputs, compression)
-    total = pruning.count_params(params)
+    total = flatten.count_params(params)
     kept = sum(int(m.sum()) for m in jax.tree_util.tree_leaves(mask))
     # Within one parameter of the target nonzero count (layerwise: one per tensor).
     slack = 1 if method != "layer_mag" else 4
@@ -136,7 +139,8 @@ def test_kgp_equals_gradient_pruning_on_a_short_gd_window():
     params = _as_params(last)
     select = pruning.prunable(params)
     spec = flatten.flat_spec(params, select)
-    kgp = np.asarray(pruning.kgp_scores(theta, koopman.fit_trajectory(theta), spec, params)["layer"]["kernel"])
+    kgp = np.asarray(pruning.scores_from_flat(pruning.kgp_flat_scores(theta, koopman.fit_trajectory(theta)), spec,
+                                              params)["layer"]["kernel"])
     grad = np.abs(last * oracle.grad(last))
     # KGP = |θ ⊙ η∇L|: gradient pruning's scores up to the global scale η.
     np.testing.assert_allclose(kgp, oracle.eta * grad, rtol=1e-3, atol=1e-6 * grad.max())
@@ -155,7 +159,7 @@ def test_layer_kmp_fits_each_tensor_and_reaches_target():
     oracle = quadratic_gd(n=120, steps=40, excited_h=(3.0, 4.0, 5.0))
     snaps = oracle.snapshots.astype(np.float32)
     traj = [{"a": {"kernel": jnp.asarray(s[:70])}, "b": {"kernel": jnp.asarray(s[70:])}} for s in snaps]
-    theta, spec = koopman.stack_snapshots(traj, lambda p, x: True)
+    theta, spec = stack_snapshots(traj, lambda p, x: True)
     params = traj[-1]
     select = pruning.prunable(params)
     mask = pruning.prune("layer_kmp", pruning.PruneInputs(params, select, snapshots=theta, spec=spec), 2.0)
@@ -222,9 +226,11 @@ def test_scores_are_reusable_across_compressions():
     params = _model_params()
     select = pruning.prunable(params)
     inputs = pruning.PruneInputs(params, select)
-    scores = pruning.method_scores("gmp", inputs)
+    spec = flatten.flat_spec(params, select)
+    scores = pruning.method_flat_scores("gmp", inputs)
     for c in (2.0, 8.0):
-        via_scores = pruning.method_mask("gmp", scores, params, select, c)
+        keep = pruning.method_flat_mask("gmp", scores, spec, flatten.count_params(params), c)
+        via_scores = pruning.mask_from_flat(keep, spec, params)
         direct = pruning.prune("gmp", inputs, c)
         assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(via_scores), jax.tree_util.tree_leaves(direct)))
 
@@ -252,7 +258,7 @@ def _masked_problem(seed=0):
 ], ids=["sgd", "adam", "adamw", "sgd+decay"])
 def test_masked_keeps_pruned_weights_zero_and_leaves_kept_ones_alone(inner):
     params, mask, grads = _masked_problem()
-    tx = pruning.masked(inner, mask)
+    tx = pruning.freeze_pruned(inner, mask)
     p = pruning.apply_mask(params, mask)
     state = tx.init(p)
     # The reference: the plain optimizer on gradients that are zero where pruned.
@@ -276,7 +282,7 @@ def test_masked_keeps_pruned_weights_zero_and_leaves_kept_ones_alone(inner):
 
 def test_masked_zeroes_weights_that_were_not_pruned_yet():
     params, mask, grads = _masked_problem(1)
-    tx = pruning.masked(optax.adamw(1e-3, weight_decay=1e-2), mask)
+    tx = pruning.freeze_pruned(optax.adamw(1e-3, weight_decay=1e-2), mask)
     updates, _ = tx.update(grads[0], tx.init(params), params)
     p = optax.apply_updates(params, updates)
     for x, m in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(mask)):
@@ -286,7 +292,7 @@ def test_masked_zeroes_weights_that_were_not_pruned_yet():
 def test_masked_refuses_a_mask_of_another_structure():
     params, mask, _ = _masked_problem()
     with pytest.raises(ValueError, match="structure"):
-        pruning.masked(optax.sgd(0.1), {"conv": mask["conv"]}).init(params)
+        pruning.freeze_pruned(optax.sgd(0.1), {"conv": mask["conv"]}).init(params)
 
 
 def test_a_trajectory_of_other_shapes_is_refused():
@@ -294,7 +300,7 @@ def test_a_trajectory_of_other_shapes_is_refused():
     params = _model_params()
     select = pruning.prunable(params)
     other = dict(params, fc={"kernel": jnp.zeros((8, 40)), "bias": params["fc"]["bias"]})
-    theta, spec = koopman.stack_snapshots([other] * 4, pruning.prunable(other))
+    theta, spec = stack_snapshots([other] * 4, pruning.prunable(other))
     inputs = pruning.PruneInputs(params, select, snapshots=theta, spec=spec)
     with pytest.raises(ValueError, match=r"shapes differ from the params'.*fc/kernel \(32, 10\) vs \(8, 40\)"):
         pruning.prune("kmp", inputs, 2.0)
@@ -317,7 +323,8 @@ def test_early_bird_mask_distance_and_the_draw():
 
 
 def test_bn_gamma_scores_broadcast_each_channels_scale_over_its_filter():
-    from kpjax import models, structured
+    from kpjax import models
+    from kpjax.pruning import structured
     spec = models.get_model("resnet_tiny")
     params = models.init_variables(spec, 0)["params"]
     gamma = np.arange(1, params["layer2_0"]["bn1"]["scale"].size + 1, dtype=np.float32) * -1.0

@@ -1,12 +1,13 @@
-"""Tests for kpjax.recording: Θ recorded in RAM and into a trajectory store."""
+"""Tests for kpjax.train.recording: Θ recorded in RAM and into a trajectory store."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import recording, train
-from kpjax import trajectory_store as ts
+from kpjax import train
+from kpjax.train import recording
+from kpjax.io import trajectory_store as ts
 from kpjax.flatten import ravel_selected
 from test_train import TinyConvBN, TinyMLP, batches, init, is_weight, random_mask, tree_equal
 

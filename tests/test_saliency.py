@@ -1,4 +1,4 @@
-"""Known-answer tests of kpjax.saliency (SNIP, GraSP, SynFlow, Lubana & Dick's
+"""Known-answer tests of kpjax.pruning.saliency (SNIP, GraSP, SynFlow, Lubana & Dick's
 measures) and of their registry entries and masks."""
 
 import flax.linen as nn
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from kpjax import pruning, saliency
+from kpjax import flatten, pruning
+from kpjax.pruning import saliency
 
 
 def linear_problem(seed=0):
@@ -73,7 +74,7 @@ def test_grasp_and_gn_use_the_exact_hessian_gradient_product():
 
 def test_grasp_keeps_the_largest_signed_scores():
     # Scores −3, −1, 2, 0.5: the two kept are 2 and 0.5 (not |−3|).
-    spec = pruning.flatten.flat_spec({"w": jnp.zeros(4)}, {"w": True})
+    spec = flatten.flat_spec({"w": jnp.zeros(4)}, {"w": True})
     keep = pruning.global_signed_flat_mask(jnp.asarray([-3.0, -1.0, 2.0, 0.5]), spec, 0.5)
     np.testing.assert_array_equal(keep, [False, False, True, True])
 

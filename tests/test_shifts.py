@@ -1,4 +1,4 @@
-"""Input shifts (kpjax.shifts): known answers, an independent HSV reference
+"""Input shifts (kpjax.data.shifts): known answers, an independent HSV reference
 (colorsys), determinism and severity ordering; the prune potential by hand."""
 
 import colorsys
@@ -6,7 +6,7 @@ import colorsys
 import numpy as np
 import pytest
 
-from kpjax import shifts
+from kpjax.data import shifts
 
 
 def _images(c=3, n=4, seed=0):

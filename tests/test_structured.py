@@ -1,11 +1,12 @@
-"""Tests of kpjax.structured: groups, group scores, and shrink ≡ mask."""
+"""Tests of kpjax.pruning.structured: groups, group scores, and shrink ≡ mask."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import models, pruning, structured
+from kpjax import models, pruning
+from kpjax.pruning import structured
 
 
 def test_mnistnet_groups_by_hand():

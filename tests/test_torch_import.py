@@ -1,4 +1,4 @@
-"""Tests for kpjax.torch_import.
+"""Tests for kpjax.io.torch_import.
 
 Checkpoints are written here without torch: a pickler with persistent ids
 emits the same GLOBALs `torch.save` does (stand-in `torch` modules exist only
@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kpjax import torch_import
+from kpjax.io import torch_import, torch_pickle
 from kpjax.models import get_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-STORAGE_CLASSES = {np.dtype(v): k for k, v in torch_import.STORAGE_DTYPES.items()}
+STORAGE_CLASSES = {np.dtype(v): k for k, v in torch_pickle.STORAGE_DTYPES.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def fake_torch_modules():
         function.__module__, function.__name__, function.__qualname__ = (
             "torch._utils", name, name)
         setattr(utils_module, name, function)
-    for name in torch_import.STORAGE_DTYPES:
+    for name in torch_pickle.STORAGE_DTYPES:
         setattr(torch_module, name, type(name, (), {"__module__": "torch"}))
     torch_module._utils = utils_module
     saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
@@ -147,7 +147,7 @@ def legacy_header() -> bytes:
     sys_info = {"protocol_version": 1001, "little_endian": True,
                 "type_sizes": {"short": 2, "int": 4, "long": 4}}
     return b"".join(pickle.dumps(record, protocol=2)
-                    for record in (torch_import.LEGACY_MAGIC_NUMBER, 1001, sys_info))
+                    for record in (torch_pickle.LEGACY_MAGIC_NUMBER, 1001, sys_info))
 
 
 def little_endian_bytes(elements: np.ndarray) -> bytes:

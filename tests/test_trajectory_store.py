@@ -1,11 +1,11 @@
-"""Tests of kpjax.trajectory_store: on-disk Θ and out-of-core fits."""
+"""Tests of kpjax.io.trajectory_store: on-disk Θ and out-of-core fits."""
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from kpjax import koopman
-from kpjax import trajectory_store as ts
+from kpjax.io import trajectory_store as ts
 from oracles import quadratic_gd
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}

@@ -33,7 +33,7 @@ class ModelSpec(NamedTuple):
         dataset: the dataset the model is built for.
         flattened_inputs: (dense layer, conv layer) pairs: dense layers that
             read the conv's (pooled) output map flattened in H, W, C order
-            (PyTorch flattens C, H, W; `kpjax.torch_import` permutes them).
+            (PyTorch flattens C, H, W; `kpjax.io.torch_import` permutes them).
     """
 
     name: str

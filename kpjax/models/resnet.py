@@ -117,7 +117,7 @@ class BasicBlock(nn.Module):
         features: output channels.
         stride: stride of the first conv (and of the shortcut's subsampling).
         inner_features: channels between conv1 and conv2 (default `features`);
-            fewer after structured pruning (`kpjax.structured.shrink`): they
+            fewer after structured pruning (`kpjax.pruning.structured.shrink`): they
             are the block's own, not added to the shortcut.
     """
 

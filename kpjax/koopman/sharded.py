@@ -1,26 +1,17 @@
-"""Data-parallel training steps and the Koopman fit with Θ's columns
-sharded across devices.
+"""The Koopman fit with Θ's columns sharded across devices.
 
-Training: a 1-D mesh over the devices; each batch is split along the mesh
-axis and the train state is replicated (`shard_batch`, `replicate`). The
-jitted train, eval and gradient steps are unchanged: XLA partitions them
-from their inputs' shardings and inserts the all-reduces (the loss is a mean
-over the whole batch, BatchNorm's batch statistics span every device), so a
-step equals the single-device step up to the order of float reductions.
-
-Θ (T+1, N) is split along N over a mesh axis: each device holds
-(T+1, N/devices) and forms its block of K = ΘΘᵀ = Σ_devices Θ_d Θ_dᵀ in
-float64, column block by column block; one `psum` adds the blocks, so every
-device ends with the whole (T+1)×(T+1) Gram. The fit itself (O(T³)) runs on
-the replicated K; modes Θᵀw and scores are then formed on each device's
-columns and stay sharded (the result's N axis is sharded like Θ's).
+Θ (T+1, N) is split along N over a mesh axis (`kpjax.parallel.column_mesh`):
+each device holds (T+1, N/devices) and forms its block of
+K = ΘΘᵀ = Σ_devices Θ_d Θ_dᵀ in float64, column block by column block; one
+`psum` adds the blocks, so every device ends with the whole (T+1)×(T+1)
+Gram. The fit itself (O(T³)) runs on the replicated K; modes Θᵀw and scores
+are then formed on each device's columns and stay sharded (the result's N
+axis is sharded like Θ's).
 
 Per device: N/devices · (T+1) · 4 bytes of Θ (float32), one (T+1)×block
-float64 panel, and the (T+1)² Gram. JAX's own runtime does the rest: the
-same code runs on a CPU with forced host devices, on GPUs, TPUs and, after
-`jax.distributed.initialize`, on several hosts.
+float64 panel, and the (T+1)² Gram.
 
-May import: jax, numpy, kpjax.koopman.
+May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.gram, kpjax.koopman.modes, kpjax.parallel.
 """
 
 from __future__ import annotations
@@ -33,58 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kpjax import koopman
-
-
-def column_mesh(devices=None, axis: str = "data") -> Mesh:
-    """A 1-D mesh over `devices` (default: all) for sharding Θ's columns."""
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    return Mesh(devices.reshape(-1), (axis,))
-
-
-def _global(x, sharding: NamedSharding, shape=None, read=None) -> jax.Array:
-    """A global array of `sharding`, each process filling only its own devices'
-    slices (`read(index)`, default `x[index]`): the same call works with one
-    process and with several (`jax.distributed.initialize`), where a
-    `jax.device_put` of host data cannot reach other processes' devices."""
-    read = read or (lambda index: np.asarray(x[index]))
-    return jax.make_array_from_callback(tuple(shape or np.shape(x)), sharding, read)
-
-
-def shard_batch(images, labels, mesh: Mesh, axis: str = "data"):
-    """One batch split along `axis` (the batch size must divide the devices).
-    Every process passes the whole (same) batch; each places its devices' rows."""
-    devices = mesh.shape[axis]
-    if len(images) % devices:
-        raise ValueError(f"batch size {len(images)} does not divide over {devices} devices "
-                         f"(mesh axis {axis!r}); choose a multiple of {devices}")
-    sharding = NamedSharding(mesh, P(axis))
-    return _global(images, sharding), _global(labels, sharding)
-
-
-def replicate(tree, mesh: Mesh):
-    """Every leaf of `tree` (e.g. a TrainState) on every device of the mesh
-    (every process passes the same values)."""
-    sharding = NamedSharding(mesh, P())
-    return jax.tree_util.tree_map(lambda x: _global(np.asarray(x), sharding), tree)
-
-
-def to_host(tree):
-    """A replicated pytree (e.g. the trained state) as NumPy arrays in this
-    process: its own copy, no transfer between processes."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))
-                                  if isinstance(x, jax.Array) else np.asarray(x), tree)
-
-
-def sync(name: str) -> None:
-    """Waits until every process reaches `name` (JAX's barrier; nothing with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+from kpjax.koopman.dmd import DMDFit
+from kpjax.koopman.gram import DEFAULT_BLOCK_SIZE, _check_snapshots
+from kpjax.koopman.modes import fixed_point_index
+from kpjax.parallel import global_array, to_host
 
 
 def padded_columns(n: int, mesh: Mesh, axis: str = "data",
-                   block_size: int = koopman.DEFAULT_BLOCK_SIZE) -> int:
+                   block_size: int = DEFAULT_BLOCK_SIZE) -> int:
     """N rounded up so that every device holds a whole number of column blocks."""
     devices = mesh.shape[axis]
     local = math.ceil(n / devices)
@@ -93,7 +40,7 @@ def padded_columns(n: int, mesh: Mesh, axis: str = "data",
 
 
 def shard_columns(snapshots, mesh: Mesh, axis: str = "data",
-                  block_size: int = koopman.DEFAULT_BLOCK_SIZE) -> jax.Array:
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
     """Θ placed with its columns split over `axis`, zero-padded so that every
     device holds a whole number of column blocks (zero columns change no Gram
     entry and no mode entry that is kept: `sharded_modes` cuts them off).
@@ -114,11 +61,11 @@ def shard_columns(snapshots, mesh: Mesh, axis: str = "data",
             out[:, :min(stop, n) - start] = np.asarray(snapshots[:, start:min(stop, n)], dtype)
         return out
 
-    return _global(None, NamedSharding(mesh, P(None, axis)), (rows, padded), read)
+    return global_array(None, NamedSharding(mesh, P(None, axis)), (rows, padded), read)
 
 
 def sharded_gram(snapshots: jax.Array, mesh: Mesh, axis: str = "data",
-                 block_size: int = koopman.DEFAULT_BLOCK_SIZE) -> jax.Array:
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
     """K = ΘΘᵀ (float64) from `shard_columns(Θ, mesh)`: each device accumulates
     its columns' Gram block by block, then one psum. Returned as a NumPy array
     in every process (it is small, (T+1)²): the fit then runs in each process
@@ -127,7 +74,7 @@ def sharded_gram(snapshots: jax.Array, mesh: Mesh, axis: str = "data",
     Raises:
       ValueError: NaN/Inf in Θ (from K's diagonal), too few snapshots.
     """
-    koopman._check_snapshots(snapshots)
+    _check_snapshots(snapshots)
     local = snapshots.shape[1] // mesh.shape[axis]
     block = max(1, min(block_size, local))
     if local % block:
@@ -174,10 +121,10 @@ def _combine_fn(mesh: Mesh, axis: str):
                                  out_specs=P(axis, None)))
 
 
-def sharded_fixed_point_mode(snapshots: jax.Array, fit: koopman.DMDFit, mesh: Mesh,
+def sharded_fixed_point_mode(snapshots: jax.Array, fit: DMDFit, mesh: Mesh,
                              axis: str = "data") -> jax.Array:
     """b₁φ₁ (complex128, padded length), sharded like Θ; `fit` from `fit_dmd(sharded_gram(...))`."""
-    i = koopman.fixed_point_index(fit)
+    i = fixed_point_index(fit)
     return sharded_modes(snapshots, np.asarray(fit.coefficients)[:, i] * np.asarray(fit.amplitudes)[i],
                          mesh, axis)
 

@@ -6,7 +6,7 @@ under one top-level folder). Class index = position of the class name in
 sorted order. Images are decoded with Pillow into uint8 NHWC arrays in a
 deterministic order (split, class, path), whatever the storage order.
 
-Archives are read, never extracted (`kpjax.archives` refuses absolute
+Archives are read, never extracted (`kpjax.data.archives` refuses absolute
 paths, `..`, links and device files, and bombs). A corrupt image names its
 member; an empty class, a class missing from one split, and images of
 another size (unless `resize` is given) are errors.
@@ -15,7 +15,7 @@ Decoding 60,000 JPEGs takes a while, so the arrays are cached as one .npz
 keyed by the source's sha256 (a folder: by its listing's paths, sizes and
 mtimes) and the options, written atomically; a second load only reads it.
 
-May import: numpy, PIL, kpjax.archives.
+May import: numpy, PIL, kpjax.data.archives.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from kpjax import archives
+from kpjax.data import archives
 
 _log = logging.getLogger(__name__)
 

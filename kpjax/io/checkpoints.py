@@ -86,18 +86,6 @@ def save_checkpoint(
     return step
 
 
-def latest_step(directory: str | os.PathLike) -> int | None:
-    """The newest complete checkpoint step in ``directory``; None if none.
-
-    A missing or empty directory gives None (nothing to resume from);
-    incomplete saves (temporary directories of a killed run) are ignored.
-    """
-    if not os.path.isdir(directory):
-        return None
-    steps = ocp.utils.checkpoint_steps(os.fspath(directory))
-    return max(steps) if steps else None
-
-
 def saved_steps(directory: str | os.PathLike) -> list[int]:
     """The steps of the complete checkpoints in ``directory`` (none if missing)."""
     if not os.path.isdir(directory):

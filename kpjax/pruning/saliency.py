@@ -22,7 +22,7 @@ is taken on the logits divided by T = `GRASP_TEMPERATURE` = 200, as in Wang
 et al.'s code and Synaptic-Flow's (without it, MnistNet pruned at
 initialization at c = 3.16 trained to 11 % accuracy: BUILD_NOTES).
 
-May import: jax, numpy.
+May import: jax, numpy, kpjax.flatten, kpjax.pruning.masks, kpjax.pruning.methods.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from kpjax import flatten
+from kpjax.pruning.masks import (_check_fraction, apply_mask, global_flat_mask,
+                                 global_signed_flat_mask, mask_from_flat)
+from kpjax.pruning.methods import PruningMethod, from_tree_scores, get_method, register_method
 
 PyTree = Any
 GRASP_TEMPERATURE = 200.0
@@ -133,3 +138,50 @@ def synflow_scores(params: PyTree, objective: LossFn) -> PyTree:
             raise ValueError(f"SynFlow's objective R = {float(r)} is not finite and positive "
                              "(a network of zeros, or an overflow even in float64)")
         return _map(lambda p, g: (jnp.abs(p * g) / r).astype(jnp.float32), params64, grads)
+
+
+def synflow_iterative_mask(params: PyTree, select: PyTree, objective, fraction: float,
+                           rounds: int = 100) -> PyTree:
+    """Iterative SynFlow (Tanaka et al. 2020): `rounds` rounds of scoring the
+    masked network and keeping the top f^(k/rounds) of the prunable parameters
+    (the exponential schedule), so that no layer collapses before the last.
+
+    Args:
+      params, select: θ and its prunable leaves.
+      objective: `saliency.synflow_objective(...)`, R as a function of θ.
+      fraction: f, the fraction of prunable parameters kept at the end.
+      rounds: 100 in the paper.
+
+    Returns:
+      The bool mask pytree (all-True off the prunable set).
+    """
+    _check_fraction(fraction)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    spec = flatten.flat_spec(params, select)
+    keep = jnp.ones(spec.size, bool)
+    for k in range(1, rounds + 1):
+        masked = apply_mask(params, mask_from_flat(keep, spec, params))
+        scores = flatten.ravel_with_spec(synflow_scores(masked, objective), spec)
+        # Pruned weights score 0 and stay pruned: the kept set only shrinks.
+        keep = global_flat_mask(jnp.where(keep, scores, 0.0), spec, fraction ** (k / rounds))
+    return mask_from_flat(keep, spec, params)
+
+
+register_method("snip", PruningMethod(
+    from_tree_scores(lambda i: snip_scores(i.params, i.loss_fn)), global_flat_mask,
+    ("loss_fn",), "SNIP / loss preservation: |θ ⊙ ∂L/∂θ| on the scoring batches"))
+register_method("lp", get_method("snip"))  # Lubana & Dick's loss preservation is SNIP's score
+register_method("lp_biased", PruningMethod(
+    from_tree_scores(lambda i: lp_biased_scores(i.params, i.loss_fn)), global_flat_mask,
+    ("loss_fn",), "magnitude-biased loss preservation: |θ² ⊙ ∂L/∂θ|"))
+register_method("gn", PruningMethod(
+    from_tree_scores(lambda i: gradient_norm_scores(i.params, i.loss_fn)),
+    global_flat_mask, ("loss_fn",), "gradient-norm measure: |θ ⊙ Hg|"))
+register_method("grasp", PruningMethod(
+    from_tree_scores(lambda i: grasp_scores(i.params, i.grasp_loss_fn)),
+    global_signed_flat_mask, ("grasp_loss_fn",),
+    f"GraSP: keep the largest θ ⊙ Hg, logits / {GRASP_TEMPERATURE:g}"))
+register_method("synflow", PruningMethod(
+    from_tree_scores(lambda i: synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
+    ("synflow_fn",), "SynFlow, one shot: |θ ⊙ ∂R/∂θ| (iterative: synflow_iterative_mask)"))

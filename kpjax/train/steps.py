@@ -1,4 +1,4 @@
-"""Masked training and evaluation steps, and the optimizer.
+"""Masked training and evaluation steps, and the loss and gradients of a batch.
 
 Everything here takes a Flax-style ``apply_fn`` (``module.apply``) and a mask;
 nothing imports a particular model or dataset.
@@ -7,27 +7,24 @@ nothing imports a particular model or dataset.
 ``{'params': θ}`` plus ``{'batch_stats': ...}`` for models with BatchNorm.
 Masks are bool pytrees shaped like the params (True = keep).
 
-The optimizer follows PyTorch's ``torch.optim.SGD`` (the recipes of the
-pretrained checkpoints and of ShrinkBench used it): weight decay is added to
-the gradient before momentum, g ← g + wd·θ; the momentum buffer is
-b ← μ·b + g; the step is −η·(g + μ·b) with Nesterov, −η·b without.
-
-May import: jax, optax, kpjax.compile_options, kpjax.metrics, kpjax.pruning.
+May import: jax, optax, kpjax.metrics, kpjax.pruning, kpjax.train.compile_options, kpjax.train.state.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from kpjax.compile_options import jit_step
 from kpjax.metrics import accuracy_counts
-from kpjax.pruning import apply_mask, masked
+from kpjax.pruning.masks import apply_mask
+from kpjax.pruning.optimizer import freeze_pruned
+from kpjax.train.compile_options import jit_step
+from kpjax.train.state import TrainState
 
 PyTree = Any
 ApplyFn = Callable[..., Any]
@@ -36,149 +33,6 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # images -> images; runs inside the jitted step, after augmentation.
 NormalizeFn = Callable[[jax.Array], jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-class TrainState(NamedTuple):
-    """Everything a training run carries from one step to the next.
-
-    Attributes:
-        step: int32 scalar, the number of optimizer steps taken.
-        params: the model parameters θ (pruned entries exactly zero).
-        batch_stats: BatchNorm running statistics; ``{}`` without BN.
-        opt_state: the optax state.
-        mask: bool pytree like ``params``; True = keep.
-        rng: PRNG key (uint32[2]) for data augmentation, split every step.
-    """
-
-    step: jax.Array
-    params: PyTree
-    batch_stats: PyTree
-    opt_state: optax.OptState
-    mask: PyTree
-    rng: jax.Array
-
-
-def full_mask(params: PyTree) -> PyTree:
-    """The mask keeping every parameter: all-True bool arrays like ``params``."""
-    return jax.tree_util.tree_map(
-        lambda p: jnp.ones(jnp.shape(p), bool), params)
-
-
-def create_train_state(
-    params: PyTree,
-    tx: optax.GradientTransformation,
-    rng: jax.Array,
-    *,
-    batch_stats: PyTree | None = None,
-    mask: PyTree | None = None,
-) -> TrainState:
-    """Builds the initial state; the mask is applied to ``params`` here.
-
-    Args:
-        params: model parameters θ.
-        tx: the optimizer (e.g. from `make_optimizer`).
-        rng: PRNG key (``jax.random.PRNGKey(seed)``) for augmentation.
-        batch_stats: BatchNorm statistics, or None for models without BN.
-        mask: bool pytree like ``params`` (True = keep); None keeps all.
-
-    Returns:
-        A `TrainState` at step 0 with masked params and fresh optimizer
-        state (``pruning.masked(tx, mask)``'s, which wraps ``tx``'s).
-    """
-    if mask is None:
-        mask = full_mask(params)
-    else:
-        mask_tree = jax.tree_util.tree_structure(mask)
-        params_tree = jax.tree_util.tree_structure(params)
-        if mask_tree != params_tree:
-            raise ValueError(
-                "mask must have the tree structure of params; got "
-                f"{mask_tree} vs {params_tree}")
-        mask = jax.tree_util.tree_map(
-            lambda m, p: jnp.array(jnp.broadcast_to(jnp.asarray(m, bool), jnp.shape(p))),
-            mask, params)
-    # The state owns copies of its arrays: the jitted step donates them, and
-    # must not delete the caller's params, batch stats or key.
-    params = apply_mask(params, mask)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=jax.tree_util.tree_map(jnp.array, batch_stats or {}),
-        opt_state=masked(tx, mask).init(params),
-        mask=mask,
-        rng=jnp.array(rng),
-    )
-
-
-def make_lr_schedule(
-    learning_rate: float,
-    boundaries: Sequence[int] = (),
-    decay: float = 0.1,
-) -> optax.Schedule:
-    """Piecewise-constant learning rate, ×``decay`` at each boundary.
-
-    The step with index t (t = number of updates already applied) uses
-    η·decay^#{b ≤ t}, as PyTorch's MultiStepLR with boundaries in steps
-    (epoch e → step e·steps_per_epoch).
-
-    Args:
-        learning_rate: the initial η.
-        boundaries: step indices at which η is multiplied by ``decay``.
-        decay: the factor (≥ 0).
-
-    Returns:
-        An optax schedule ``step -> η``.
-    """
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-    if decay < 0:
-        raise ValueError(f"lr decay factor must be >= 0, got {decay}")
-    if any(b < 0 for b in boundaries):
-        raise ValueError(
-            f"lr boundaries must be >= 0, got {list(boundaries)}")
-    scales: dict[int, float] = {}
-    for b in boundaries:  # a repeated boundary decays twice, as MultiStepLR
-        scales[int(b)] = scales.get(int(b), 1.0) * decay
-    return optax.piecewise_constant_schedule(learning_rate, scales or None)
-
-
-def make_optimizer(
-    learning_rate: float | optax.Schedule = 1e-3,
-    *,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 0.0,
-) -> optax.GradientTransformation:
-    """SGD as ``torch.optim.SGD`` (defaults: ShrinkBench fine-tuning).
-
-    ShrinkBench fine-tuning: ``make_optimizer(1e-3)``.
-    ResNet-20 pretraining (docs/DESIGN.md §4, 391 steps an epoch):
-    ``make_optimizer(make_lr_schedule(0.1, [100 * 391, 150 * 391]),
-    nesterov=False, weight_decay=1e-4)``.
-
-    Args:
-        learning_rate: η, a float or an optax schedule of the step.
-        momentum: μ; 0 gives plain SGD.
-        nesterov: Nesterov momentum (needs μ > 0, as in PyTorch).
-        weight_decay: L2 coefficient added to the gradient before momentum,
-            on every parameter (pruned ones are 0 and stay 0).
-
-    Returns:
-        An optax GradientTransformation.
-    """
-    if not callable(learning_rate) and learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-    if momentum < 0:
-        raise ValueError(f"momentum must be >= 0, got {momentum}")
-    if nesterov and momentum == 0:
-        raise ValueError("nesterov momentum requires momentum > 0")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    sgd = optax.sgd(learning_rate, momentum=momentum or None,
-                    nesterov=nesterov)
-    if weight_decay == 0:
-        return sgd
-    return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
 
 
 def _forward(apply_fn, params, batch_stats, images, train):
@@ -249,7 +103,7 @@ def make_train_step(
         # without it the steps round differently from the runs recorded
         # before the transformation existed (measured: other params after
         # 10 MnistNet steps).
-        updates, opt_state = masked(tx, state.mask).update(grads, state.opt_state, state.params)
+        updates, opt_state = freeze_pruned(tx, state.mask).update(grads, state.opt_state, state.params)
         params = apply_mask(optax.apply_updates(state.params, updates), state.mask)
         new_state = TrainState(step=state.step + 1, params=params,
                                batch_stats=batch_stats, opt_state=opt_state,
@@ -345,7 +199,7 @@ def _value_and_grad_step(apply_fn: ApplyFn, train: bool):
 def batch_loss_fn(apply_fn: ApplyFn, batch_stats: PyTree, images: jax.Array, labels: jax.Array,
                   *, train: bool = True, temperature: float = 1.0) -> Callable[[PyTree], jax.Array]:
     """θ ↦ mean cross-entropy of f(x; θ)/T on the scoring batches (the
-    `loss_fn` of the saliency methods, `kpjax.saliency`); BN as in `loss_and_grads`.
+    `loss_fn` of the saliency methods, `kpjax.pruning.saliency`); BN as in `loss_and_grads`.
 
     Args:
         images, labels: one batch, (B, H, W, C) and (B,); or k batches stacked,

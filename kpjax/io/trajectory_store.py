@@ -35,7 +35,7 @@ The store duck-types the arrays that `kpjax.koopman` takes (`shape`, `ndim`,
 and `fixed_point_mode(store, fit)` run out of core unchanged.
 
 The recorder that fills a store while training is
-`kpjax.recording.record_trajectory_to_store`.
+`kpjax.train.recording.record_trajectory_to_store`.
 
 May import: numpy, ml_dtypes, kpjax.flatten, kpjax.koopman.
 """
@@ -51,7 +51,7 @@ import ml_dtypes
 import numpy as np
 
 from kpjax.flatten import FlatSpec
-from kpjax.koopman import DEFAULT_BLOCK_SIZE
+from kpjax.koopman.gram import DEFAULT_BLOCK_SIZE
 
 MAGIC = b"\x93KPJTRJ1"
 _FIXED_HEADER = 24

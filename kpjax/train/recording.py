@@ -2,12 +2,12 @@
 
 The training side of Θ: a train step wrapped to write θ(t) into a donated
 snapshot buffer, and the loops that fill a (T+1)×N device array
-(`record_trajectory`) or stream k-row chunks to a `kpjax.trajectory_store`
+(`record_trajectory`) or stream k-row chunks to a `kpjax.io.trajectory_store`
 file from a writer thread (`record_trajectory_to_store`). The store (a file
 format) never imports this module.
 
-May import: jax, numpy, kpjax.compile_options, kpjax.flatten, kpjax.train,
-kpjax.trajectory_store.
+May import: jax, numpy, kpjax.train.compile_options, kpjax.flatten, kpjax.train,
+kpjax.io.trajectory_store.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpjax.compile_options import jit_step
+from kpjax.train.compile_options import jit_step
 from kpjax.flatten import ravel_selected
-from kpjax.train import Metrics, TrainState
-from kpjax.trajectory_store import TrajectoryStore
+from kpjax.train.state import TrainState
+from kpjax.train.steps import Metrics
+from kpjax.io.trajectory_store import TrajectoryStore
 
 
 def make_recording_train_step(

@@ -11,7 +11,7 @@ step lies in (state.step, until] is restored first, then the loop continues
 from there. A checkpoint whose metadata differs from the run's (another
 model, dataset, batch size or seed) is refused with a ValueError naming both.
 
-May import: jax, kpjax.checkpoints.
+May import: jax, kpjax.io.checkpoints.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from kpjax import checkpoints
+from kpjax.io import checkpoints
 
 PyTree = Any
 Batch = tuple[Any, Any]

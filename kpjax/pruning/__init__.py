@@ -1,0 +1,42 @@
+"""Pruning: which parameters, scores, masks, the method registry, and masks
+as an optax transformation.
+
+  prunable(params)                        ShrinkBench's prunable set (select.py)
+  keep_fraction, global/layerwise masks   from scores to masks (masks.py)
+  apply_mask, compression_ratio           θ ⊙ m and total / nonzero (masks.py)
+  freeze_pruned(tx, mask)                 any optax optimizer, pruned weights kept at 0 (optimizer.py)
+  PruneInputs, get_method, prune          the registry and the one path to a mask (methods.py)
+
+The methods, each registered in its family's module: `baselines` (GMP,
+layerwise magnitude, L1, gradient, random, |γ|), `koopman_scores` (KMP,
+subspace KMP, KGP, layer KMP), `saliency` (SNIP/LP, biased LP, GN, GraSP,
+SynFlow). `structured` prunes whole filters and neurons; `coreset` samples
+a dense layer's neurons.
+
+May import: kpjax.pruning.
+"""
+
+from kpjax.pruning import baselines, koopman_scores, saliency  # registers every method
+from kpjax.pruning.baselines import bn_gamma_scores, gradient_scores, magnitude_scores, random_scores
+from kpjax.pruning.koopman_scores import (kgp_flat_scores, kmp_flat_scores, kmp_subspace_flat_scores,
+                                          layer_kmp_flat_scores)
+from kpjax.pruning.masks import (apply_mask, compression_ratio, early_bird_index, global_flat_mask,
+                                 global_mask, global_signed_flat_mask, keep_fraction,
+                                 layerwise_flat_mask, mask_distance, mask_from_flat, mask_jaccard,
+                                 scores_from_flat)
+from kpjax.pruning.methods import (METHODS, PruneInputs, PruningMethod, from_tree_scores, get_method,
+                                   method_flat_mask, method_flat_scores, prune, register_method)
+from kpjax.pruning.optimizer import FreezePrunedState, freeze_pruned
+from kpjax.pruning.saliency import synflow_iterative_mask
+from kpjax.pruning.select import prunable
+
+__all__ = [
+    "METHODS", "FreezePrunedState", "PruneInputs", "PruningMethod", "apply_mask", "baselines",
+    "bn_gamma_scores", "compression_ratio", "early_bird_index", "freeze_pruned", "from_tree_scores",
+    "get_method", "global_flat_mask", "global_mask", "global_signed_flat_mask", "gradient_scores",
+    "keep_fraction", "kgp_flat_scores", "kmp_flat_scores", "kmp_subspace_flat_scores",
+    "koopman_scores", "layer_kmp_flat_scores", "layerwise_flat_mask", "magnitude_scores",
+    "mask_distance", "mask_from_flat", "mask_jaccard", "method_flat_mask", "method_flat_scores",
+    "prunable", "prune", "random_scores", "register_method", "saliency", "scores_from_flat",
+    "synflow_iterative_mask",
+]

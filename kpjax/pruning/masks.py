@@ -1,0 +1,202 @@
+"""From scores to masks: the kept fraction of a compression, top-k masks
+(global, signed, layerwise), masks applied, compared and counted.
+
+Conventions follow ShrinkBench (the paper's harness):
+- prunable parameters are the kernels and biases of conv and dense layers,
+  never BatchNorm; the classifier can be included or excluded;
+- the target is a compression ratio c = total / nonzero parameters, where the
+  total counts every parameter (unprunable ones too);
+- global pruning uses one threshold over all prunable scores, layerwise
+  pruning one per tensor.
+
+Scores are flat vectors over the prunable parameters θ ∈ R^N (layout
+`kpjax.flatten.FlatSpec`) or pytrees like the params; masks are bool pytrees
+like the params, True = keep, all-True on unprunable leaves.
+
+May import: jax, numpy, kpjax.flatten.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kpjax import flatten
+from kpjax.flatten import count_params
+
+PyTree = Any
+
+
+def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
+    ta, tb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    if ta != tb:
+        raise ValueError(f"{what}: pytrees have different structure:\n  {ta}\n  {tb}")
+
+
+def scores_from_flat(flat: jax.Array, spec: flatten.FlatSpec, params: PyTree) -> PyTree:
+    """A score vector over `spec`'s leaves as a pytree like params (zeros elsewhere)."""
+    zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
+    return flatten.unravel_selected(flat.astype(jnp.float32), spec, zeros)
+
+
+def keep_fraction(compression: float, total: int, prunable_count: int) -> float:
+    """Fraction f of prunable parameters to keep for compression c = total / nonzero.
+
+    f = (total / prunable)·(1/c − 1) + 1 (unprunable parameters stay dense).
+
+    Raises:
+      ValueError: c < 1 or not finite, or c beyond what pruning every prunable
+        parameter can reach (total / (total − prunable)).
+    """
+    c = float(compression)
+    if not np.isfinite(c) or c < 1.0:
+        raise ValueError(f"compression ratio must be a finite number >= 1, got {compression}")
+    if prunable_count <= 0:
+        raise ValueError("no prunable parameters")
+    f = (total / prunable_count) * (1.0 / c - 1.0) + 1.0
+    if f <= 0.0:
+        limit = total / max(total - prunable_count, 1)
+        raise ValueError(
+            f"compression {c} is impossible: {total - prunable_count} of {total} parameters "
+            f"are not prunable, so compression is at most {limit:.4g}"
+        )
+    return f
+
+
+def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
+    """Keep the k largest scores; ties keep the lower flat index.
+
+    Sorting by (−score, index) with a stable sort makes the kept count exactly
+    k whatever the ties, and the choice deterministic.
+    """
+    order = jnp.argsort(-scores, stable=True)
+    keep = jnp.zeros(scores.shape, bool)
+    return keep.at[order[:k]].set(True)
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+
+
+def _check_finite(flat: jax.Array, spec: flatten.FlatSpec) -> None:
+    finite = np.asarray(jnp.isfinite(flat))
+    if not finite.all():
+        first = int(np.argmin(finite))
+        leaf = int(np.searchsorted(spec.offsets, first, side="right")) - 1
+        raise ValueError(f"scores of {'/'.join(spec.paths[leaf])} contain NaN or Inf")
+
+
+def global_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+    """One threshold over all scores: keep the round(f·N) largest |scores|.
+
+    Args:
+      flat: scores over the prunable parameters θ ∈ R^N (layout `spec`).
+      spec: the FlatSpec of the prunable leaves.
+      fraction: f in (0, 1], from `keep_fraction`.
+
+    Returns:
+      Bool (N,), True = keep.
+    """
+    _check_fraction(fraction)
+    _check_finite(flat, spec)
+    return _top_k_mask(jnp.abs(flat.astype(jnp.float32)), int(round(fraction * spec.size)))
+
+
+def global_signed_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+    """One threshold over signed scores: keep the round(f·N) largest (GraSP)."""
+    _check_fraction(fraction)
+    _check_finite(flat, spec)
+    return _top_k_mask(flat.astype(jnp.float32), int(round(fraction * spec.size)))
+
+
+def layerwise_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+    """One threshold per tensor: keep round(f·size) largest |scores| of each."""
+    _check_fraction(fraction)
+    _check_finite(flat, spec)
+    ends = list(spec.offsets[1:]) + [spec.size]
+    parts = [_top_k_mask(jnp.abs(flat[s:e].astype(jnp.float32)), int(round(fraction * (e - s))))
+             for s, e in zip(spec.offsets, ends)]
+    return jnp.concatenate(parts)
+
+
+def mask_from_flat(keep: jax.Array, spec: flatten.FlatSpec, params: PyTree) -> PyTree:
+    """The bool pytree like params of a flat mask (True on unprunable leaves)."""
+    ones = jax.tree_util.tree_map(lambda x: jnp.ones(jnp.shape(x), bool), params)
+    return flatten.unravel_selected(keep, spec, ones)
+
+
+def _tree_mask(flat_mask_fn, scores: PyTree, select: PyTree, fraction: float) -> PyTree:
+    _check_same_structure(scores, select, "scores and the prunable selection")
+    spec = flatten.flat_spec(scores, select)
+    return mask_from_flat(flat_mask_fn(flatten.ravel_with_spec(scores, spec), spec, fraction),
+                          spec, scores)
+
+
+def global_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
+    """`global_flat_mask` on pytrees: scores and mask like params.
+
+    Args:
+      scores: pytree like params.
+      select: bool pytree, the prunable leaves (e.g. from `prunable`).
+      fraction: f in (0, 1], from `keep_fraction`.
+    """
+    return _tree_mask(global_flat_mask, scores, select, fraction)
+
+
+def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
+    """θ ⊙ m: pruned entries set to exactly zero."""
+    _check_same_structure(params, mask, "apply_mask(params, mask)")
+    return jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
+
+
+def compression_ratio(params: PyTree, mask: Optional[PyTree] = None) -> float:
+    """ShrinkBench's compression: total parameters / nonzero parameters of θ ⊙ m."""
+    if mask is not None:
+        params = apply_mask(params, mask)
+    leaves = jax.tree_util.tree_leaves(params)
+    nonzero = sum(int(jnp.count_nonzero(x)) for x in leaves)
+    return count_params(params) / max(nonzero, 1)
+
+
+def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
+    """|A ∩ B| / |A ∪ B| of the kept prunable parameters of two masks."""
+    _check_same_structure(a, b, "mask_jaccard(a, b)")
+    inter = union = 0
+    for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
+        if s:
+            inter += int(jnp.sum(x & y))
+            union += int(jnp.sum(x | y))
+    return inter / union if union else 1.0
+
+
+def mask_distance(a: PyTree, b: PyTree, select: PyTree) -> float:
+    """Normalized Hamming distance of two masks over the prunable parameters:
+    the fraction whose keep/prune decision differs (You et al.'s early-bird
+    mask distance; 0 for equal masks, 1 for complements)."""
+    _check_same_structure(a, b, "mask_distance(a, b)")
+    differ = count = 0
+    for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
+        if s:
+            differ += int(jnp.sum(x != y))
+            count += int(np.size(x))
+    if not count:
+        raise ValueError("mask_distance: no prunable parameters")
+    return differ / count
+
+
+def early_bird_index(distances: list[float], patience: int = 5, eps: float = 0.1) -> int | None:
+    """Where an early-bird ticket is drawn (You et al. 2020): the first i such
+    that the `patience` distances ending at i are all below eps; distances[i]
+    compares masks i and i+1, so the ticket is mask i+1. None if never."""
+    if patience < 1 or not eps > 0:
+        raise ValueError(f"patience must be >= 1 and eps > 0, got {patience}, {eps}")
+    run = 0
+    for i, d in enumerate(distances):
+        run = run + 1 if d < eps else 0
+        if run >= patience:
+            return i
+    return None
