@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kpjax import koopman
-from kpjax.koopman import gram
+from kpjax.koopman import blocked
 from oracles import damped_rotation, quadratic_gd, stack_snapshots
 from test_flatten import _params
 
@@ -187,8 +187,8 @@ def test_block_size_for_budget_bounds_compiled_temporaries(rows, budget):
         for dtype in (jnp.float32, jnp.float16):
             panel = jax.ShapeDtypeStruct((rows, block), dtype)
             for compiled in (
-                gram._gram_block.lower(k, panel).compile(),
-                gram._combine_block.lower(panel, w).compile(),
+                blocked._gram_block.lower(k, panel).compile(),
+                blocked._combine_block.lower(panel, w).compile(),
             ):
                 mem = compiled.memory_analysis()
                 used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes

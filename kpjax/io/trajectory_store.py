@@ -51,7 +51,7 @@ import ml_dtypes
 import numpy as np
 
 from kpjax.flatten import FlatSpec
-from kpjax.koopman.gram import DEFAULT_BLOCK_SIZE
+from kpjax.koopman.blocked import DEFAULT_BLOCK_SIZE
 
 MAGIC = b"\x93KPJTRJ1"
 _FIXED_HEADER = 24

@@ -14,9 +14,9 @@ operator of the identity observable by exact dynamic mode decomposition
 
 All O(T³) work is jit-compiled in float64; only the non-symmetric
 eigenproblem, which JAX implements on CPU only, runs outside jit
-(`_eig_cpu`). K comes from `kpjax.koopman.gram`.
+(`_eig_cpu`). K comes from `kpjax.koopman.blocked`.
 
-May import: jax, numpy, kpjax.koopman.gram.
+May import: jax, numpy, kpjax.koopman.blocked.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpjax.koopman.gram import DEFAULT_BLOCK_SIZE, MIN_SNAPSHOTS, gram
+from kpjax.koopman.blocked import DEFAULT_BLOCK_SIZE, MIN_SNAPSHOTS, gram
 
 # Singular-value cutoff relative to σ_max. Float32 snapshots carry a relative
 # rounding error of 2⁻²⁴ ≈ 6e-8 per entry, so directions of X with

@@ -5,9 +5,9 @@ The mode with λ closest to 1 is the fixed point θ approaches: b₁φ₁ (KMP's
 score); where several eigenvalues crowd at 1 the fixed-point subspace sums
 them. θ(t) ≈ Re Σ_i b_i λ_i^t φ_i, and the predicted step is
 Δθ_K(t) = Σ_i b_i (λ_i − 1) λ_i^t φ_i. Each is one blocked pass Θᵀw
-(`kpjax.koopman.gram.combine_snapshots`).
+(`kpjax.koopman.blocked.combine_snapshots`).
 
-May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.gram.
+May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.blocked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kpjax.koopman.dmd import DMDFit
-from kpjax.koopman.gram import combine_snapshots
+from kpjax.koopman.blocked import combine_snapshots
 
 # Eigenvalues within this distance of 1 form the fixed-point cluster of
 # `fixed_point_subspace`: over a window of T = 469 steps (one MNIST epoch) a

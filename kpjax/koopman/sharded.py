@@ -11,7 +11,7 @@ axis is sharded like Θ's).
 Per device: N/devices · (T+1) · 4 bytes of Θ (float32), one (T+1)×block
 float64 panel, and the (T+1)² Gram.
 
-May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.gram, kpjax.koopman.modes, kpjax.parallel.
+May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.blocked, kpjax.koopman.modes, kpjax.parallel.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kpjax.koopman.dmd import DMDFit
-from kpjax.koopman.gram import DEFAULT_BLOCK_SIZE, _check_snapshots
+from kpjax.koopman.blocked import DEFAULT_BLOCK_SIZE, _check_snapshots
 from kpjax.koopman.modes import fixed_point_index
 from kpjax.parallel import global_array, to_host
 

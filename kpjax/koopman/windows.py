@@ -1,11 +1,11 @@
 """Sliding windows of one trajectory, and Koopman jumps past its end.
 
 Every window's Gram is a diagonal block of the trajectory's single K = ΘΘᵀ
-(or of its banded part, `kpjax.koopman.gram.banded_gram`), so any number of
+(or of its banded part, `kpjax.koopman.blocked.banded_gram`), so any number of
 windows costs one pass over Θ. A jump replaces τ training steps by the
 Koopman prediction θ(T + τ) (Dogra & Redman 2020).
 
-May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.gram, kpjax.koopman.modes.
+May import: jax, numpy, kpjax.koopman.dmd, kpjax.koopman.blocked, kpjax.koopman.modes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kpjax.koopman.dmd import DEFAULT_RCOND, DMDFit, _validate_gram, fit_dmd_batched
-from kpjax.koopman.gram import MIN_SNAPSHOTS, combine_snapshots
+from kpjax.koopman.blocked import MIN_SNAPSHOTS, combine_snapshots
 from kpjax.koopman.modes import fixed_point_index, predict
 
 
