@@ -320,20 +320,3 @@ def test_early_bird_mask_distance_and_the_draw():
     assert pruning.early_bird_index([0.2, 0.05, 0.05], patience=2, eps=0.1) == 2
     with pytest.raises(ValueError):
         pruning.early_bird_index([0.1], patience=0)
-
-
-def test_bn_gamma_scores_broadcast_each_channels_scale_over_its_filter():
-    from kpjax import models
-    from kpjax.pruning import structured
-    spec = models.get_model("resnet_tiny")
-    params = models.init_variables(spec, 0)["params"]
-    gamma = np.arange(1, params["layer2_0"]["bn1"]["scale"].size + 1, dtype=np.float32) * -1.0
-    params = {**params, "layer2_0": {**params["layer2_0"], "bn1": {**params["layer2_0"]["bn1"],
-                                                                     "scale": jnp.asarray(gamma)}}}
-    scores = pruning.bn_gamma_scores(params)
-    conv = np.asarray(scores["layer2_0"]["conv1"]["kernel"])
-    np.testing.assert_array_equal(conv, np.broadcast_to(np.abs(gamma), conv.shape))
-    assert float(jnp.sum(scores["linear"]["kernel"])) == 0.0  # no BatchNorm after the classifier
-    # At filter granularity it ranks the block's inner channels by |γ|.
-    keep = structured.keep_units(structured.group_scores(spec, scores), 0.5)["layer2_0"]
-    np.testing.assert_array_equal(keep, np.abs(gamma) >= np.median(np.abs(gamma)))

@@ -8,16 +8,16 @@ as an optax transformation.
   PruneInputs, get_method, prune          the registry and the one path to a mask (methods.py)
 
 The methods, each registered in its family's module: `baselines` (GMP,
-layerwise magnitude, L1, gradient, random, |γ|), `koopman_scores` (KMP,
-subspace KMP, KGP, layer KMP), `saliency` (SNIP/LP, biased LP, GN, GraSP,
-SynFlow). `structured` prunes whole filters and neurons; `coreset` samples
+layerwise magnitude, L1, gradient, random), `koopman_scores` (KMP, subspace
+KMP, KGP, layer KMP), `saliency` (SNIP/LP, biased LP, GN, GraSP, SynFlow),
+`slimming` (network slimming's |γ|). `structured` prunes whole filters and neurons; `coreset` samples
 a dense layer's neurons.
 
 May import: kpjax.pruning.
 """
 
-from kpjax.pruning import baselines, koopman_scores, saliency  # registers every method
-from kpjax.pruning.baselines import bn_gamma_scores, gradient_scores, magnitude_scores, random_scores
+from kpjax.pruning import baselines, koopman_scores, saliency, slimming  # registers every method
+from kpjax.pruning.baselines import gradient_scores, magnitude_scores, random_scores
 from kpjax.pruning.koopman_scores import (kgp_flat_scores, kmp_flat_scores, kmp_subspace_flat_scores,
                                           layer_kmp_flat_scores)
 from kpjax.pruning.masks import (apply_mask, compression_ratio, early_bird_index, global_flat_mask,
@@ -29,6 +29,7 @@ from kpjax.pruning.methods import (METHODS, PruneInputs, PruningMethod, from_tre
 from kpjax.pruning.optimizer import FreezePrunedState, freeze_pruned
 from kpjax.pruning.saliency import synflow_iterative_mask
 from kpjax.pruning.select import prunable
+from kpjax.pruning.slimming import bn_gamma_scores
 
 __all__ = [
     "METHODS", "FreezePrunedState", "PruneInputs", "PruningMethod", "apply_mask", "baselines",
@@ -38,5 +39,5 @@ __all__ = [
     "koopman_scores", "layer_kmp_flat_scores", "layerwise_flat_mask", "magnitude_scores",
     "mask_distance", "mask_from_flat", "mask_jaccard", "method_flat_mask", "method_flat_scores",
     "prunable", "prune", "random_scores", "register_method", "saliency", "scores_from_flat",
-    "synflow_iterative_mask",
+    "slimming", "synflow_iterative_mask",
 ]

@@ -1,6 +1,5 @@
 """The baselines every method is compared with: magnitude (global, layerwise,
-L1 filter norm), gradient (|θ ⊙ ∂L/∂θ|, global and layerwise), random, and
-network slimming's |γ|; each registered here.
+L1 filter norm), gradient (|θ ⊙ ∂L/∂θ|, global and layerwise) and random; each registered here.
 
 May import: jax, kpjax.pruning.masks, kpjax.pruning.methods.
 """
@@ -38,43 +37,25 @@ def random_scores(params: PyTree, rng: jax.Array) -> PyTree:
     )
 
 
-def bn_gamma_scores(params: PyTree) -> PyTree:
-    """Network slimming's |γ| (Liu et al. 2017): every weight of a conv's
-    output channel u scores the |scale[u]| of the BatchNorm after that conv
-    (convN → bnN in the same module, as the CIFAR ResNets name them); a
-    filter's scores are then one value, so at filter granularity this ranks
-    channels by |γ|. Kernels without a BatchNorm score 0 and biases 0."""
-    def score(path, x):
-        names = [getattr(p, "key", None) for p in path]
-        module = params
-        for key in names[:-2]:
-            module = module[key]
-        bn = str(names[-2]).replace("conv", "bn") if names[-2] else None
-        if names[-1] == "kernel" and bn in module and bn != names[-2] and "scale" in module[bn]:
-            return jnp.broadcast_to(jnp.abs(jnp.asarray(module[bn]["scale"], jnp.float32)), jnp.shape(x))
-        return jnp.zeros(jnp.shape(x), jnp.float32)
-    return jax.tree_util.tree_map_with_path(score, params)
-
-
 register_method("gmp", PruningMethod(
     from_tree_scores(lambda i: magnitude_scores(i.params)), global_flat_mask, (),
-    "global magnitude pruning: |θ|, one threshold"))
+    "global magnitude pruning: |θ|, one threshold", label="GMP",
+    style=dict(color="tab:blue", marker="s", markersize=4, linestyle="--", linewidth=1.2)))
 register_method("l1", PruningMethod(
     from_tree_scores(lambda i: magnitude_scores(i.params)), global_flat_mask, (),
     "L1 filter norm (Li et al. 2017): |θ|, summed over each filter with --granularity=filter "
-    "(gmp: the L2 norm); per weight the same as gmp"))
+    "(gmp: the L2 norm); per weight the same as gmp", label="L1 norm", filter_norm="l1"))
 register_method("layer_mag", PruningMethod(
     from_tree_scores(lambda i: magnitude_scores(i.params)), layerwise_flat_mask, (),
-    "layerwise magnitude pruning: |θ|, one threshold per tensor"))
+    "layerwise magnitude pruning: |θ|, one threshold per tensor", label="layerwise magnitude"))
 register_method("grad", PruningMethod(
     from_tree_scores(lambda i: gradient_scores(i.params, i.grads)), global_flat_mask, ("grads",),
-    "global gradient pruning: |θ ⊙ ∂L/∂θ| on one batch"))
+    "global gradient pruning: |θ ⊙ ∂L/∂θ| on one batch", label="gradient pruning", filter_norm="l1",
+    style=dict(color="tab:green", marker="v", markersize=4, linestyle="--", linewidth=1.2)))
 register_method("layer_grad", PruningMethod(
     from_tree_scores(lambda i: gradient_scores(i.params, i.grads)), layerwise_flat_mask, ("grads",),
-    "layerwise gradient pruning"))
+    "layerwise gradient pruning", label="layerwise gradient"))
 register_method("random", PruningMethod(
     from_tree_scores(lambda i: random_scores(i.params, i.rng)), global_flat_mask, ("rng",),
-    "uniformly random global pruning"))
-register_method("bn_gamma", PruningMethod(
-    from_tree_scores(lambda i: bn_gamma_scores(i.params)), global_flat_mask, (),
-    "network slimming: |γ| of each conv channel's BatchNorm (meant for --granularity=filter)"))
+    "uniformly random global pruning", label="random",
+    style=dict(color="tab:gray", marker="x", linestyle=":")))

@@ -51,24 +51,47 @@ class PruneInputs(NamedTuple):
 
 
 class PruningMethod(NamedTuple):
-    """A registered method: a score function, its mask, and what it needs.
+    """A registered method: everything kpjax and the experiments know of it.
 
     Attributes:
       score_fn: PruneInputs -> scores, a flat float vector over the prunable
         parameters (layout `flatten.flat_spec(params, select)`): scores stay
         flat from the fit to the mask.
       flat_mask_fn: (scores, spec, keep fraction) -> flat bool mask;
-        `global_flat_mask` or `layerwise_flat_mask`.
+        `global_flat_mask`, `global_signed_flat_mask` or `layerwise_flat_mask`.
       needs: the PruneInputs fields besides params/select that score_fn
         reads; `method_flat_scores` checks them before scoring, and
-        experiments read them to know what to compute.
+        experiments read them to know what to compute (a trajectory,
+        gradients, the scoring batches, a data-free objective).
       description: one line, shown in the binaries' --help.
+      label: the name in tables and figures ("KMP").
+      family: "baseline", "koopman" or "saliency".
+      baseline: the method it is compared with (KMP ↔ GMP, KGP ↔ gradient
+        pruning); None for a method that is itself a baseline.
+      cutoff_sensitive: whether its scores depend on the fit's rank cutoff
+        (the experiments score it again at the extra cutoffs).
+      filter_norm: how its per-weight scores make a filter's at
+        `--granularity=filter`: "l2" (magnitudes, modes) or "l1" (saliencies
+        that add up, and Li et al.'s L1 filter norm).
+      iterative: its mask is built in rounds that score the pruned network
+        again (SynFlow), not by one threshold of `score_fn`'s scores.
+      compared_with: further methods whose kept sets are compared with its
+        own (subspace KMP with single-mode KMP).
+      style: matplotlib line keywords for its curves (None: the default cycle).
     """
 
     score_fn: Callable[[PruneInputs], jax.Array]
     flat_mask_fn: Callable[[jax.Array, flatten.FlatSpec, float], jax.Array]
     needs: tuple[str, ...] = ()
     description: str = ""
+    label: str = ""
+    family: str = "baseline"
+    baseline: Optional[str] = None
+    cutoff_sensitive: bool = False
+    filter_norm: str = "l2"
+    iterative: bool = False
+    compared_with: tuple[str, ...] = ()
+    style: Optional[dict] = None
 
 
 def from_tree_scores(fn: Callable[[PruneInputs], PyTree]) -> Callable[[PruneInputs], jax.Array]:

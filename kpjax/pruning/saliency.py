@@ -170,18 +170,23 @@ def synflow_iterative_mask(params: PyTree, select: PyTree, objective, fraction: 
 
 register_method("snip", PruningMethod(
     from_tree_scores(lambda i: snip_scores(i.params, i.loss_fn)), global_flat_mask,
-    ("loss_fn",), "SNIP / loss preservation: |θ ⊙ ∂L/∂θ| on the scoring batches"))
-register_method("lp", get_method("snip"))  # Lubana & Dick's loss preservation is SNIP's score
+    ("loss_fn",), "SNIP / loss preservation: |θ ⊙ ∂L/∂θ| on the scoring batches", label="SNIP",
+    family="saliency", filter_norm="l1"))
+# Lubana & Dick's loss preservation is SNIP's score.
+register_method("lp", get_method("snip")._replace(label="LP"))
 register_method("lp_biased", PruningMethod(
     from_tree_scores(lambda i: lp_biased_scores(i.params, i.loss_fn)), global_flat_mask,
-    ("loss_fn",), "magnitude-biased loss preservation: |θ² ⊙ ∂L/∂θ|"))
+    ("loss_fn",), "magnitude-biased loss preservation: |θ² ⊙ ∂L/∂θ|", label="biased LP",
+    family="saliency", filter_norm="l1"))
 register_method("gn", PruningMethod(
     from_tree_scores(lambda i: gradient_norm_scores(i.params, i.loss_fn)),
-    global_flat_mask, ("loss_fn",), "gradient-norm measure: |θ ⊙ Hg|"))
+    global_flat_mask, ("loss_fn",), "gradient-norm measure: |θ ⊙ Hg|", label="GN", family="saliency",
+    filter_norm="l1"))
 register_method("grasp", PruningMethod(
     from_tree_scores(lambda i: grasp_scores(i.params, i.grasp_loss_fn)),
     global_signed_flat_mask, ("grasp_loss_fn",),
-    f"GraSP: keep the largest θ ⊙ Hg, logits / {GRASP_TEMPERATURE:g}"))
+    f"GraSP: keep the largest θ ⊙ Hg, logits / {GRASP_TEMPERATURE:g}", label="GraSP", family="saliency"))
 register_method("synflow", PruningMethod(
     from_tree_scores(lambda i: synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
-    ("synflow_fn",), "SynFlow, one shot: |θ ⊙ ∂R/∂θ| (iterative: synflow_iterative_mask)"))
+    ("synflow_fn",), "SynFlow: |θ ⊙ ∂R/∂θ|, its mask in rounds (synflow_iterative_mask)",
+    label="SynFlow", family="saliency", iterative=True))
