@@ -1,6 +1,6 @@
 """Figures of the experiments (matplotlib, Agg backend, PNG, atomic writes).
 
-May import: matplotlib, numpy, experiments.results.
+May import: matplotlib, numpy, experiments.report, experiments.results, kpjax.pruning.
 """
 
 from __future__ import annotations
@@ -16,18 +16,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.report import name  # noqa: E402
 from experiments.results import Row, atomic_write_bytes, group_mean_std  # noqa: E402
+from kpjax import pruning  # noqa: E402
 
 # Distinguishable at a glance and when lines coincide (KMP ≈ GMP): hollow
 # large markers over small filled ones, solid over dashed.
-_METHOD_STYLE = {
-    "kmp": dict(color="tab:red", marker="o", markersize=9, markerfacecolor="none", linewidth=1.6),
-    "gmp": dict(color="tab:blue", marker="s", markersize=4, linestyle="--", linewidth=1.2),
-    "kgp": dict(color="tab:orange", marker="^", markersize=9, markerfacecolor="none", linewidth=1.6),
-    "grad": dict(color="tab:green", marker="v", markersize=4, linestyle="--", linewidth=1.2),
-    "random": dict(color="tab:gray", marker="x", linestyle=":"),
-}
-_NAMES = {"kmp": "KMP", "gmp": "GMP", "kgp": "KGP", "grad": "gradient", "random": "random"}
+def _style(method: str) -> dict:
+    """A method's registered line style (a marker only when it has none)."""
+    known = method in pruning.METHODS and pruning.get_method(method).style
+    return dict(known) if known else dict(marker="o")
 
 
 def _save(fig, path: str) -> None:
@@ -87,8 +85,7 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "",
         for method in _methods(rows):
             pts = sorted((c, s) for (p, m, c), s in stats.items() if p == phase and m == method)
             if pts:
-                _line(ax, [c for c, _ in pts], [s for _, s in pts], _NAMES.get(method, method),
-                      _METHOD_STYLE.get(method, dict(marker="o")))
+                _line(ax, [c for c, _ in pts], [s for _, s in pts], name(method), _style(method))
                 if collapse and method in collapse:  # stacked below 0, one row per method
                     color = ax.get_lines()[-1].get_color() if ax.get_lines() else None
                     row = list(collapse).index(method)
@@ -199,8 +196,8 @@ def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned", 
     for method in _methods(rows):
         for j, c in enumerate(sorted({k[1] for k in stats if k[0] == method})):
             pts = sorted((k[2], s) for k, s in stats.items() if k[0] == method and k[1] == c)
-            style = dict(_METHOD_STYLE.get(method, {}), linestyle=dashes[j % len(dashes)])
-            _line(ax, [p for p, _ in pts], [s for _, s in pts], f"{_NAMES.get(method, method)} c={c:g}", style)
+            style = dict(_style(method), linestyle=dashes[j % len(dashes)])
+            _line(ax, [p for p, _ in pts], [s for _, s in pts], f"{name(method)} c={c:g}", style)
     if dense:
         pts = sorted(dense.items())
         _line(ax, [k[0] for k, _ in pts], [s for _, s in pts],

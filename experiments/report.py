@@ -9,7 +9,7 @@ potential; `provenance` records the commit, package versions, CPU model, cores a
 times, since bits depend on the CPU and the core count (BUILD_NOTES,
 "Reproducibility").
 
-May import: numpy, experiments.results, kpjax.data.shifts.
+May import: numpy, experiments.results, kpjax.data.shifts, kpjax.pruning.
 """
 
 from __future__ import annotations
@@ -24,18 +24,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from experiments.results import COMMIT, Row, fmt_pm, group_mean_std, markdown_table
+from kpjax import pruning
 from kpjax.data import shifts
 
 _START = time.time()
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-_NAMES = {"kmp": "KMP", "gmp": "GMP", "kgp": "KGP", "grad": "gradient pruning", "dense": "dense",
-          "kmp_subspace": "subspace KMP"}
+# The rows that are no pruning method: the unpruned references and controls.
+_REFERENCES = {"dense": "dense", "small_dense": "small dense", "reinit": "retrained from scratch"}
 _LABELS = {"compression": "c", "prune_epoch": "epoch"}
 
 
 def name(method: str) -> str:
-    """A method's name in prose (KMP, gradient pruning, ...)."""
-    return _NAMES.get(method, method)
+    """A method's name in prose: its registered label (KMP, gradient pruning, ...)."""
+    if method in pruning.METHODS:
+        return pruning.get_method(method).label or method
+    return _REFERENCES.get(method, method)
 
 
 def data_line(name: str, source: str) -> list[str]:
