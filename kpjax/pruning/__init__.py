@@ -24,7 +24,7 @@ from kpjax.pruning.masks import (apply_mask, compression_ratio, early_bird_index
                                  global_mask, global_signed_flat_mask, keep_fraction,
                                  layerwise_flat_mask, mask_distance, mask_from_flat, mask_jaccard,
                                  scores_from_flat)
-from kpjax.pruning.methods import (METHODS, PruneInputs, PruningMethod, from_tree_scores, get_method,
+from kpjax.pruning.methods import (BATCH_INPUTS, METHODS, PruneInputs, PruningMethod, from_tree_scores, get_method,
                                    method_flat_mask, method_flat_scores, prune, register_method)
 from kpjax.pruning.optimizer import FreezePrunedState, freeze_pruned
 from kpjax.pruning.saliency import synflow_iterative_mask
@@ -32,7 +32,7 @@ from kpjax.pruning.select import prunable
 from kpjax.pruning.slimming import bn_gamma_scores
 
 __all__ = [
-    "METHODS", "FreezePrunedState", "PruneInputs", "PruningMethod", "apply_mask", "baselines",
+    "BATCH_INPUTS", "METHODS", "FreezePrunedState", "PruneInputs", "PruningMethod", "apply_mask", "baselines",
     "bn_gamma_scores", "compression_ratio", "early_bird_index", "freeze_pruned", "from_tree_scores",
     "get_method", "global_flat_mask", "global_mask", "global_signed_flat_mask", "gradient_scores",
     "keep_fraction", "kgp_flat_scores", "kmp_flat_scores", "kmp_subspace_flat_scores",

@@ -73,8 +73,9 @@ class PruningMethod(NamedTuple):
       filter_norm: how its per-weight scores make a filter's at
         `--granularity=filter`: "l2" (magnitudes, modes) or "l1" (saliencies
         that add up, and Li et al.'s L1 filter norm).
-      iterative: its mask is built in rounds that score the pruned network
-        again (SynFlow), not by one threshold of `score_fn`'s scores.
+      iterative_mask_fn: (inputs, keep fraction, rounds) -> mask pytree, for a
+        method whose mask is built in rounds that score the pruned network
+        again (SynFlow); None: one threshold of `score_fn`'s scores.
       compared_with: further methods whose kept sets are compared with its
         own (subspace KMP with single-mode KMP).
       style: matplotlib line keywords for its curves (None: the default cycle).
@@ -89,9 +90,14 @@ class PruningMethod(NamedTuple):
     baseline: Optional[str] = None
     cutoff_sensitive: bool = False
     filter_norm: str = "l2"
-    iterative: bool = False
+    iterative_mask_fn: Optional[Callable[[PruneInputs, float, int], PyTree]] = None
     compared_with: tuple[str, ...] = ()
     style: Optional[dict] = None
+
+
+# PruneInputs fields computed from a data batch (the scoring batches after a
+# window): a method that needs one of them needs data.
+BATCH_INPUTS = frozenset({"grads", "loss_fn", "grasp_loss_fn"})
 
 
 def from_tree_scores(fn: Callable[[PruneInputs], PyTree]) -> Callable[[PruneInputs], jax.Array]:

@@ -189,4 +189,6 @@ register_method("grasp", PruningMethod(
 register_method("synflow", PruningMethod(
     from_tree_scores(lambda i: synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
     ("synflow_fn",), "SynFlow: |θ ⊙ ∂R/∂θ|, its mask in rounds (synflow_iterative_mask)",
-    label="SynFlow", family="saliency", iterative=True))
+    label="SynFlow", family="saliency",
+    iterative_mask_fn=lambda i, fraction, rounds: synflow_iterative_mask(
+        i.params, i.select, i.synflow_fn, fraction, rounds)))
