@@ -31,7 +31,9 @@ def test_snip_lp_and_biased_lp_by_hand_on_a_linear_model():
         np.testing.assert_allclose(snip["b"], abs(b * g_b), rtol=1e-12)
         biased = saliency.lp_biased_scores(params, loss_fn)
         np.testing.assert_allclose(biased["w"], np.abs(w * w * g_w), rtol=1e-12)
-        assert pruning.get_method("lp") is pruning.get_method("snip")
+        lp, snip_method = pruning.get_method("lp"), pruning.get_method("snip")
+        # LP is SNIP's score under its own label.
+        assert lp.score_fn is snip_method.score_fn and (lp.label, snip_method.label) == ("LP", "SNIP")
 
 
 class MLP(nn.Module):
