@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, prune, report
+from experiments import cli, common, pipeline, prune, report, resources
 from experiments.config import CoresetConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
@@ -126,6 +126,7 @@ def _summary(setup, rows, timings=()) -> str:
 
 def run(config: CoresetConfig, workdir: str) -> str:
     """Runs (or resumes) the comparison in `workdir`; returns summary.md."""
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
     table = ResultTable(workdir, _CELL, timing_columns=("seconds",))

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, plots, report
+from experiments import cli, common, pipeline, plots, report, resources
 from experiments.config import EarlyConfig
 from experiments.results import (ResultTable, atomic_write_bytes, atomic_write_text, fmt_pm,
                                  group_mean_std, markdown_table)
@@ -151,6 +151,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
     With `config.summarize_only`, trains nothing: rewrites summary.md and the
     figures from the workdir's result files.
     """
+    resources.check_resources(config)
     epochs = list(config.prune_epochs)
     setup = pipeline.Setup(config)
     if config.summarize_only:

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, plots, report
+from experiments import cli, common, pipeline, plots, report, resources
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
@@ -143,6 +143,7 @@ def _summary(setup: pipeline.Setup, rows, timings=()) -> str:
 
 def run(config: InitConfig, workdir: str) -> str:
     """Runs (or resumes) pruning at initialization in `workdir`; returns summary.md."""
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
     if not config.summarize_only:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import common
+from experiments import common, resources
 from experiments.report import at_cutoff, base_method
 from experiments.config import PruningConfig, json_ready, to_json
 from experiments.results import atomic_write_bytes, atomic_write_json, read_json
@@ -39,6 +39,9 @@ from kpjax.flatten import count_params
 # the device count, like the core count, changes only the reduction order.
 NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only",
                 "early_bird_patience", "early_bird_eps", "controls", "devices")
+# Settings newer than most workdirs that are written to config.json only
+# when given, so that a run without them writes what it always did.
+WRITTEN_WHEN_SET = ("input_shape",)
 # Each Koopman method and the baseline it is compared with.
 BASELINE = {"kmp": "gmp", "kgp": "grad", "kmp_subspace": "gmp"}
 PAIRS = tuple(BASELINE.items())
@@ -57,7 +60,7 @@ class Setup:
 
     def __init__(self, config: PruningConfig):
         self.config = config
-        self.spec = config.spec()
+        self.spec = resources.model_spec(config)
         self.methods = list(config.methods)
         # (name, base method, rcond) of the cutoff-sensitivity scores.
         self.sensitivity = [(at_cutoff(m, r), m, r) for r in config.rcond[1:]
@@ -74,7 +77,7 @@ class Setup:
         self.eval_step = self.make_eval_step(self.spec)
         self.variables0 = models.init_variables(self.spec, 0)
         params = self.variables0["params"]
-        self.select = config.prunable(params)
+        self.select = resources.prunable_set(config, self.spec, params)
         self.flat_spec = flatten.flat_spec(params, self.select)
         self.flops = metrics.layer_flops(self.spec.module, self.variables0, self.spec.input_shape)
         self.job = common.JobClock()
@@ -167,7 +170,8 @@ class Setup:
 def check_workdir(workdir: str, config: PruningConfig, write: bool = True) -> None:
     """Refuses to mix results of different settings in one workdir; records
     the settings in config.json (unless `write` is False: summarize only)."""
-    settings = {k: v for k, v in to_json(config).items() if k not in NOT_SETTINGS}
+    settings = {k: v for k, v in to_json(config).items() if k not in NOT_SETTINGS
+                and not (k in WRITTEN_WHEN_SET and v == [])}
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         saved = read_json(path, "the settings of the results in this workdir")

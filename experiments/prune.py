@@ -31,7 +31,7 @@ import os
 
 from absl import logging
 
-from experiments import cli, common, pipeline, plots, report
+from experiments import cli, common, pipeline, plots, report, resources
 from experiments.config import PruneConfig
 from experiments.results import (ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table,
                                  rows_to_csv)
@@ -210,6 +210,7 @@ def run(config: PruneConfig, workdir: str) -> str:
     With `config.summarize_only`, trains nothing: rewrites summary.md and the
     figures from the workdir's result files.
     """
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
     if config.summarize_only:

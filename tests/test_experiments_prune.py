@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import early, prune
+from experiments import early, prune, resources
 from experiments.config import SGD, EarlyConfig, PruneConfig
 from kpjax import flatten, pruning
 from kpjax.flatten import count_params
@@ -295,7 +295,7 @@ def test_prune_runs_on_an_image_folder_with_its_own_classes_and_size(tmp_path, m
     config = PruneConfig(model="mnistnet_tiny", data="imagefolder", data_dir=source, batch_size=16,
                          eval_batch_size=24, seeds=(0,), compressions=(2,), methods=("kmp", "gmp"),
                          trajectory_steps=4, finetune_epochs=0, rcond=(1e-6,))
-    assert config.spec().input_shape == (28, 28, 1)
+    assert resources.model_spec(config).input_shape == (28, 28, 1)
     summary = prune.run(config, str(tmp_path / "work"))
     assert f"Data: imagefolder from the image folder {source}" in summary
     table = rows(tmp_path / "work" / "results.json")
@@ -304,8 +304,8 @@ def test_prune_runs_on_an_image_folder_with_its_own_classes_and_size(tmp_path, m
     assert all(r["top5"] == 1.0 for r in table)
     with pytest.raises(ValueError, match="cannot take the image folder's 12×12×1 images"):
         small = {k: png(np.zeros((12, 12), np.uint8)) for k in files}
-        PruneConfig(model="mnistnet_tiny", data="imagefolder",
-                    data_dir=write_zip(str(tmp_path / "small.zip"), small))
+        resources.check_resources(PruneConfig(model="mnistnet_tiny", data="imagefolder",
+                                              data_dir=write_zip(str(tmp_path / "small.zip"), small)))
 
 
 def test_the_retrain_from_scratch_control(tmp_path):
@@ -434,7 +434,7 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
     assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
         k: sorted(v) for k, v in by_hand.items()}
     with pytest.raises(ValueError, match="out of reach of filter pruning"):
-        PruneConfig(**TINY, compressions=(60,), granularity="filter")
+        resources.check_resources(PruneConfig(**TINY, compressions=(60,), granularity="filter"))
 
 
 def test_filter_cells_refine_the_shrunk_network_as_the_masked_one(tmp_path):
