@@ -14,7 +14,7 @@ field and without arguments otherwise, or a function of no arguments that
 returns a module. Every way of getting this wrong is a ValueError of one
 line naming the --model flag.
 
-May import: flax, jax, numpy, kpjax.
+May import: flax, numpy, kpjax.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import inspect
 import re
 from typing import Any
 
-import jax
 import numpy as np
 from flax import linen as nn
 
