@@ -15,7 +15,7 @@ app.UsageError raised while building the config or running are caught at
 `run_main`'s boundary. Tracebacks stay for genuine bugs (other exceptions),
 and `--verbosity=1` shows them for these too.
 
-May import: absl, experiments.config, kpjax.
+May import: absl, experiments.fields, kpjax.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from experiments.config import SGD
+from experiments.fields import SGD
 from kpjax import pruning
 
 

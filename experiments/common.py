@@ -4,7 +4,7 @@ Glue between a config (`experiments.config`) and `kpjax`; no algorithm
 lives here, and nothing reads flags. Progress lines (with ETA) go through
 absl logging. Errors a user can fix are ValueErrors with one-line messages.
 
-May import: absl, jax, numpy, experiments.config, kpjax.
+May import: absl, jax, numpy, experiments.config, experiments.resources, kpjax.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from experiments import resources
 from experiments.config import DataConfig
 from kpjax import data, models, train
 from kpjax.io import checkpoints, torch_import
@@ -38,7 +39,7 @@ def load_data(config: DataConfig, seed: int = 0) -> data.Dataset:
       DataNotFoundError: the files are gone (an OSError, with the ways to
         provide them).
     """
-    spec, name = config.spec(), config.dataset_name
+    spec, name = resources.model_spec(config), resources.dataset_name(config)
     max_train, max_test = config.max_train_examples, config.max_test_examples
     if name == "synthetic":
         dataset = data.load_dataset(
@@ -63,7 +64,7 @@ def normalize_fn(config: DataConfig, dataset: data.Dataset) -> Callable:
     if dataset.name == "imagefolder":  # no published constants: the training images' own
         mean, std = data.image_normalization(dataset.train_images)
         return lambda images: data.normalize(images, mean, std)
-    norm_dataset = config.spec().dataset if dataset.name == "synthetic" else dataset.name
+    norm_dataset = resources.model_spec(config).dataset if dataset.name == "synthetic" else dataset.name
     mean, std = data.get_normalization(norm_dataset, config.normalization)
     return lambda images: data.normalize(images, mean, std)
 

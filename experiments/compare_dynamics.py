@@ -33,7 +33,7 @@ from itertools import combinations
 import numpy as np
 from absl import logging
 
-from experiments import cli, pipeline, plots, prune, report
+from experiments import cli, koopman_window, pipeline, plots, prune, report, resources
 from experiments.config import CompareConfig
 from experiments.results import ResultTable, atomic_write_text, markdown_table, rows_to_csv
 from experiments.workdir import claim
@@ -50,7 +50,7 @@ def run_types(config: CompareConfig) -> list[tuple[str, str, float]]:
                                         for c in config.compressions]
 
 
-def record_run(setup: pipeline.Setup, window: pipeline.Window, name: str, method: str, c: float,
+def record_run(setup: pipeline.Setup, window: koopman_window.Window, name: str, method: str, c: float,
                seed: int) -> dict:
     """One fine-tuning run from θ(t₂), recorded; its signature and accuracy."""
     config = setup.config
@@ -142,6 +142,7 @@ def _relabellings(n: int) -> int:
 
 def run(config: CompareConfig, workdir: str) -> str:
     """Runs (or resumes) the comparison in `workdir`; returns summary.md."""
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
     table = ResultTable(workdir, _KEY, stem="signatures", timing_columns=("seconds",))

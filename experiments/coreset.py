@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, prune, report
+from experiments import cell, cli, common, pipeline, prune, report, resources
 from experiments.config import CoresetConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
@@ -76,13 +76,13 @@ def run_cell(setup, window, method: str, fraction: float, seed: int) -> list[dic
     units[LAYER] = keep
     mask = structured.unit_mask(setup.spec, variables["params"], units)
     state = setup.state(variables, seed, mask=mask)
-    rows = [pipeline.row(setup, method, fraction, seed, "pruned", setup.evaluate(state), state.params,
+    rows = [cell.row(setup, method, fraction, seed, "pruned", setup.evaluate(state), state.params,
                          mask, time.time() - start)]
     if setup.config.finetune_epochs:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
         state = common.run_steps(setup.finetune_step, state, setup.stream(seed, pipeline.FINETUNE),
                                  steps, f"seed {seed} {method} f={fraction:g} fine-tune", job=setup.job)
-        rows.append(pipeline.row(setup, method, fraction, seed, "finetuned", setup.evaluate(state),
+        rows.append(cell.row(setup, method, fraction, seed, "finetuned", setup.evaluate(state),
                                  state.params, mask, time.time() - start))
     for r in rows:
         r["fraction"] = r.pop("compression")
@@ -93,9 +93,9 @@ def run_cell(setup, window, method: str, fraction: float, seed: int) -> list[dic
 
 
 def dense_cell(setup, window, seed: int) -> list[dict]:
-    """The unpruned references (`pipeline.dense_cell`): θ(t₂), and θ(t₂) refined
+    """The unpruned references (`cell.dense_cell`): θ(t₂), and θ(t₂) refined
     like every pruned cell; fraction 1, all 500 neurons."""
-    rows = pipeline.dense_cell(setup, window, seed)
+    rows = cell.dense_cell(setup, window, seed)
     for r in rows:
         r["fraction"] = r.pop("compression")
         r["neurons_kept"] = int(window.variables["params"][LAYER]["kernel"].shape[-1])
@@ -126,6 +126,7 @@ def _summary(setup, rows, timings=()) -> str:
 
 def run(config: CoresetConfig, workdir: str) -> str:
     """Runs (or resumes) the comparison in `workdir`; returns summary.md."""
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
     table = ResultTable(workdir, _CELL, timing_columns=("seconds",))

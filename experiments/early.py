@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, plots, report
+from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
 from experiments.config import EarlyConfig
 from experiments.results import (ResultTable, atomic_write_bytes, atomic_write_text, fmt_pm,
                                  group_mean_std, markdown_table)
@@ -151,6 +151,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
     With `config.summarize_only`, trains nothing: rewrites summary.md and the
     figures from the workdir's result files.
     """
+    resources.check_resources(config)
     epochs = list(config.prune_epochs)
     setup = pipeline.Setup(config)
     if config.summarize_only:
@@ -160,7 +161,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
         for seed in setup.seeds:
             previous = None
             for e in epochs:
-                window = pipeline.cached_window(
+                window = koopman_window.cached_window(
                     setup, os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz"))
                 if window is None:
                     continue
@@ -188,7 +189,7 @@ def _tables(workdir: str) -> tuple[ResultTable, ...]:
             ResultTable(workdir, ("model", "seed", "start_step"), stem="sliding"))
 
 
-def _distance_rows(setup, previous: tuple[int, pipeline.Window], window, epoch: int, seed: int):
+def _distance_rows(setup, previous: tuple[int, koopman_window.Window], window, epoch: int, seed: int):
     """Normalized Hamming distance of each method's masks between the previous
     window and this one (You et al.'s early-bird distance), per compression."""
     before, old = previous
@@ -256,32 +257,32 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
         previous = None
         for e in epochs:
             path = _window_path(workdir, seed, e)
-            window = pipeline.cached_window(setup, path)
+            window = koopman_window.cached_window(setup, path)
             if window is None:
                 start = e * setup.steps_per_epoch
-                window = pipeline.record_window(
+                window = koopman_window.record_window(
                     setup, main_run.at(start), main_run.step_fn,
                     setup.stream(seed, pipeline.PRETRAIN)(start), steps, seed,
                     path, f"seed {seed} epoch {e}")
             if seed == setup.seeds[0]:
                 spectra[e] = window.eigenvalues
             if not windows.done(model=model, prune_epoch=e, seed=seed):
-                windows.add([pipeline.window_row(setup, window, seed, prune_epoch=e)])
+                windows.add([cell.window_row(setup, window, seed, prune_epoch=e)])
             if previous is not None and not distances.done(
                     model=model, prune_epoch=e, method=setup.methods[0],
                     compression=setup.compressions[0], seed=seed):
                 distances.add(_distance_rows(setup, previous, window, e, seed))
             previous = (e, window)
             if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
-                pipeline.add_cell(table, setup, window, workdir,
-                                  pipeline.dense_cell(setup, window, seed, prune_epoch=e))
-            new = [r for r in pipeline.overlap_rows(setup, window, seed, prune_epoch=e)
+                cell.add_cell(table, setup, window, workdir,
+                                  cell.dense_cell(setup, window, seed, prune_epoch=e))
+            new = [r for r in cell.overlap_rows(setup, window, seed, prune_epoch=e)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:
                 overlap.add(new)
             for _, _, method, c in [x for x in todo if x[0] == seed and x[1] == e]:
-                pipeline.add_cell(table, setup, window, workdir,
-                                  pipeline.run_cell(setup, window, method, c, seed, prune_epoch=e))
+                cell.add_cell(table, setup, window, workdir,
+                                  cell.run_cell(setup, window, method, c, seed, prune_epoch=e))
                 progress.update(1)
 
     return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding, spectra)
@@ -300,7 +301,7 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
     config = setup.config
     per_epoch, w = setup.steps_per_epoch, config.window_steps or setup.steps_per_epoch
     first, last = epochs[0] * per_epoch, epochs[-1] * per_epoch + w
-    todo = [e for e in epochs if pipeline.cached_window(setup, _window_path(workdir, seed, e)) is None]
+    todo = [e for e in epochs if koopman_window.cached_window(setup, _window_path(workdir, seed, e)) is None]
     if not todo and sliding.done(model=setup.spec.name, seed=seed, start_step=first):
         return
     ends = {e * per_epoch + w - first: e for e in todo}  # step of the recording → window
@@ -318,7 +319,7 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
     with trajectory_store.create_store(
             path, setup.flat_spec.size, last - first + 1, overwrite=True,
             metadata={"model": setup.spec.name, "seed": seed, "first_step": first}) as store:
-        batches = pipeline._with_progress(setup.stream(seed, pipeline.PRETRAIN)(first),
+        batches = koopman_window.with_progress(setup.stream(seed, pipeline.PRETRAIN)(first),
                                           last - first, desc, setup.job)
         recording.record_trajectory_to_store(recorder, main_run.at(first), batches, last - first,
                                              setup.select, store, on_step=keep_window_ends)
@@ -327,8 +328,8 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
         for e in todo:
             r = e * per_epoch - first
             stream = setup.stream(seed, pipeline.PRETRAIN)(e * per_epoch + w)
-            scoring = [next(stream) for _ in range(pipeline.scoring_batch_count(setup))]
-            pipeline.score_window(setup, captured.pop(e), store.row_range(r, r + w + 1),
+            scoring = [next(stream) for _ in range(koopman_window.scoring_batch_count(setup))]
+            koopman_window.score_window(setup, captured.pop(e), store.row_range(r, r + w + 1),
                                   k[r:r + w + 1, r:r + w + 1], scoring, seed,
                                   _window_path(workdir, seed, e), f"seed {seed} epoch {e}", seconds)
         if not sliding.done(model=setup.spec.name, seed=seed, start_step=first):
@@ -363,7 +364,7 @@ def _sliding_rows(setup: pipeline.Setup, store, k: np.ndarray, w: int, first: in
                  for m, x in scores.items() for c in setup.compressions}
         row = {"model": setup.spec.name, "seed": seed, "start_step": first + s,
                "end_step": first + s + w, "lambda1_real": lam1.real, "lambda1_imag": lam1.imag,
-               "lambda1_distance": abs(lam1 - 1.0), **pipeline.fit_diagnostics(fit)}
+               "lambda1_distance": abs(lam1 - 1.0), **koopman_window.fit_diagnostics(fit)}
         for (m, c), mask in masks.items():
             row[f"distance_{m}@{c:g}"] = (float(np.mean(mask != previous[(m, c)]))
                                           if previous else math.nan)

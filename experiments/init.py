@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, plots, report
+from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
@@ -60,7 +60,7 @@ class _Seed:
         params = self.variables["params"]
         stream = setup.stream(seed, SCORING)()
         scoring = [next(stream) for _ in range(config.score_batches)]
-        self.inputs = pipeline.with_scoring_batches(
+        self.inputs = koopman_window.with_scoring_batches(
             setup, pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed)),
             self.variables.get("batch_stats"), scoring)
         self._scores: dict[str, np.ndarray] = {}
@@ -85,7 +85,7 @@ class _Seed:
         params = self.variables["params"]
         total = count_params(params)
         if method == "synflow":
-            return pipeline.synflow_mask(setup, self.variables, c)
+            return koopman_window.synflow_mask(setup, self.variables, c)
         if method == "kmp":
             scores = self.window()[1]
         else:
@@ -104,14 +104,14 @@ def run_cell(setup: pipeline.Setup, one: _Seed, method: str, c: float) -> list[d
     variables = one.window()[0] if method == "kmp" else one.variables
     state = setup.state(variables, seed, tx=one.tx, mask=mask)
     collapsed = _collapsed(mask, setup.select)
-    rows = [pipeline.row(setup, method, c, seed, "init", setup.evaluate(state), state.params, mask,
+    rows = [cell.row(setup, method, c, seed, "init", setup.evaluate(state), state.params, mask,
                          time.time() - start, layer_collapse=collapsed)]
     steps = setup.config.finetune_epochs * setup.steps_per_epoch
     if method == "kmp":  # its window's steps are part of the budget
         steps -= setup.config.window_steps
     state = common.run_steps(one.step_fn, state, setup.stream(seed, pipeline.PRETRAIN),
                              max(steps, 0), f"seed {seed} {method} c={c:g} train", job=setup.job)
-    rows.append(pipeline.row(setup, method, c, seed, "trained", setup.evaluate(state), state.params,
+    rows.append(cell.row(setup, method, c, seed, "trained", setup.evaluate(state), state.params,
                              mask, time.time() - start, layer_collapse=collapsed))
     logging.info("seed %d %s c=%g: top-1 %.2f%% after training%s", seed, method, c,
                  100 * rows[-1]["top1"], " (layer collapse)" if collapsed else "")
@@ -143,6 +143,7 @@ def _summary(setup: pipeline.Setup, rows, timings=()) -> str:
 
 def run(config: InitConfig, workdir: str) -> str:
     """Runs (or resumes) pruning at initialization in `workdir`; returns summary.md."""
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
     if not config.summarize_only:

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, report
+from experiments import cli, common, pipeline, report, resources
 from experiments.config import JumpConfig
 from experiments.results import (ResultTable, atomic_write_json, atomic_write_text, markdown_table,
                                  mean_std, read_json, rows_to_csv)
@@ -56,7 +56,7 @@ class _Setup:
 
     def __init__(self, config: JumpConfig):
         self.config = config
-        self.spec = config.spec()
+        self.spec = resources.model_spec(config)
         self.dataset = common.load_data(config)
         self.steps_per_epoch = data.num_batches(len(self.dataset.train_labels), config.batch_size)
         self.budget = config.budget or 2 * self.steps_per_epoch
@@ -249,6 +249,7 @@ def _plot(rows, path: str, title: str) -> None:
 
 def run(config: JumpConfig, workdir: str) -> str:
     """Runs (or resumes) the comparison in `workdir`; returns summary.md."""
+    resources.check_resources(config)
     setup = _Setup(config)
     curves = ResultTable(workdir, _KEY, stem="curves", timing_columns=("seconds",))
     jumps_path = os.path.join(workdir, "jumps.json")

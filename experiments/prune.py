@@ -31,7 +31,7 @@ import os
 
 from absl import logging
 
-from experiments import cli, common, pipeline, plots, report
+from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
 from experiments.config import PruneConfig
 from experiments.results import (ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table,
                                  rows_to_csv)
@@ -63,10 +63,10 @@ def _dense_variables(setup: pipeline.Setup, seed: int, workdir: str):
     return pipeline.variables_of(state)
 
 
-def seed_window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> pipeline.Window:
+def seed_window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> koopman_window.Window:
     """The seed's recorded window (cached in `workdir`): the dense model, T steps, the fit."""
     path = os.path.join(workdir, f"seed{seed}", "window.npz")
-    cached = pipeline.cached_window(setup, path)
+    cached = koopman_window.cached_window(setup, path)
     if cached is not None:
         return cached
     state = setup.state(_dense_variables(setup, seed, workdir), seed)
@@ -74,7 +74,7 @@ def seed_window(setup: pipeline.Setup, seed: int, steps: int, workdir: str) -> p
     logging.info("seed %d: the dense network at the window's start (%s): top-1 %.2f %%", seed,
                  "imported, before any training" if setup.config.init_checkpoint else "pretrained",
                  100 * start["top1"])
-    return pipeline.record_window(setup, state, setup.finetune_step,
+    return koopman_window.record_window(setup, state, setup.finetune_step,
                                   setup.stream(seed, pipeline.WINDOW)(), steps, seed, path,
                                   f"seed {seed}", top1_start=start["top1"])
 
@@ -210,13 +210,14 @@ def run(config: PruneConfig, workdir: str) -> str:
     With `config.summarize_only`, trains nothing: rewrites summary.md and the
     figures from the workdir's result files.
     """
+    resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
         table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
         overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
-        window = pipeline.cached_window(setup, os.path.join(workdir, f"seed{setup.seeds[0]}", "window.npz"))
+        window = koopman_window.cached_window(setup, os.path.join(workdir, f"seed{setup.seeds[0]}", "window.npz"))
         windows = ResultTable(workdir, ("model", "seed"), stem="windows")
         return _write_outputs(setup, steps, workdir, table, overlap, windows,
                               None if window is None else window.eigenvalues)
@@ -244,22 +245,22 @@ def run(config: PruneConfig, workdir: str) -> str:
             if spectrum is None:
                 spectrum = window.eigenvalues
             if not table.done(model=model, method="dense", compression=1.0, seed=seed):
-                pipeline.add_cell(table, setup, window, workdir, pipeline.dense_cell(setup, window, seed))
+                cell.add_cell(table, setup, window, workdir, cell.dense_cell(setup, window, seed))
             if not windows.done(model=model, seed=seed):
-                windows.add([pipeline.window_row(setup, window, seed)])
-            new = [r for r in pipeline.overlap_rows(setup, window, seed)
+                windows.add([cell.window_row(setup, window, seed)])
+            new = [r for r in cell.overlap_rows(setup, window, seed)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:
                 overlap.add(new)
             for _, method, c in [x for x in todo if x[0] == seed]:
-                pipeline.add_cell(table, setup, window, workdir,
-                                  pipeline.run_cell(setup, window, method, c, seed))
+                cell.add_cell(table, setup, window, workdir,
+                                  cell.run_cell(setup, window, method, c, seed))
                 progress.update(1)
             for s, method, c, phase in _controls_todo(setup, controls):
                 if s == seed and phase == "reinit":
-                    controls.add(pipeline.reinit_cell(setup, window, method, c, seed))
+                    controls.add(cell.reinit_cell(setup, window, method, c, seed))
                 elif s == seed:
-                    controls.add(pipeline.small_dense_cell(setup, c, seed))
+                    controls.add(cell.small_dense_cell(setup, c, seed))
         return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
 
 
@@ -294,17 +295,17 @@ def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, c
 
 
 def _agreement(setup: pipeline.Setup, workdir: str) -> list[dict]:
-    """`pipeline.seed_agreement` of the cached windows, written to agreement.csv;
+    """`cell.seed_agreement` of the cached windows, written to agreement.csv;
     only with one dense model for every seed (--init_checkpoint): seeds that
     each train their own network share no weights to agree on."""
     if not setup.config.init_checkpoint or len(setup.seeds) < 2:
         return []
     windows = {}
     for seed in setup.seeds:
-        window = pipeline.cached_window(setup, os.path.join(workdir, f"seed{seed}", "window.npz"))
+        window = koopman_window.cached_window(setup, os.path.join(workdir, f"seed{seed}", "window.npz"))
         if window is not None:
             windows[seed] = window
-    rows = pipeline.seed_agreement(setup, windows) if len(windows) > 1 else []
+    rows = cell.seed_agreement(setup, windows) if len(windows) > 1 else []
     if rows:
         atomic_write_text(os.path.join(workdir, "agreement.csv"), rows_to_csv(rows))
     return rows

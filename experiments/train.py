@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from experiments import cli, common
+from experiments import cli, common, resources
 from experiments.config import TrainConfig
 from experiments.results import atomic_write_json
 from experiments.workdir import claim
@@ -77,8 +77,9 @@ def run(config: TrainConfig, workdir: str | None) -> dict[str, Any]:
 
     Returns the final metrics, also written to <workdir>/results.json.
     """
+    resources.check_resources(config)
     wall_start = time.time()
-    spec = config.spec()
+    spec = resources.model_spec(config)
     dataset = common.load_data(config, seed=config.seed)
     steps_per_epoch = data.num_batches(len(dataset.train_labels), config.batch_size)
     total_steps = config.steps or config.epochs * steps_per_epoch

@@ -1,7 +1,8 @@
-"""Tests for experiments.config and experiments.cli: configs validated when built.
+"""Tests for experiments.config, .resources and .cli: configs checked before training.
 
-Every check a binary makes before training is a ValueError of the config's
-constructor, tested here without a process; `test_experiments_prune.py`
+Every check a binary makes before training is a ValueError, of the config's
+constructor (values) or of `resources.check_resources` (files, devices, the
+built model), tested here without a process; `test_experiments_prune.py`
 checks once that `main` turns them into a one-line usage error.
 """
 
@@ -9,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from experiments import cli
+from experiments import cli, resources
 from experiments.config import SGD, EarlyConfig, PruneConfig, TrainConfig
 
 
@@ -71,7 +72,7 @@ def test_lists_are_converted_and_frozen():
 ])
 def test_prune_config_refuses_bad_values(kwargs, message):
     with pytest.raises(ValueError) as info:
-        PruneConfig(**kwargs)
+        resources.check_resources(PruneConfig(**kwargs))
     assert message in str(info.value)
 
 
@@ -120,4 +121,24 @@ def test_build_config_from_flag_values():
 def test_more_devices_than_jax_sees_is_a_usage_error():
     import jax
     with pytest.raises(ValueError, match=f"--devices={len(jax.devices()) + 1}, but JAX sees"):
-        PruneConfig(devices=len(jax.devices()) + 1)
+        resources.check_resources(PruneConfig(devices=len(jax.devices()) + 1))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(model="resnet20"),  # no CIFAR-10 here
+    dict(prune_classifier=False, compressions=(2, 100)),
+    dict(compressions=(60000,)),
+    dict(devices=10**5),
+])
+def test_construction_looks_at_values_only(kwargs):
+    # What needs the data, the devices or the built model is check_resources'.
+    config = PruneConfig(**kwargs)
+    with pytest.raises(ValueError):
+        resources.check_resources(config)
+
+
+def test_only_one_level_of_config_classes():
+    from experiments import config as module
+    for cls in (module.TrainConfig, module.PruneConfig, module.EarlyConfig, module.InitConfig,
+                module.CompareConfig, module.CoresetConfig, module.JumpConfig):
+        assert all(len(base.__mro__) <= 2 for base in cls.__bases__), cls  # bases derive from object only

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import early, prune
+from experiments import cell, early, koopman_window, prune, resources
 from experiments.config import SGD, EarlyConfig, PruneConfig
 from kpjax import flatten, pruning
 from kpjax.flatten import count_params
@@ -76,8 +76,8 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     # A rerun with one more compression computes only the new cells, from
     # the cached windows (no training before them).
     computed = []
-    real_cell = prune.pipeline.run_cell
-    monkeypatch.setattr(prune.pipeline, "run_cell",
+    real_cell = prune.cell.run_cell
+    monkeypatch.setattr(prune.cell, "run_cell",
                         lambda *a, **k: computed.append(a[2:5]) or real_cell(*a, **k))
     monkeypatch.setattr(prune, "_dense_variables", lambda *a: pytest.fail("retrained"))
     prune.run(PruneConfig(**TINY, trajectory_steps=6, compressions=(2, 8), methods=methods), str(work))
@@ -193,7 +193,7 @@ def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):
     summary = early.run(config, str(once))
     setup = pipeline.Setup(config)
     for e in (0, 1, 2):
-        a, b = (pipeline.cached_window(setup, str(w / "seed0" / f"window_epoch{e}.npz"))
+        a, b = (koopman_window.cached_window(setup, str(w / "seed0" / f"window_epoch{e}.npz"))
                 for w in (branches, once))
         for x, y in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
             np.testing.assert_array_equal(x, y)
@@ -274,9 +274,9 @@ def test_seed_agreement_by_hand():
     n = setup.flat_spec.size
     assert count_params(setup.variables0["params"]) == n  # all prunable: c = 2 keeps n/2
     ramp = np.arange(n, dtype=np.float32)
-    windows = {seed: pipeline.Window(setup.variables0, {"gmp": scores}, np.ones(1), 0.0, {})
+    windows = {seed: koopman_window.Window(setup.variables0, {"gmp": scores}, np.ones(1), 0.0, {})
                for seed, scores in ((0, ramp), (1, ramp.copy()), (2, ramp[::-1].copy()))}
-    rows = pipeline.seed_agreement(setup, windows)
+    rows = cell.seed_agreement(setup, windows)
     jaccard = {r["seeds"]: r["jaccard"] for r in rows}
     # Equal scores keep equal sets; reversed scores keep the top k from the other end.
     k = round(pruning.keep_fraction(2, n, n) * n)
@@ -295,7 +295,7 @@ def test_prune_runs_on_an_image_folder_with_its_own_classes_and_size(tmp_path, m
     config = PruneConfig(model="mnistnet_tiny", data="imagefolder", data_dir=source, batch_size=16,
                          eval_batch_size=24, seeds=(0,), compressions=(2,), methods=("kmp", "gmp"),
                          trajectory_steps=4, finetune_epochs=0, rcond=(1e-6,))
-    assert config.spec().input_shape == (28, 28, 1)
+    assert resources.model_spec(config).input_shape == (28, 28, 1)
     summary = prune.run(config, str(tmp_path / "work"))
     assert f"Data: imagefolder from the image folder {source}" in summary
     table = rows(tmp_path / "work" / "results.json")
@@ -304,8 +304,8 @@ def test_prune_runs_on_an_image_folder_with_its_own_classes_and_size(tmp_path, m
     assert all(r["top5"] == 1.0 for r in table)
     with pytest.raises(ValueError, match="cannot take the image folder's 12×12×1 images"):
         small = {k: png(np.zeros((12, 12), np.uint8)) for k in files}
-        PruneConfig(model="mnistnet_tiny", data="imagefolder",
-                    data_dir=write_zip(str(tmp_path / "small.zip"), small))
+        resources.check_resources(PruneConfig(model="mnistnet_tiny", data="imagefolder",
+                                              data_dir=write_zip(str(tmp_path / "small.zip"), small)))
 
 
 def test_the_retrain_from_scratch_control(tmp_path):
@@ -326,8 +326,8 @@ def test_the_retrain_from_scratch_control(tmp_path):
     assert 0 < controls[1]["width_factor"] < 0.6 and controls[1]["speedup"] > 1
     # It really re-initializes (no kept weight is the pruned network's) and keeps the mask.
     setup = pipeline.Setup(config)
-    window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
-    state, _ = pipeline.reinit_state(setup, window, "gmp", 4.0, 0)
+    window = koopman_window.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
+    state, _ = cell.reinit_state(setup, window, "gmp", 4.0, 0)
     mask = window.mask(setup, "gmp", 4.0)
     for new, old, keep in zip(jax.tree_util.tree_leaves(state.params),
                               jax.tree_util.tree_leaves(window.variables["params"]),
@@ -372,7 +372,7 @@ def test_prune_takes_the_seed_methods_by_name_and_synflow_is_iterative(tmp_path)
     assert set(pruned) == set(config.methods)
     assert all(abs(r["compression_achieved"] - 8.0) < 0.1 for r in pruned.values())
     setup = pipeline.Setup(config)
-    window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
+    window = koopman_window.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
     params = window.variables["params"]
     from kpjax.pruning import saliency
     objective = saliency.synflow_objective(setup.spec.module.apply, window.variables,
@@ -402,7 +402,7 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
     assert all(r["compression_achieved"] >= 2.0 and r["speedup"] > 1.0 and r["measured_speedup"] > 0
                for r in pruned)
     setup = pipeline.Setup(config)
-    window = pipeline.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
+    window = koopman_window.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
     mask = window.mask(setup, "gmp", 2.0)
     keep = structured.kept_units(setup.spec, mask)
     # Whole units: the mask is exactly the unit mask of the kept units.
@@ -434,7 +434,7 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
     assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
         k: sorted(v) for k, v in by_hand.items()}
     with pytest.raises(ValueError, match="out of reach of filter pruning"):
-        PruneConfig(**TINY, compressions=(60,), granularity="filter")
+        resources.check_resources(PruneConfig(**TINY, compressions=(60,), granularity="filter"))
 
 
 def test_filter_cells_refine_the_shrunk_network_as_the_masked_one(tmp_path):
@@ -446,7 +446,7 @@ def test_filter_cells_refine_the_shrunk_network_as_the_masked_one(tmp_path):
                          finetune=SGD(lr=0.05, momentum=0.9, nesterov=True))
     setup = pipeline.Setup(config)
     window = prune.seed_window(setup, 0, 4, str(tmp_path))
-    rows_ = pipeline.run_cell(setup, window, "gmp", 2.0, 0)
+    rows_ = cell.run_cell(setup, window, "gmp", 2.0, 0)
     assert [r["phase"] for r in rows_] == ["pruned", "finetuned"]
     mask = window.mask(setup, "gmp", 2.0)
     state = setup.state(window.variables, 0, mask=mask)

@@ -1,0 +1,248 @@
+"""A recorded window of training: Θ, its Koopman fit, every method's scores.
+
+`record_window` trains T steps recording the prunable parameters Θ,
+`score_window` fits the Koopman operator to them (`kpjax.koopman.fit_dmd`
+of the Gram matrix ΘΘᵀ) and scores every method over the flat prunable
+parameters at the window's end θ(t₂), at the run's rank cutoff and at the
+extra ones of the sensitivity table; the result is a `Window`, saved to the
+workdir (`cached_window` restores it) and building each method's mask once
+per compression.
+
+May import: absl, jax, numpy, experiments, kpjax.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from experiments import common
+from experiments.pipeline import Setup, variables_of
+from experiments.report import base_method
+from experiments.results import atomic_write_bytes
+from kpjax import koopman, pruning, train
+from kpjax.flatten import count_params
+from kpjax.pruning import saliency, structured
+from kpjax.train import recording
+
+
+class Window:
+    """The end of a recorded window: θ(t₂) with its BN statistics, every method's
+    flat scores over the prunable parameters, and the Koopman fit's spectrum.
+    Masks are built once per (method, compression) and kept (`mask`)."""
+
+    def __init__(self, variables, scores: dict[str, np.ndarray], eigenvalues, seconds,
+                 diagnostics: dict[str, float]):
+        self.variables, self.scores, self.eigenvalues = variables, scores, eigenvalues
+        self.seconds = seconds
+        # `fit_diagnostics` of the run's fit, and of the others as 'rank@rcond=1e-07', ...
+        self.diagnostics = diagnostics
+        self._masks: dict[tuple[str, float], Any] = {}
+
+    @property
+    def lambda1(self) -> complex:
+        return complex(self.eigenvalues[0]) if len(self.eigenvalues) else complex("nan")
+
+    def mask(self, setup: Setup, method: str, c: float):
+        """The bool pytree mask of `method` at compression c (built once)."""
+        if (method, c) not in self._masks:
+            params = self.variables["params"]
+            if setup.filter_granularity:  # whole units: the method's scores per filter
+                self._masks[(method, c)] = structured.unit_mask(
+                    setup.spec, params, self.filter_keep(setup, method, c))
+            elif method == "synflow":  # iterative: its scores change as it prunes
+                self._masks[(method, c)] = synflow_mask(setup, self.variables, c)
+            else:
+                keep = pruning.method_flat_mask(base_method(method), self.scores[method],
+                                                setup.flat_spec, count_params(params), c)
+                self._masks[(method, c)] = pruning.mask_from_flat(keep, setup.flat_spec, params)
+        return self._masks[(method, c)]
+
+    def filter_keep(self, setup: Setup, method: str, c: float) -> dict[str, np.ndarray]:
+        """--granularity=filter: the units kept, by the method's per-weight
+        scores reduced over each filter (`FILTER_NORM`: KMP ‖(b₁φ₁)[filter]‖₂,
+        no new fit; KGP Σ|θ ⊙ Δθ_K|), the same fraction of every group
+        (`Setup.filter_fraction`)."""
+        params = self.variables["params"]
+        tree = pruning.scores_from_flat(jnp.asarray(self.scores[method]), setup.flat_spec, params)
+        norm = FILTER_NORM.get(base_method(method), "l2")
+        return structured.keep_units(structured.group_scores(setup.spec, tree, norm),
+                                     setup.filter_fraction(c))
+
+
+# How a method's per-weight scores become a filter's: saliencies that add up
+# (a filter's loss change is the sum of its weights', Lubana & Dick's
+# per-filter measures) and Li et al.'s L1 filter norm by the sum; magnitudes
+# and modes by the L2 norm.
+FILTER_NORM = {"l1": "l1", "kgp": "l1", "grad": "l1", "snip": "l1", "lp": "l1", "lp_biased": "l1", "gn": "l1"}
+
+
+def synflow_mask(setup: Setup, variables, c: float):
+    """Iterative SynFlow's mask of `variables` at compression c, over
+    --synflow_rounds rounds (`pruning.synflow_iterative_mask`)."""
+    params = variables["params"]
+    objective = saliency.synflow_objective(setup.spec.module.apply, variables, setup.spec.input_shape)
+    fraction = pruning.keep_fraction(c, count_params(params), setup.flat_spec.size)
+    return pruning.synflow_iterative_mask(params, setup.select, objective, fraction,
+                                          setup.config.synflow_rounds)
+
+
+def cached_window(setup: Setup, path: str) -> Window | None:
+    """The window saved by `record_window` at `path`, if complete."""
+    if not os.path.exists(path):
+        return None
+    treedef = jax.tree_util.tree_structure(setup.variables0)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if any(f"score_{m}" not in f for m in setup.score_names):
+                return None
+            leaves = [f[f"var{i}"] for i in range(treedef.num_leaves)]
+            variables = jax.tree_util.tree_unflatten(treedef, leaves)
+            scores = {m: f[f"score_{m}"] for m in setup.score_names}
+            if "diag_rank" not in f:  # recorded before the diagnostics: record again
+                return None
+            diagnostics = {k[len("diag_"):]: float(f[k]) for k in f.files if k.startswith("diag_")}
+            eigenvalues, seconds = f["eigenvalues"], float(f["seconds"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} (a cached window) is damaged ({type(e).__name__}: {e}); "
+                         "delete it and rerun: the window is recorded again") from None
+    shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(setup.variables0)]
+    if ([np.shape(x) for x in leaves] != shapes
+            or any(np.shape(s) != (setup.flat_spec.size,) for s in scores.values())):
+        raise ValueError(f"{path} (a cached window) holds another model's arrays; "
+                         "delete it and rerun: the window is recorded again")
+    logging.info("window restored from %s", path)
+    return Window(variables, scores, eigenvalues, seconds, diagnostics)
+
+
+def fit_diagnostics(fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
+    """What a result depends on in one fit: its rank, the energy of X the
+    cutoff keeps, and λ₁'s separation from the rest of the spectrum, its
+    mode's residual and the size of its cluster (the modes within
+    koopman.DEFAULT_CLUSTER_TOL of 1, which subspace KMP sums)."""
+    valid = np.asarray(fit.valid)
+    lam = np.asarray(fit.eigenvalues)[valid]
+    out = {"rank": float(valid.sum()), "energy_kept": float(koopman.energy_kept(fit)),
+           "lambda1_separation": float("nan"), "lambda1_residual": float("nan"),
+           "cluster_size": 0.0}
+    if lam.size:
+        out.update(lambda1_separation=koopman.fixed_point_separation(lam),
+                   lambda1_residual=float(fit.residuals[0]),
+                   cluster_size=float(len(koopman.fixed_point_cluster(fit))))
+    return {key + suffix: value for key, value in out.items()}
+
+
+SCORING_NEEDS = frozenset({"grads", "loss_fn", "grasp_loss_fn"})
+
+
+def with_scoring_batches(setup: Setup, inputs: pruning.PruneInputs, batch_stats,
+                         batches: list) -> pruning.PruneInputs:
+    """`inputs` with what the data-dependent methods read from the scoring batches:
+    ∂L/∂θ (the mean over the batches; one batch: ShrinkBench's gradient), L for
+    SNIP / LP / GN and GraSP's tempered L (`saliency.GRASP_TEMPERATURE`)."""
+    apply = setup.spec.module.apply
+    images = np.stack([setup.normalize(np.asarray(x)) for x, _ in batches])
+    labels = np.stack([np.asarray(y) for _, y in batches])
+    grads = [train.loss_and_grads(apply, inputs.params, batch_stats, x, y)[1]
+             for x, y in zip(images, labels)]
+    if len(grads) > 1:
+        grads = [jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)]
+    if len(batches) == 1:
+        images, labels = images[0], labels[0]
+    return inputs._replace(
+        grads=grads[0],
+        loss_fn=train.batch_loss_fn(apply, batch_stats, images, labels),
+        grasp_loss_fn=train.batch_loss_fn(apply, batch_stats, images, labels,
+                                          temperature=saliency.GRASP_TEMPERATURE))
+
+
+def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps: int,
+                  seed: int, path: str, desc: str, **facts: float) -> Window:
+    """Trains `steps` steps recording Θ, fits the Koopman operator, scores every
+    method (`score_window`; the scoring batches are the next ones).
+
+    `facts` (e.g. the accuracy at the window's start) are kept with the fit's
+    diagnostics and end up in windows.csv.
+
+    The window's end θ(t₂), its scores and spectrum are saved to `path`
+    (atomically) for `cached_window`. `state` is donated.
+    """
+    start = time.time()
+    recorder = recording.make_recording_train_step(step_fn, setup.select)
+    batches = iter(batches)
+    state, theta = recording.record_trajectory(
+        recorder, state, with_progress(batches, steps, desc, setup.job), steps, setup.select)
+    scoring = [next(batches) for _ in range(scoring_batch_count(setup))]
+    return score_window(setup, state, theta, koopman.gram(theta), scoring, seed, path, desc,
+                        time.time() - start, **facts)
+
+
+def scoring_batch_count(setup: Setup) -> int:
+    """How many batches after a window the data-dependent methods score on."""
+    needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
+    return setup.config.score_batches if needs & SCORING_NEEDS else 0
+
+
+def score_window(setup: Setup, state: train.TrainState, theta, k, scoring: list, seed: int,
+                 path: str, desc: str, seconds: float = 0.0, **facts: float) -> Window:
+    """The Koopman fit of a recorded window and every method's scores at its end.
+
+    Args:
+      state: the training state at the window's end, θ(t₂).
+      theta: the window's snapshots Θ (an array, or a `TrajectoryStore` row range).
+      k: its Gram matrix ΘΘᵀ (float64; e.g. a diagonal block of a `banded_gram`).
+      scoring: the batches the data-dependent methods score on (ShrinkBench:
+        the next ones after the window).
+      seconds: time already spent on the window (recording), added to the fit's.
+
+    Saves the window to `path` (atomically) for `cached_window`.
+    """
+    start = time.time() - seconds
+    fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
+    lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+    diagnostics = {**facts, **fit_diagnostics(fit)}
+    inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
+                                 spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
+    needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
+    if scoring:
+        inputs = with_scoring_batches(setup, inputs, state.batch_stats, scoring)
+    if "synflow_fn" in needs:
+        inputs = inputs._replace(synflow_fn=saliency.synflow_objective(
+            setup.spec.module.apply, variables_of(state), setup.spec.input_shape))
+    scores = {m: np.asarray(pruning.method_flat_scores(m, inputs)) for m in setup.methods}
+    # The other cutoffs: new fits of the same K (no second Gram pass over Θ).
+    for r in sorted({r for _, _, r in setup.sensitivity}):
+        fit_r = koopman.fit_dmd(k, rcond=r)
+        diagnostics.update(fit_diagnostics(fit_r, f"@rcond={r:g}"))
+        for name, m, rr in setup.sensitivity:
+            if rr == r:
+                scores[name] = np.asarray(pruning.method_flat_scores(m, inputs._replace(fit=fit_r)))
+    del theta, inputs
+    seconds = time.time() - start
+    logging.info("%s: Koopman fit rank %d, λ₁ = %s; window + fit + scores %.1fs",
+                 desc, lam.size, lam[0] if lam.size else None, seconds)
+    variables = variables_of(state)
+    arrays = {f"var{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(variables))}
+    arrays.update({f"score_{m}": s for m, s in scores.items()})
+    arrays.update({f"diag_{key}": np.asarray(v) for key, v in diagnostics.items()})
+    buf = io.BytesIO()
+    np.savez(buf, eigenvalues=lam, seconds=seconds, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return Window(variables, scores, lam, seconds, diagnostics)
+
+
+def with_progress(batches, steps: int, desc: str, job: common.JobClock):
+    """`batches`, logging the window's progress and ticking the run's job clock."""
+    progress = common.Progress(steps, f"{desc} window")
+    for batch in batches:
+        progress.update(1)
+        job.tick()
+        yield batch
