@@ -67,7 +67,8 @@ class _Seed:
         self._window = None
 
     def window(self):
-        """θ(t₂) (variables) and KMP's flat scores after the early window."""
+        """θ(t₂) (variables) and the flat scores of every method of the run that
+        needs a trajectory (KMP, ...), after the early window."""
         if self._window is None:
             setup = self.setup
             state = setup.state(self.variables, self.seed, tx=self.tx)
@@ -76,7 +77,10 @@ class _Seed:
                 recorder, state, setup.stream(self.seed, SCORING)(), setup.config.window_steps,
                 setup.select)
             fit = koopman.fit_trajectory(theta, rcond=setup.config.rcond[0])
-            scores = np.asarray(pruning.kmp_flat_scores(theta, fit))
+            inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
+                                         spec=setup.flat_spec, fit=fit)
+            scores = {m: np.asarray(pruning.method_flat_scores(m, inputs))
+                      for m in setup.methods if _needs_window(m)}
             self._window = (pipeline.variables_of(state), scores)
         return self._window
 
@@ -84,10 +88,10 @@ class _Seed:
         setup = self.setup
         params = self.variables["params"]
         total = count_params(params)
-        if method == "synflow":
-            return koopman_window.synflow_mask(setup, self.variables, c)
-        if method == "kmp":
-            scores = self.window()[1]
+        if pruning.get_method(method).iterative_mask_fn:
+            return koopman_window.iterative_mask(setup, self.variables, method, c)
+        if _needs_window(method):
+            scores = self.window()[1][method]
         else:
             if method not in self._scores:
                 self._scores[method] = np.asarray(pruning.method_flat_scores(method, self.inputs))
@@ -96,18 +100,24 @@ class _Seed:
         return pruning.mask_from_flat(keep, setup.flat_spec, params)
 
 
+def _needs_window(method: str) -> bool:
+    """Whether `method` scores a trajectory: it is scored after a short
+    window of training from θ₀ (the window's steps count in its budget)."""
+    return "snapshots" in pruning.get_method(method).needs
+
+
 def run_cell(setup: pipeline.Setup, one: _Seed, method: str, c: float) -> list[dict]:
     """Prune at initialization with `method` at c, evaluate, train, evaluate."""
     start = time.time()
     seed = one.seed
     mask = one.mask(method, c)
-    variables = one.window()[0] if method == "kmp" else one.variables
+    variables = one.window()[0] if _needs_window(method) else one.variables
     state = setup.state(variables, seed, tx=one.tx, mask=mask)
     collapsed = _collapsed(mask, setup.select)
     rows = [cell.row(setup, method, c, seed, "init", setup.evaluate(state), state.params, mask,
                          time.time() - start, layer_collapse=collapsed)]
     steps = setup.config.finetune_epochs * setup.steps_per_epoch
-    if method == "kmp":  # its window's steps are part of the budget
+    if _needs_window(method):  # its window's steps are part of the budget
         steps -= setup.config.window_steps
     state = common.run_steps(one.step_fn, state, setup.stream(seed, pipeline.PRETRAIN),
                              max(steps, 0), f"seed {seed} {method} c={c:g} train", job=setup.job)

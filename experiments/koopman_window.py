@@ -58,8 +58,8 @@ class Window:
             if setup.filter_granularity:  # whole units: the method's scores per filter
                 self._masks[(method, c)] = structured.unit_mask(
                     setup.spec, params, self.filter_keep(setup, method, c))
-            elif method == "synflow":  # iterative: its scores change as it prunes
-                self._masks[(method, c)] = synflow_mask(setup, self.variables, c)
+            elif pruning.get_method(base_method(method)).iterative_mask_fn:  # scored again as it prunes
+                self._masks[(method, c)] = iterative_mask(setup, self.variables, base_method(method), c)
             else:
                 keep = pruning.method_flat_mask(base_method(method), self.scores[method],
                                                 setup.flat_spec, count_params(params), c)
@@ -68,31 +68,24 @@ class Window:
 
     def filter_keep(self, setup: Setup, method: str, c: float) -> dict[str, np.ndarray]:
         """--granularity=filter: the units kept, by the method's per-weight
-        scores reduced over each filter (`FILTER_NORM`: KMP ‖(b₁φ₁)[filter]‖₂,
+        scores reduced over each filter (the method's `filter_norm`: KMP ‖(b₁φ₁)[filter]‖₂,
         no new fit; KGP Σ|θ ⊙ Δθ_K|), the same fraction of every group
         (`Setup.filter_fraction`)."""
         params = self.variables["params"]
         tree = pruning.scores_from_flat(jnp.asarray(self.scores[method]), setup.flat_spec, params)
-        norm = FILTER_NORM.get(base_method(method), "l2")
+        norm = pruning.get_method(base_method(method)).filter_norm
         return structured.keep_units(structured.group_scores(setup.spec, tree, norm),
                                      setup.filter_fraction(c))
 
 
-# How a method's per-weight scores become a filter's: saliencies that add up
-# (a filter's loss change is the sum of its weights', Lubana & Dick's
-# per-filter measures) and Li et al.'s L1 filter norm by the sum; magnitudes
-# and modes by the L2 norm.
-FILTER_NORM = {"l1": "l1", "kgp": "l1", "grad": "l1", "snip": "l1", "lp": "l1", "lp_biased": "l1", "gn": "l1"}
-
-
-def synflow_mask(setup: Setup, variables, c: float):
-    """Iterative SynFlow's mask of `variables` at compression c, over
-    --synflow_rounds rounds (`pruning.synflow_iterative_mask`)."""
+def iterative_mask(setup: Setup, variables, method: str, c: float):
+    """The mask of an iterative method (SynFlow) of `variables` at compression
+    c, over --synflow_rounds rounds (its `iterative_mask_fn`)."""
     params = variables["params"]
-    objective = saliency.synflow_objective(setup.spec.module.apply, variables, setup.spec.input_shape)
+    inputs = pruning.PruneInputs(params, setup.select, synflow_fn=saliency.synflow_objective(
+        setup.spec.module.apply, variables, setup.spec.input_shape))
     fraction = pruning.keep_fraction(c, count_params(params), setup.flat_spec.size)
-    return pruning.synflow_iterative_mask(params, setup.select, objective, fraction,
-                                          setup.config.synflow_rounds)
+    return pruning.get_method(method).iterative_mask_fn(inputs, fraction, setup.config.synflow_rounds)
 
 
 def cached_window(setup: Setup, path: str) -> Window | None:
@@ -140,7 +133,6 @@ def fit_diagnostics(fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
     return {key + suffix: value for key, value in out.items()}
 
 
-SCORING_NEEDS = frozenset({"grads", "loss_fn", "grasp_loss_fn"})
 
 
 def with_scoring_batches(setup: Setup, inputs: pruning.PruneInputs, batch_stats,
@@ -188,7 +180,7 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
 def scoring_batch_count(setup: Setup) -> int:
     """How many batches after a window the data-dependent methods score on."""
     needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
-    return setup.config.score_batches if needs & SCORING_NEEDS else 0
+    return setup.config.score_batches if needs & pruning.BATCH_INPUTS else 0
 
 
 def score_window(setup: Setup, state: train.TrainState, theta, k, scoring: list, seed: int,

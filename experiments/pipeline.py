@@ -23,7 +23,7 @@ from experiments import common, resources
 from experiments.config import PruningFields, json_ready, to_json
 from experiments.report import at_cutoff
 from experiments.results import atomic_write_json, read_json
-from kpjax import data, flatten, metrics, models, parallel, train
+from kpjax import data, flatten, metrics, models, parallel, pruning, train
 from kpjax.data import shifts
 from kpjax.pruning import structured
 
@@ -36,13 +36,14 @@ NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_o
 # Settings newer than most workdirs that are written to config.json only
 # when given, so that a run without them writes what it always did.
 WRITTEN_WHEN_SET = ("input_shape",)
-# Each Koopman method and the baseline it is compared with.
-BASELINE = {"kmp": "gmp", "kgp": "grad", "kmp_subspace": "gmp"}
+# Read from the registered methods' own facts (`kpjax.PruningMethod`), in
+# registration order: each method with a baseline and that baseline; the
+# kept-set overlaps (every pair, and each method's `compared_with`); the
+# methods scored again at the extra rank cutoffs.
+BASELINE = {name: m.baseline for name, m in pruning.METHODS.items() if m.baseline}
 PAIRS = tuple(BASELINE.items())
-# Kept-set overlaps: every pair, and subspace KMP against single-mode KMP.
-OVERLAPS = PAIRS + (("kmp_subspace", "kmp"),)
-# Methods that the rank-cutoff sensitivity scores again at the extra cutoffs.
-CUTOFF_SENSITIVE = tuple(BASELINE)
+OVERLAPS = PAIRS + tuple((name, other) for name, m in pruning.METHODS.items() for other in m.compared_with)
+CUTOFF_SENSITIVE = tuple(name for name, m in pruning.METHODS.items() if m.cutoff_sensitive)
 
 
 # Batch orders: each purpose of a seed gets its own (seed * 1000 + purpose).

@@ -127,8 +127,9 @@ PRUNE_SCRIPT = textwrap.dedent("""
     for a, b in zip(out[1], out[4]):
         assert (a["method"], a["phase"]) == (b["method"], b["phase"])
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+    from experiments.resources import check_resources
     try:
-        PruneConfig(model="mnistnet_tiny", batch_size=66, devices=4)
+        check_resources(PruneConfig(model="mnistnet_tiny", batch_size=66, devices=4))
     except ValueError as e:
         assert "does not divide over 4 devices" in str(e)
         print("ok")

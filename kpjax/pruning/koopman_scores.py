@@ -108,21 +108,22 @@ def _layer_kmp(inputs: PruneInputs) -> jax.Array:
 
 
 _TRAJECTORY = ("snapshots", "spec")
+# The registration order is the order of the experiments' pairs and tables.
 
 register_method("kmp", PruningMethod(
     _koopman_method(kmp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman magnitude pruning: |b₁φ₁|, λ₁ closest to 1", label="KMP", family="koopman",
     baseline="gmp", cutoff_sensitive=True,
     style=dict(color="tab:red", marker="o", markersize=9, markerfacecolor="none", linewidth=1.6)))
-register_method("kmp_subspace", PruningMethod(
-    _koopman_method(kmp_subspace_flat_scores), global_flat_mask, _TRAJECTORY,
-    f"subspace KMP: |Re Σ b_iφ_i| over all |λ_i − 1| ≤ {koopman.DEFAULT_CLUSTER_TOL:g}",
-    label="subspace KMP", family="koopman", baseline="gmp", cutoff_sensitive=True, compared_with=("kmp",)))
 register_method("kgp", PruningMethod(
     _koopman_method(kgp_flat_scores), global_flat_mask, _TRAJECTORY,
     "Koopman gradient pruning: |θ(t₂) ⊙ Δθ_K(t₂)|", label="KGP", family="koopman", baseline="grad",
     cutoff_sensitive=True, filter_norm="l1",
     style=dict(color="tab:orange", marker="^", markersize=9, markerfacecolor="none", linewidth=1.6)))
+register_method("kmp_subspace", PruningMethod(
+    _koopman_method(kmp_subspace_flat_scores), global_flat_mask, _TRAJECTORY,
+    f"subspace KMP: |Re Σ b_iφ_i| over all |λ_i − 1| ≤ {koopman.DEFAULT_CLUSTER_TOL:g}",
+    label="subspace KMP", family="koopman", baseline="gmp", cutoff_sensitive=True, compared_with=("kmp",)))
 register_method("layer_kmp", PruningMethod(
     _layer_kmp, layerwise_flat_mask, _TRAJECTORY,
     "KMP with one Koopman fit per tensor, layerwise masks", label="layer KMP", family="koopman"))
