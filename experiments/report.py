@@ -29,8 +29,6 @@ from kpjax.data import shifts
 
 _START = time.time()
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-# The rows that are no pruning method: the unpruned references and controls.
-_REFERENCES = {"dense": "dense", "small_dense": "small dense", "reinit": "retrained from scratch"}
 _LABELS = {"compression": "c", "prune_epoch": "epoch"}
 
 
@@ -38,7 +36,7 @@ def name(method: str) -> str:
     """A method's name in prose: its registered label (KMP, gradient pruning, ...)."""
     if method in pruning.METHODS:
         return pruning.get_method(method).label or method
-    return _REFERENCES.get(method, method)
+    return method  # the references and controls ("dense", ...) by their row name
 
 
 def data_line(name: str, source: str) -> list[str]:
