@@ -6,8 +6,9 @@ its mask (`Window.mask`) applied to θ(t₂), evaluated, fine-tuned for
 evaluated again (`run_cell`); beside it the dense references (`dense_cell`)
 and the controls (`reinit_cell`, `small_dense_cell`). The rest are the rows
 of the result tables: a cell's (`row`, and ShrinkBench's metrics.json), a
-window's fit (`window_row`), the overlaps of kept sets (`overlap_rows`,
-`seed_agreement`).
+window's fits (`window_rows`), the overlaps of kept sets (`overlap_rows`,
+`seed_agreement`). Every row names its variant in typed columns: `method`
+and `rcond` (`experiments.pipeline.Variant`).
 
 May import: absl, jax, numpy, experiments, kpjax.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common
-from experiments.pipeline import BASELINE, FINETUNE, OVERLAPS, REINIT, Setup
+from experiments.pipeline import BASELINE, FINETUNE, OVERLAPS, REINIT, Setup, Variant
 from experiments.results import atomic_write_json
 from experiments.koopman_window import Window
 from kpjax import metrics, models, parallel, pruning, train
@@ -57,15 +59,25 @@ def measured_speedup(setup: Setup, variables, small_spec: models.ModelSpec, smal
     return float(np.median(times[0]) / np.median(times[1]))
 
 
-def row(setup: Setup, method: str, c: float, seed: int, phase: str, ev, params, mask,
+class CellRows(NamedTuple):
+    """A cell's rows: results (one per phase) and, with --eval_shifts, its last
+    phase's top-1 under every input shift and severity (`shift_rows`)."""
+    rows: list[dict]
+    shifts: list[dict]
+
+
+DENSE = Variant("dense")
+
+
+def row(setup: Setup, variant: Variant, c: float, seed: int, phase: str, ev, params, mask,
         seconds: float, **extra) -> dict:
     speedup = metrics.theoretical_speedup(setup.flops, params, mask)
-    if setup.filter_granularity and method != "dense":  # the shrunk network's FLOPs
+    if setup.filter_granularity and variant != DENSE:  # the shrunk network's FLOPs
         speedup = structured.theoretical_speedup(setup.spec, setup.variables0,
                                                  structured.kept_units(setup.spec, mask))
     return {
-        "model": setup.spec.name, "data": setup.dataset.name, **extra, "method": method,
-        "compression": c, "seed": seed, "phase": phase,
+        "model": setup.spec.name, "data": setup.dataset.name, **extra, "method": variant.method,
+        "rcond": variant.rcond, "compression": c, "seed": seed, "phase": phase,
         "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"],
         "compression_achieved": pruning.compression_ratio(params, mask),
         "speedup": speedup,
@@ -73,15 +85,25 @@ def row(setup: Setup, method: str, c: float, seed: int, phase: str, ev, params, 
     }
 
 
+def shift_rows(result: dict, top1: dict[tuple[str, int], float]) -> list[dict]:
+    """One row per (shift, severity) of `Setup.evaluate_shifts`, keyed by the
+    result row's cell and phase (shift "clean", severity 0: unshifted)."""
+    cell = {k: v for k, v in result.items() if k in
+            ("model", "data", "prune_epoch", "method", "rcond", "compression", "seed", "phase")}
+    return [{**cell, "shift": shift, "severity": severity, "top1": value}
+            for (shift, severity), value in top1.items()]
+
+
 def write_cell_metrics(setup: Setup, window: Window, workdir: str, rows: list[dict]) -> None:
     """ShrinkBench's metrics.json for one cell (its keys, after pruning, before
     refinement; the refined numbers under "finetuned"), in
-    cells/<method>-c<c>-seed<s>[-epoch<e>]/, so that ShrinkBench's analysis
+    cells/<method>[-rcond<r>]-c<c>-seed<s>[-epoch<e>]/ (rcond for the
+    sensitivity cells at the extra cutoffs), so that ShrinkBench's analysis
     scripts read kpjax results."""
     first = rows[0]
-    method, c = first["method"], first["compression"]
+    variant, c = Variant(first["method"], first["rcond"]), first["compression"]
     params = window.variables["params"]
-    mask = train.full_mask(params) if method == "dense" else window.mask(setup, method, c)
+    mask = train.full_mask(params) if variant == DENSE else window.mask(setup, variant, c)
     size, size_nz = metrics.model_size(params, mask)
     dense_flops, flops_nz = metrics.flops(setup.flops, params, mask)
     out = {"size": size, "size_nz": size_nz, "compression_ratio": size / size_nz,
@@ -90,41 +112,51 @@ def write_cell_metrics(setup: Setup, window: Window, workdir: str, rows: list[di
            "loss": first["loss"], "val_acc1": first["top1"], "val_acc5": first["top5"]}
     for r in rows[1:]:
         out[r["phase"]] = {"loss": r["loss"], "val_acc1": r["top1"], "val_acc5": r["top5"]}
-    name = f"{method}-c{c:g}-seed{first['seed']}" + (
+    at = f"-rcond{variant.rcond:g}" if variant in setup.sensitivity else ""
+    name = f"{variant.method}{at}-c{c:g}-seed{first['seed']}" + (
         f"-epoch{first['prune_epoch']}" if "prune_epoch" in first else "")
     atomic_write_json(os.path.join(workdir, "cells", name, "metrics.json"), out)
 
 
-def add_cell(table, setup: Setup, window: Window, workdir: str, rows: list[dict]) -> None:
-    """Records a finished cell: its metrics.json first, then its rows (the
-    table marks the cell done, so a kill in between only redoes the cell)."""
-    write_cell_metrics(setup, window, workdir, rows)
-    table.add(rows)
+def add_cell(table, setup: Setup, window: Window, workdir: str, cell: CellRows,
+             shifts=None) -> None:
+    """Records a finished cell: its metrics.json and shift rows (to the
+    `shifts` table) first, then its rows (the results table marks the cell
+    done, so a kill in between only redoes the cell; its shift rows are not
+    added twice)."""
+    write_cell_metrics(setup, window, workdir, cell.rows)
+    new = [r for r in cell.shifts if shifts is not None and not shifts.done(**r)]
+    if new:
+        shifts.add(new)
+    table.add(cell.rows)
 
 
-def dense_cell(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
+def dense_cell(setup: Setup, window: Window, seed: int, **extra) -> CellRows:
     """The dense references: θ(t₂) unpruned (phase "dense", what every method
     starts from) and, with refinement, θ(t₂) fine-tuned unpruned for the same
     steps, learning rate and batch order as every pruned cell (phase
     "finetuned"): the fair reference for the refined accuracies, since the
     pruned networks get those steps too."""
-    return run_cell(setup, window, "dense", 1.0, seed, **extra)
+    return run_cell(setup, window, DENSE, 1.0, seed, **extra)
 
 
-def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **extra) -> list[dict]:
-    """Prune θ(t₂) with `method` at compression c, evaluate, refine, evaluate.
+def run_cell(setup: Setup, window: Window, variant: Variant, c: float, seed: int,
+             **extra) -> CellRows:
+    """Prune θ(t₂) with `variant` at compression c, evaluate, refine, evaluate.
 
-    method "dense" (c = 1) is the unpruned control (`dense_cell`); a method
-    scored at an extra cutoff ('kmp@rcond=1e-07') is evaluated before
+    `DENSE` (c = 1) is the unpruned control (`dense_cell`); a variant of
+    `setup.sensitivity` (a method at an extra cutoff) is evaluated before
     refinement only (the sensitivity table).
     """
     start = time.time()
-    dense = method == "dense"
+    dense = variant == DENSE
+    main = variant not in setup.sensitivity
+    method = variant.method
     params = window.variables["params"]
-    mask = train.full_mask(params) if dense else window.mask(setup, method, c)
+    mask = train.full_mask(params) if dense else window.mask(setup, variant, c)
     state = setup.state(window.variables, seed, mask=mask)
     # Every row's sizes and FLOPs: θ(t₂) under the mask (the steps donate the state).
-    rows = [row(setup, method, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
+    rows = [row(setup, variant, c, seed, "dense" if dense else "pruned", setup.evaluate(state),
                 params, mask, time.time() - start, **extra)]
     step, eval_step = setup.finetune_step, None
     if setup.filter_granularity and not dense:
@@ -136,29 +168,32 @@ def run_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **e
         rows[0]["measured_speedup"] = measured_speedup(setup, window.variables, small_spec, small)
         state = setup.state(small, seed)
         step, eval_step = setup.train_step(setup.finetune_tx, small_spec), setup.make_eval_step(small_spec)
-    if setup.config.finetune_epochs and "@" not in method:
-        steps = setup.config.finetune_epochs * setup.steps_per_epoch
-        state = common.run_steps(step, state, setup.stream(seed, FINETUNE), steps,
-                                 f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
-        rows.append(row(setup, method, c, seed, "finetuned", setup.evaluate(state, eval_step),
-                        params, mask, time.time() - start, **extra))
-    if "@" not in method:  # the final phase under input shifts (--eval_shifts)
-        rows[-1].update(setup.evaluate_shifts(state, eval_step))
-    logging.info("seed %d %s c=%g %s: %s", seed, method, c, extra or "",
-                 "  ".join(f"{r['phase']} top-1 {100 * r['top1']:.2f}%" for r in rows))
-    return rows
+    shifted = []
+    if main:
+        if setup.config.finetune_epochs:
+            steps = setup.config.finetune_epochs * setup.steps_per_epoch
+            state = common.run_steps(step, state, setup.stream(seed, FINETUNE), steps,
+                                     f"seed {seed} {method} c={c:g} fine-tune", job=setup.job)
+            rows.append(row(setup, variant, c, seed, "finetuned", setup.evaluate(state, eval_step),
+                            params, mask, time.time() - start, **extra))
+        # The final phase under input shifts (--eval_shifts).
+        shifted = shift_rows(rows[-1], setup.evaluate_shifts(state, eval_step))
+    logging.info("seed %d %s c=%g %s: %s", seed, method if main else f"{method} (rcond {variant.rcond:g})",
+                 c, extra or "", "  ".join(f"{r['phase']} top-1 {100 * r['top1']:.2f}%" for r in rows))
+    return CellRows(rows, shifted)
 
 
-def reinit_state(setup: Setup, window: Window, method: str, c: float, seed: int):
+def reinit_state(setup: Setup, window: Window, variant: Variant, c: float, seed: int):
     """A pruned cell's mask on freshly initialized weights (init seed
     seed·1000 + REINIT, not the seed's pretraining init), with the training
     optimizer (--train_*): the start of the retrain-from-scratch control."""
     variables = models.init_variables(setup.spec, seed * 1000 + REINIT)
     tx = setup.config.train.optimizer(setup.steps_per_epoch)
-    return setup.state(variables, seed, tx=tx, mask=window.mask(setup, method, c)), tx
+    return setup.state(variables, seed, tx=tx, mask=window.mask(setup, variant, c)), tx
 
 
-def reinit_cell(setup: Setup, window: Window, method: str, c: float, seed: int, **extra) -> list[dict]:
+def reinit_cell(setup: Setup, window: Window, variant: Variant, c: float, seed: int,
+                **extra) -> list[dict]:
     """The retrain-from-scratch control (Liu et al., "Rethinking the value of
     network pruning"; Crowley et al.): the cell's mask, weights re-initialized,
     trained for as many steps as pretraining + refinement (--pretrain_epochs +
@@ -166,14 +201,15 @@ def reinit_cell(setup: Setup, window: Window, method: str, c: float, seed: int, 
     training is unknown, so --pretrain_epochs stands for it) and evaluated
     (phase "reinit")."""
     start = time.time()
-    state, tx = reinit_state(setup, window, method, c, seed)
+    state, tx = reinit_state(setup, window, variant, c, seed)
     epochs = setup.config.pretrain_epochs + setup.config.finetune_epochs
     state = common.run_steps(setup.train_step(tx), state, setup.stream(seed, REINIT),
                              epochs * setup.steps_per_epoch,
-                             f"seed {seed} {method} c={c:g} retrain from scratch", job=setup.job)
-    rows = [row(setup, method, c, seed, "reinit", setup.evaluate(state), state.params,
-                window.mask(setup, method, c), time.time() - start, **extra)]
-    logging.info("seed %d %s c=%g retrained from scratch: top-1 %.2f%%", seed, method, c,
+                             f"seed {seed} {variant.method} c={c:g} retrain from scratch",
+                             job=setup.job)
+    rows = [row(setup, variant, c, seed, "reinit", setup.evaluate(state), state.params,
+                window.mask(setup, variant, c), time.time() - start, **extra)]
+    logging.info("seed %d %s c=%g retrained from scratch: top-1 %.2f%%", seed, variant.method, c,
                  100 * rows[0]["top1"])
     return rows
 
@@ -207,7 +243,7 @@ def small_dense_cell(setup: Setup, c: float, seed: int, **extra) -> list[dict]:
                                 variables["params"])[0]
     dense_flops = metrics.flops(setup.flops, full)[0]
     result = {"model": setup.spec.name, "data": setup.dataset.name, **extra, "method": "small_dense",
-              "compression": c, "seed": seed, "phase": "small_dense",
+              "rcond": None, "compression": c, "seed": seed, "phase": "small_dense",
               "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"],
               "compression_achieved": count_params(full) / count_params(variables["params"]),
               "speedup": dense_flops / small_flops, "width_factor": factor,
@@ -217,26 +253,33 @@ def small_dense_cell(setup: Setup, c: float, seed: int, **extra) -> list[dict]:
     return [result]
 
 
-def window_row(setup: Setup, window: Window, seed: int, **extra) -> dict:
-    """What the Koopman fit of a window says: λ₁ (the eigenvalue closest to
-    1) and its distance to 1, rcond, and `fit_diagnostics` at every cutoff
-    (the extra ones suffixed '@rcond=1e-07')."""
-    return {"model": setup.spec.name, **extra, "seed": seed,
-            "lambda1_real": window.lambda1.real, "lambda1_imag": window.lambda1.imag,
-            "lambda1_distance": abs(window.lambda1 - 1.0), "rcond": setup.config.rcond[0],
-            **window.diagnostics}
+_LAMBDA1 = ("lambda1_real", "lambda1_imag", "lambda1_distance")
+
+
+def window_rows(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
+    """What the Koopman fits of a window say, one row per cutoff (the run's
+    first): λ₁ (the eigenvalue closest to 1) and its distance to 1, rcond,
+    the recording's facts (top1_start) and `fit_diagnostics`."""
+    rows = []
+    for rcond, diagnostics in window.diagnostics.items():
+        rows.append({"model": setup.spec.name, **extra, "seed": seed,
+                     **{k: diagnostics[k] for k in _LAMBDA1}, "rcond": rcond, **window.facts,
+                     **{k: v for k, v in diagnostics.items() if k not in _LAMBDA1}})
+    return rows
 
 
 def overlap_rows(setup: Setup, window: Window, seed: int, **extra) -> list[dict]:
-    """Jaccard overlap of the kept sets of each Koopman method and its baseline
-    (at every cutoff) and of subspace and single-mode KMP, at every compression."""
+    """Jaccard overlap of the kept sets of each Koopman method (`method` at
+    `rcond`, every cutoff) and its baseline, and of subspace and single-mode
+    KMP (`other`, at the run's cutoff), at every compression."""
     rows = []
-    pairs = list(OVERLAPS) + [(name, BASELINE[m]) for name, m, _ in setup.sensitivity]
+    pairs = [(setup.variant(a), setup.variant(b)) for a, b in OVERLAPS] + [
+        (v, setup.variant(BASELINE[v.method])) for v in setup.sensitivity]
     for a, b in pairs:
         if a in window.scores and b in window.scores:
             for c in setup.compressions:
-                rows.append({"model": setup.spec.name, **extra, "pair": f"{a}~{b}",
-                             "compression": c, "seed": seed,
+                rows.append({"model": setup.spec.name, **extra, "method": a.method, "rcond": a.rcond,
+                             "other": b.method, "compression": c, "seed": seed,
                              "jaccard": pruning.mask_jaccard(window.mask(setup, a, c),
                                                              window.mask(setup, b, c), setup.select)})
     return rows
@@ -248,13 +291,13 @@ def seed_agreement(setup: Setup, windows: dict[int, Window], **extra) -> list[di
     the seeds differ only in the window's batches: a method whose masks
     agree across seeds does not hinge on them."""
     rows, seeds = [], sorted(windows)
-    for method in setup.score_names:
+    for v in setup.scored:
         for c in setup.compressions:
             for i, a in enumerate(seeds):
                 for b in seeds[i + 1:]:
-                    rows.append({"model": setup.spec.name, **extra, "method": method,
-                                 "compression": c, "seeds": f"{a}~{b}",
-                                 "jaccard": pruning.mask_jaccard(windows[a].mask(setup, method, c),
-                                                                 windows[b].mask(setup, method, c),
+                    rows.append({"model": setup.spec.name, **extra, "method": v.method,
+                                 "rcond": v.rcond, "compression": c, "seed_a": a, "seed_b": b,
+                                 "jaccard": pruning.mask_jaccard(windows[a].mask(setup, v, c),
+                                                                 windows[b].mask(setup, v, c),
                                                                  setup.select)})
     return rows

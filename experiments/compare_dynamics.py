@@ -56,7 +56,8 @@ def record_run(setup: pipeline.Setup, window: koopman_window.Window, name: str, 
     config = setup.config
     start = time.time()
     params = window.variables["params"]
-    mask = train.full_mask(params) if method == "dense" else window.mask(setup, method, c)
+    mask = (train.full_mask(params) if method == "dense"
+            else window.mask(setup, setup.variant(method), c))
     state = setup.state(window.variables, seed, mask=mask)
     recorder = recording.make_recording_train_step(setup.finetune_step, setup.select)
     state, theta = recording.record_trajectory(

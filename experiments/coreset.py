@@ -38,7 +38,7 @@ from experiments.workdir import claim
 from kpjax import pruning
 from kpjax.pruning import coreset, structured
 
-_CELL = ("model", "method", "fraction", "seed")
+_CELL = ("model", "method", "rcond", "fraction", "seed")
 LAYER, NEXT = "fc1", "fc2"
 
 
@@ -63,7 +63,7 @@ def neuron_keep(setup, window, method: str, fraction: float, seed: int):
         params = jax.tree_util.tree_map(np.asarray, variables["params"])
         params = {**params, NEXT: {**params[NEXT], "kernel": params[NEXT]["kernel"] * scale[:, None]}}
         return keep, {**variables, "params": params}
-    tree = pruning.scores_from_flat(jnp.asarray(window.scores[method]), setup.flat_spec,
+    tree = pruning.scores_from_flat(jnp.asarray(window.scores[setup.variant(method)]), setup.flat_spec,
                                     variables["params"])
     scores = structured.group_scores(setup.spec, tree, "l2")[LAYER]
     return structured.keep_units({LAYER: scores}, k / units)[LAYER], variables
@@ -76,14 +76,15 @@ def run_cell(setup, window, method: str, fraction: float, seed: int) -> list[dic
     units[LAYER] = keep
     mask = structured.unit_mask(setup.spec, variables["params"], units)
     state = setup.state(variables, seed, mask=mask)
-    rows = [cell.row(setup, method, fraction, seed, "pruned", setup.evaluate(state), state.params,
-                         mask, time.time() - start)]
+    variant = setup.variant(method)
+    rows = [cell.row(setup, variant, fraction, seed, "pruned", setup.evaluate(state), state.params,
+                     mask, time.time() - start)]
     if setup.config.finetune_epochs:
         steps = setup.config.finetune_epochs * setup.steps_per_epoch
         state = common.run_steps(setup.finetune_step, state, setup.stream(seed, pipeline.FINETUNE),
                                  steps, f"seed {seed} {method} f={fraction:g} fine-tune", job=setup.job)
-        rows.append(cell.row(setup, method, fraction, seed, "finetuned", setup.evaluate(state),
-                                 state.params, mask, time.time() - start))
+        rows.append(cell.row(setup, variant, fraction, seed, "finetuned", setup.evaluate(state),
+                             state.params, mask, time.time() - start))
     for r in rows:
         r["fraction"] = r.pop("compression")
         r["neurons_kept"] = int(keep.sum())
@@ -95,7 +96,7 @@ def run_cell(setup, window, method: str, fraction: float, seed: int) -> list[dic
 def dense_cell(setup, window, seed: int) -> list[dict]:
     """The unpruned references (`cell.dense_cell`): θ(t₂), and θ(t₂) refined
     like every pruned cell; fraction 1, all 500 neurons."""
-    rows = cell.dense_cell(setup, window, seed)
+    rows = cell.dense_cell(setup, window, seed).rows
     for r in rows:
         r["fraction"] = r.pop("compression")
         r["neurons_kept"] = int(window.variables["params"][LAYER]["kernel"].shape[-1])
@@ -136,7 +137,8 @@ def run(config: CoresetConfig, workdir: str) -> str:
             for seed in setup.seeds:
                 cells = [(m, f) for m in ("coreset", *config.methods) for f in config.fractions]
                 cells = [(m, f) for m, f in [("dense", 1.0)] + cells
-                         if not table.done(model=setup.spec.name, method=m, fraction=f, seed=seed)]
+                         if not table.done(model=setup.spec.name, **setup.variant(m)._asdict(),
+                                           fraction=f, seed=seed)]
                 if cells:
                     window = prune.seed_window(setup, seed, steps, workdir)
                     for method, fraction in cells:

@@ -17,7 +17,7 @@ workdir (deleted when the seed is done): one banded Gram ΘΘᵀ, every
 windows as the branches, without training their steps twice), and sliding
 windows every s steps: λ₁, its separation, the rank, and each window's KMP
 and GMP masks with their distance to the previous window's (sliding.csv;
-the early-bird ticket at window resolution). A kill during the recording
+sliding_distance.csv; the early-bird ticket at window resolution). A kill during the recording
 redoes it from the first window's start.
 
   python -m experiments.early --prune_epochs=0,1,2,4,8   # defaults: kmp,gmp at 4 and 16
@@ -28,7 +28,8 @@ of each window at every cutoff), mask_distance.csv/json (each method's masks
 between consecutive windows: the early-bird distance), summary.md (with the
 epoch each early-bird ticket is drawn), fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
 fig_lambda_vs_epoch.png, fig_spectra.png; with --window_stride also
-sliding.csv/json, seed<s>/sliding_spectra.npz (every window's eigenvalues)
+sliding.csv/json, sliding_distance.csv/json (each window's mask distances,
+per method and compression), seed<s>/sliding_spectra.npz (every window's eigenvalues)
 and fig_sliding.png. Reruns resume.
 
 May import: absl, jax, numpy, experiments, kpjax.
@@ -56,7 +57,7 @@ from kpjax.train import loop, recording
 from kpjax.io import trajectory_store
 from kpjax.flatten import count_params
 
-_CELL = ("model", "prune_epoch", "method", "compression", "seed")
+_CELL = ("model", "prune_epoch", "method", "rcond", "compression", "seed")
 
 
 def _copy(state: train.TrainState) -> train.TrainState:
@@ -93,11 +94,14 @@ class MainRun:
         return _copy(self.state)
 
 
-def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=(), distance_rows=(),
-             sliding_rows=()) -> str:
+def _summary(setup, epochs, all_rows, all_overlap, all_windows, timings=(), distance_rows=(),
+             sliding_rows=(), sliding_distances=()) -> str:
     config = setup.config
+    # The tables at the run's cutoff; the other cutoffs feed the sensitivity sections only.
+    rows, overlap_rows, window_rows = (pipeline.at_run_cutoff(t, config.rcond[0])
+                                       for t in (all_rows, all_overlap, all_windows))
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
-    ov = group_mean_std(overlap_rows, ("prune_epoch", "pair", "compression"), "jaccard")
+    ov = group_mean_std(overlap_rows, ("prune_epoch", "method", "other", "compression"), "jaccard")
     lam = group_mean_std(window_rows, ("prune_epoch",), "lambda1_distance")
     pairs_run = [p for p in pipeline.PAIRS if p[0] in setup.methods and p[1] in setup.methods]
     readings = []
@@ -129,19 +133,19 @@ def _summary(setup, epochs, rows, overlap_rows, window_rows, timings=(), distanc
     out += ["## Theoretical speedup of each method's masks", "",
             "Dense FLOPs over those left (ShrinkBench's definition), mean over seeds and epochs.", "",
             markdown_table(["compression"] + setup.methods, body), ""]
-    pairs = sorted({r["pair"] for r in overlap_rows if "@" not in r["pair"]})
+    pairs = sorted({(r["method"], r["other"]) for r in overlap_rows})
     if pairs:
-        body = [[e, f"{c:g}"] + [fmt_pm(ov.get((e, p, c)), 1.0, 4) for p in pairs]
+        body = [[e, f"{c:g}"] + [fmt_pm(ov.get((e, *p, c)), 1.0, 4) for p in pairs]
                 for e in epochs for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
-                markdown_table(["epoch", "compression"] + pairs, body), ""]
+                markdown_table(["epoch", "compression"] + [f"{a} vs {b}" for a, b in pairs], body), ""]
     body = [[e, report.sci(lam.get((e,)))] for e in epochs]
     out += ["## Eigenvalue closest to 1", "", markdown_table(["epoch", "|λ₁ − 1|"], body), ""]
-    out += report.fit_table(window_rows, config.rcond, koopman.DEFAULT_CLUSTER_TOL, by=("prune_epoch",))
-    out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
+    out += report.fit_table(all_windows, config.rcond, koopman.DEFAULT_CLUSTER_TOL, by=("prune_epoch",))
+    out += report.cutoff_sensitivity(all_rows, all_overlap, pipeline.PAIRS, setup.compressions,
                                      config.rcond, by=("prune_epoch",))
     out += _early_bird(setup, epochs, distance_rows)
-    out += _sliding_section(setup, sliding_rows)
+    out += _sliding_section(setup, sliding_rows, sliding_distances)
     return "\n".join(out + report.provenance(timings))
 
 
@@ -157,7 +161,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
         spectra = {}
-        table, overlap, windows, distances, sliding = _tables(workdir)
+        table, overlap, windows, distances, sliding, sliding_distances = _tables(workdir)
         for seed in setup.seeds:
             previous = None
             for e in epochs:
@@ -169,24 +173,28 @@ def run(config: EarlyConfig, workdir: str) -> str:
                     spectra[e] = window.eigenvalues
                 # Distances of a run that predates them, from its cached windows (not saved).
                 if previous is not None and not distances.done(
-                        model=setup.spec.name, prune_epoch=e, method=setup.methods[0],
+                        model=setup.spec.name, prune_epoch=e, **setup.variants[0]._asdict(),
                         compression=setup.compressions[0], seed=seed):
                     distances.rows.extend(_distance_rows(setup, previous, window, e, seed))
                 previous = (e, window)
         return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
-                              spectra)
+                              sliding_distances, spectra)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
         return _run(setup, epochs, workdir)
 
 
 def _tables(workdir: str) -> tuple[ResultTable, ...]:
+    """results (with timings), overlap, windows, mask_distance, sliding and
+    sliding_distance."""
     return (ResultTable(workdir, _CELL, timing_columns=("seconds",)),
-            ResultTable(workdir, ("model", "prune_epoch", "pair", "compression", "seed"), stem="overlap"),
-            ResultTable(workdir, ("model", "prune_epoch", "seed"), stem="windows"),
-            ResultTable(workdir, ("model", "prune_epoch", "method", "compression", "seed"),
-                        stem="mask_distance"),
-            ResultTable(workdir, ("model", "seed", "start_step"), stem="sliding"))
+            ResultTable(workdir, ("model", "prune_epoch", "method", "rcond", "other", "compression",
+                                  "seed"), stem="overlap"),
+            ResultTable(workdir, ("model", "prune_epoch", "seed", "rcond"), stem="windows"),
+            ResultTable(workdir, _CELL, stem="mask_distance"),
+            ResultTable(workdir, ("model", "seed", "start_step"), stem="sliding"),
+            ResultTable(workdir, ("model", "seed", "start_step", "method", "compression"),
+                        stem="sliding_distance"))
 
 
 def _distance_rows(setup, previous: tuple[int, koopman_window.Window], window, epoch: int, seed: int):
@@ -194,10 +202,10 @@ def _distance_rows(setup, previous: tuple[int, koopman_window.Window], window, e
     window and this one (You et al.'s early-bird distance), per compression."""
     before, old = previous
     return [{"model": setup.spec.name, "prune_epoch": epoch, "previous_epoch": before,
-             "method": m, "compression": c, "seed": seed,
-             "distance": pruning.mask_distance(old.mask(setup, m, c), window.mask(setup, m, c),
+             "method": v.method, "rcond": v.rcond, "compression": c, "seed": seed,
+             "distance": pruning.mask_distance(old.mask(setup, v, c), window.mask(setup, v, c),
                                                setup.select)}
-            for m in setup.methods for c in setup.compressions]
+            for v in setup.variants for c in setup.compressions]
 
 
 def _early_bird(setup, epochs, distance_rows) -> list[str]:
@@ -234,26 +242,28 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     config = setup.config
     steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
-    table, overlap, windows, distances, sliding = _tables(workdir)
-    cells = [(s, e, m, c) for s in setup.seeds for e in epochs for m in setup.score_names
+    table, overlap, windows, distances, sliding, sliding_distances = _tables(workdir)
+    cells = [(s, e, v, c) for s in setup.seeds for e in epochs for v in setup.scored
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
-                                               method=x[2], compression=x[3])]
+                                               method=x[2].method, rcond=x[2].rcond,
+                                               compression=x[3])]
     logging.info("%s: %d cells, %d to do; workdir %s", model, len(cells), len(todo), workdir)
     for seed in setup.seeds:  # the job clock's plan: what is not cached yet
         missing = [e for e in epochs
                    if not os.path.exists(os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz"))]
         if missing:
             setup.job.plan(max(missing) * setup.steps_per_epoch + len(missing) * steps)
-        setup.plan_cells(sum(not table.done(model=model, prune_epoch=e, method="dense",
+        setup.plan_cells(sum(not table.done(model=model, prune_epoch=e, method="dense", rcond=None,
                                             compression=1.0, seed=seed) for e in epochs))
-    setup.plan_cells(sum("@" not in x[2] for x in todo), sum("@" in x[2] for x in todo))
+    sensitivity = sum(x[2] in setup.sensitivity for x in todo)
+    setup.plan_cells(len(todo) - sensitivity, sensitivity)
     progress = common.Progress(len(todo), "cells", every_s=0.0)
     spectra = {}
     for seed in setup.seeds:
         main_run = MainRun(setup, seed, workdir)
         if config.window_stride:
-            _record_once(setup, main_run, seed, epochs, workdir, sliding)
+            _record_once(setup, main_run, seed, epochs, workdir, sliding, sliding_distances)
         previous = None
         for e in epochs:
             path = _window_path(workdir, seed, e)
@@ -266,26 +276,30 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                     path, f"seed {seed} epoch {e}")
             if seed == setup.seeds[0]:
                 spectra[e] = window.eigenvalues
-            if not windows.done(model=model, prune_epoch=e, seed=seed):
-                windows.add([cell.window_row(setup, window, seed, prune_epoch=e)])
+            new = [r for r in cell.window_rows(setup, window, seed, prune_epoch=e)
+                   if not windows.done(**{k: r[k] for k in windows.key})]
+            if new:
+                windows.add(new)
             if previous is not None and not distances.done(
-                    model=model, prune_epoch=e, method=setup.methods[0],
+                    model=model, prune_epoch=e, **setup.variants[0]._asdict(),
                     compression=setup.compressions[0], seed=seed):
                 distances.add(_distance_rows(setup, previous, window, e, seed))
             previous = (e, window)
-            if not table.done(model=model, prune_epoch=e, method="dense", compression=1.0, seed=seed):
+            if not table.done(model=model, prune_epoch=e, method="dense", rcond=None,
+                              compression=1.0, seed=seed):
                 cell.add_cell(table, setup, window, workdir,
                                   cell.dense_cell(setup, window, seed, prune_epoch=e))
             new = [r for r in cell.overlap_rows(setup, window, seed, prune_epoch=e)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:
                 overlap.add(new)
-            for _, _, method, c in [x for x in todo if x[0] == seed and x[1] == e]:
+            for _, _, variant, c in [x for x in todo if x[0] == seed and x[1] == e]:
                 cell.add_cell(table, setup, window, workdir,
-                                  cell.run_cell(setup, window, method, c, seed, prune_epoch=e))
+                              cell.run_cell(setup, window, variant, c, seed, prune_epoch=e))
                 progress.update(1)
 
-    return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding, spectra)
+    return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
+                          sliding_distances, spectra)
 
 
 def _window_path(workdir: str, seed: int, epoch: int) -> str:
@@ -293,7 +307,7 @@ def _window_path(workdir: str, seed: int, epoch: int) -> str:
 
 
 def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: list[int],
-                 workdir: str, sliding: ResultTable) -> None:
+                 workdir: str, sliding: ResultTable, sliding_distances: ResultTable) -> None:
     """--window_stride: the seed's run from the first window's start to the last
     one's end, recorded once (a `TrajectoryStore`, deleted at the end); one
     banded Gram; the --prune_epochs windows scored from its diagonal blocks
@@ -333,27 +347,32 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
                                   k[r:r + w + 1, r:r + w + 1], scoring, seed,
                                   _window_path(workdir, seed, e), f"seed {seed} epoch {e}", seconds)
         if not sliding.done(model=setup.spec.name, seed=seed, start_step=first):
-            rows, spectra = _sliding_rows(setup, store, k, w, first, seed)
+            rows, distance_rows, spectra = _sliding_rows(setup, store, k, w, first, seed)
             buf = io.BytesIO()
             np.savez(buf, **spectra)
             atomic_write_bytes(os.path.join(workdir, f"seed{seed}", "sliding_spectra.npz"), buf.getvalue())
+            # The distances first: the sliding rows mark the seed done.
+            new = [r for r in distance_rows if not sliding_distances.done(**r)]
+            if new:
+                sliding_distances.add(new)
             sliding.add(rows)
     os.remove(path)
 
 
 def _sliding_rows(setup: pipeline.Setup, store, k: np.ndarray, w: int, first: int,
-                  seed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+                  seed: int) -> tuple[list[dict], list[dict], dict[str, np.ndarray]]:
     """Every window of w steps, every --window_stride steps, of the recorded
-    run (`koopman.sliding_window_fits` of the banded Gram): rows with λ₁, the
-    fit's diagnostics and the normalized Hamming distance of its KMP and GMP
-    masks at every compression to the previous window's; and the spectra
-    (start_step, eigenvalues and valid, one row per window)."""
+    run (`koopman.sliding_window_fits` of the banded Gram): rows with λ₁ and
+    the fit's diagnostics; distance rows with the normalized Hamming distance
+    of its KMP and GMP masks at every compression to the previous window's
+    (NaN for the first); and the spectra (start_step, eigenvalues and valid,
+    one row per window)."""
     config = setup.config
     starts, fits = koopman.sliding_window_fits(k, w, config.window_stride, rcond=config.rcond[0])
     modes = np.asarray(koopman.sliding_fixed_point_modes(store, starts, fits))
     fits = jax.tree_util.tree_map(np.asarray, fits)
     total = count_params(setup.variables0["params"])
-    rows, previous = [], None
+    rows, distances, previous = [], [], None
     for j, s in enumerate(starts):
         fit = jax.tree_util.tree_map(lambda x: x[j], fits)
         lam1 = complex(fit.eigenvalues[koopman.fixed_point_index(fit)])
@@ -366,16 +385,18 @@ def _sliding_rows(setup: pipeline.Setup, store, k: np.ndarray, w: int, first: in
                "end_step": first + s + w, "lambda1_real": lam1.real, "lambda1_imag": lam1.imag,
                "lambda1_distance": abs(lam1 - 1.0), **koopman_window.fit_diagnostics(fit)}
         for (m, c), mask in masks.items():
-            row[f"distance_{m}@{c:g}"] = (float(np.mean(mask != previous[(m, c)]))
-                                          if previous else math.nan)
+            distances.append({"model": setup.spec.name, "seed": seed, "start_step": first + s,
+                              "end_step": first + s + w, "method": m, "compression": c,
+                              "distance": (float(np.mean(mask != previous[(m, c)]))
+                                           if previous else math.nan)})
         rows.append(row)
         previous = masks
     spectra = {"start_step": first + np.asarray(starts), "eigenvalues": fits.eigenvalues,
                "valid": fits.valid}
-    return rows, spectra
+    return rows, distances, spectra
 
 
-def _sliding_section(setup, rows) -> list[str]:
+def _sliding_section(setup, rows, distance_rows) -> list[str]:
     """The sliding windows: |λ₁ − 1| and each mask's distance to the previous
     window's, and where an early-bird ticket is drawn at window resolution."""
     if not rows:
@@ -389,7 +410,9 @@ def _sliding_section(setup, rows) -> list[str]:
             continue
         cells = []
         for m, c in cols:
-            d = [r[f"distance_{m}@{c:g}"] for r in mine[1:]]
+            d = [r["distance"] for r in sorted(
+                (r for r in distance_rows if (r["seed"], r["method"], r["compression"]) == (seed, m, c)),
+                key=lambda r: r["start_step"])[1:]]
             i = pruning.early_bird_index(d, config.early_bird_patience, config.early_bird_eps)
             cells.append(f"step {mine[i + 1]['end_step']}" if i is not None
                          else f"not drawn (last {d[-1]:.3f})" if d else "–")
@@ -398,30 +421,36 @@ def _sliding_section(setup, rows) -> list[str]:
     return ["## Sliding windows", "",
             f"One recording of each seed's run from step {first}; windows of "
             f"{config.window_steps or setup.steps_per_epoch} steps every {config.window_stride} "
-            "steps, fitted from one banded Gram (sliding.csv: λ₁, the fit's diagnostics and each "
-            "mask's normalized Hamming distance to the previous window's). Early-bird ticket: the "
+            "steps, fitted from one banded Gram (sliding.csv: λ₁ and the fit's diagnostics; "
+            "sliding_distance.csv: each mask's normalized Hamming distance to the previous "
+            "window's). Early-bird ticket: the "
             f"end step of the window that ends {config.early_bird_patience} consecutive distances "
             f"below {config.early_bird_eps:g}.", "",
             markdown_table(["seed", "windows"] + [f"{m.upper()} c={c:g}" for m, c in cols], body), ""]
 
 
-def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding, spectra) -> str:
+def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
+                   sliding_distances, spectra) -> str:
     summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows,
-                       table.timings.rows if table.timings else (), distances.rows, sliding.rows)
+                       table.timings.rows if table.timings else (), distances.rows, sliding.rows,
+                       sliding_distances.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
-    if table.rows:
-        plots.accuracy_vs_epoch(table.rows, out("fig_accuracy_vs_epoch.png"),
+    rcond = setup.config.rcond[0]
+    rows, overlap_rows = (pipeline.at_run_cutoff(t.rows, rcond) for t in (table, overlap))
+    window_rows = pipeline.at_run_cutoff(windows.rows, rcond)
+    if rows:
+        plots.accuracy_vs_epoch(rows, out("fig_accuracy_vs_epoch.png"),
                                 "finetuned" if setup.config.finetune_epochs else "pruned",
                                 f"{setup.spec.name} on {setup.dataset.name}")
-    if overlap.rows:
-        plots.overlap_vs(overlap.rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window",
+    if overlap_rows:
+        plots.overlap_vs(overlap_rows, "prune_epoch", out("fig_overlap_vs_epoch.png"), "epoch of the window",
                          title=f"{setup.spec.name} on {setup.dataset.name}")
-    if windows.rows:
-        plots.lambda_vs_epoch(windows.rows, out("fig_lambda_vs_epoch.png"),
+    if window_rows:
+        plots.lambda_vs_epoch(window_rows, out("fig_lambda_vs_epoch.png"),
                               f"{setup.spec.name} on {setup.dataset.name}")
     if sliding.rows:
-        plots.sliding_windows(sliding.rows, out("fig_sliding.png"),
+        plots.sliding_windows(sliding.rows, sliding_distances.rows, out("fig_sliding.png"),
                               f"{setup.spec.name} on {setup.dataset.name}")
     if spectra:
         plots.spectra_by(spectra, out("fig_spectra.png"), "epoch",

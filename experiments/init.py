@@ -37,7 +37,7 @@ from kpjax import koopman, models, pruning
 from kpjax.train import recording
 from kpjax.flatten import count_params
 
-_CELL = ("model", "method", "compression", "seed")
+_CELL = ("model", "method", "rcond", "compression", "seed")
 SCORING = 4  # batch order purpose of the scoring batch and KMP's window
 
 
@@ -114,15 +114,16 @@ def run_cell(setup: pipeline.Setup, one: _Seed, method: str, c: float) -> list[d
     variables = one.window()[0] if _needs_window(method) else one.variables
     state = setup.state(variables, seed, tx=one.tx, mask=mask)
     collapsed = _collapsed(mask, setup.select)
-    rows = [cell.row(setup, method, c, seed, "init", setup.evaluate(state), state.params, mask,
-                         time.time() - start, layer_collapse=collapsed)]
+    variant = setup.variant(method)
+    rows = [cell.row(setup, variant, c, seed, "init", setup.evaluate(state), state.params, mask,
+                     time.time() - start, layer_collapse=collapsed)]
     steps = setup.config.finetune_epochs * setup.steps_per_epoch
     if _needs_window(method):  # its window's steps are part of the budget
         steps -= setup.config.window_steps
     state = common.run_steps(one.step_fn, state, setup.stream(seed, pipeline.PRETRAIN),
                              max(steps, 0), f"seed {seed} {method} c={c:g} train", job=setup.job)
-    rows.append(cell.row(setup, method, c, seed, "trained", setup.evaluate(state), state.params,
-                             mask, time.time() - start, layer_collapse=collapsed))
+    rows.append(cell.row(setup, variant, c, seed, "trained", setup.evaluate(state), state.params,
+                         mask, time.time() - start, layer_collapse=collapsed))
     logging.info("seed %d %s c=%g: top-1 %.2f%% after training%s", seed, method, c,
                  100 * rows[-1]["top1"], " (layer collapse)" if collapsed else "")
     return rows
@@ -160,7 +161,8 @@ def run(config: InitConfig, workdir: str) -> str:
         with claim(workdir):
             pipeline.check_workdir(workdir, config)
             todo = [(s, m, c) for s in setup.seeds for m in setup.methods for c in setup.compressions
-                    if not table.done(model=setup.spec.name, method=m, compression=c, seed=s)]
+                    if not table.done(model=setup.spec.name, **setup.variant(m)._asdict(),
+                                      compression=c, seed=s)]
             setup.plan_cells(len(todo))
             for seed in setup.seeds:
                 cells = [(m, c) for s, m, c in todo if s == seed]

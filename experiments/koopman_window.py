@@ -25,8 +25,7 @@ import numpy as np
 from absl import logging
 
 from experiments import common
-from experiments.pipeline import Setup, variables_of
-from experiments.report import base_method
+from experiments.pipeline import Setup, Variant, variables_of
 from experiments.results import atomic_write_bytes
 from kpjax import koopman, pruning, train
 from kpjax.flatten import count_params
@@ -35,45 +34,53 @@ from kpjax.train import recording
 
 
 class Window:
-    """The end of a recorded window: θ(t₂) with its BN statistics, every method's
-    flat scores over the prunable parameters, and the Koopman fit's spectrum.
-    Masks are built once per (method, compression) and kept (`mask`)."""
+    """The end of a recorded window: θ(t₂) with its BN statistics, every scored
+    variant's flat scores over the prunable parameters, and the Koopman fit's
+    spectrum. Masks are built once per (variant, compression) and kept (`mask`).
 
-    def __init__(self, variables, scores: dict[str, np.ndarray], eigenvalues, seconds,
-                 diagnostics: dict[str, float]):
+    Attributes:
+      scores: {Variant: flat scores} (`Setup.scored`).
+      eigenvalues: the valid eigenvalues of the fit at the run's cutoff, λ₁ first.
+      diagnostics: {rcond: `fit_diagnostics` and λ₁ of the fit at that cutoff},
+        the run's first.
+      facts: what the recording adds (e.g. top1_start, the accuracy at t₁).
+    """
+
+    def __init__(self, variables, scores: dict[Variant, np.ndarray], eigenvalues, seconds,
+                 diagnostics: dict[float, dict[str, float]], facts: dict[str, float]):
         self.variables, self.scores, self.eigenvalues = variables, scores, eigenvalues
         self.seconds = seconds
-        # `fit_diagnostics` of the run's fit, and of the others as 'rank@rcond=1e-07', ...
-        self.diagnostics = diagnostics
-        self._masks: dict[tuple[str, float], Any] = {}
+        self.diagnostics, self.facts = diagnostics, facts
+        self._masks: dict[tuple[Variant, float], Any] = {}
 
     @property
     def lambda1(self) -> complex:
         return complex(self.eigenvalues[0]) if len(self.eigenvalues) else complex("nan")
 
-    def mask(self, setup: Setup, method: str, c: float):
-        """The bool pytree mask of `method` at compression c (built once)."""
-        if (method, c) not in self._masks:
+    def mask(self, setup: Setup, variant: Variant, c: float):
+        """The bool pytree mask of `variant` at compression c (built once)."""
+        if (variant, c) not in self._masks:
             params = self.variables["params"]
+            method = variant.method
             if setup.filter_granularity:  # whole units: the method's scores per filter
-                self._masks[(method, c)] = structured.unit_mask(
-                    setup.spec, params, self.filter_keep(setup, method, c))
-            elif pruning.get_method(base_method(method)).iterative_mask_fn:  # scored again as it prunes
-                self._masks[(method, c)] = iterative_mask(setup, self.variables, base_method(method), c)
+                mask = structured.unit_mask(setup.spec, params, self.filter_keep(setup, variant, c))
+            elif pruning.get_method(method).iterative_mask_fn:  # scored again as it prunes
+                mask = iterative_mask(setup, self.variables, method, c)
             else:
-                keep = pruning.method_flat_mask(base_method(method), self.scores[method],
-                                                setup.flat_spec, count_params(params), c)
-                self._masks[(method, c)] = pruning.mask_from_flat(keep, setup.flat_spec, params)
-        return self._masks[(method, c)]
+                keep = pruning.method_flat_mask(method, self.scores[variant], setup.flat_spec,
+                                                count_params(params), c)
+                mask = pruning.mask_from_flat(keep, setup.flat_spec, params)
+            self._masks[(variant, c)] = mask
+        return self._masks[(variant, c)]
 
-    def filter_keep(self, setup: Setup, method: str, c: float) -> dict[str, np.ndarray]:
+    def filter_keep(self, setup: Setup, variant: Variant, c: float) -> dict[str, np.ndarray]:
         """--granularity=filter: the units kept, by the method's per-weight
         scores reduced over each filter (the method's `filter_norm`: KMP ‖(b₁φ₁)[filter]‖₂,
         no new fit; KGP Σ|θ ⊙ Δθ_K|), the same fraction of every group
         (`Setup.filter_fraction`)."""
         params = self.variables["params"]
-        tree = pruning.scores_from_flat(jnp.asarray(self.scores[method]), setup.flat_spec, params)
-        norm = pruning.get_method(base_method(method)).filter_norm
+        tree = pruning.scores_from_flat(jnp.asarray(self.scores[variant]), setup.flat_spec, params)
+        norm = pruning.get_method(variant.method).filter_norm
         return structured.keep_units(structured.group_scores(setup.spec, tree, norm),
                                      setup.filter_fraction(c))
 
@@ -95,14 +102,20 @@ def cached_window(setup: Setup, path: str) -> Window | None:
     treedef = jax.tree_util.tree_structure(setup.variables0)
     try:
         with np.load(path, allow_pickle=False) as f:
-            if any(f"score_{m}" not in f for m in setup.score_names):
+            if "score_methods" not in f or "diag_rcond" not in f:
+                return None  # recorded by an older kpjax (variants in names): record again
+            saved = [Variant(str(m), None if np.isnan(r) else float(r))
+                     for m, r in zip(f["score_methods"], f["score_rconds"])]
+            if any(v not in saved for v in setup.scored):
                 return None
             leaves = [f[f"var{i}"] for i in range(treedef.num_leaves)]
             variables = jax.tree_util.tree_unflatten(treedef, leaves)
-            scores = {m: f[f"score_{m}"] for m in setup.score_names}
-            if "diag_rank" not in f:  # recorded before the diagnostics: record again
-                return None
-            diagnostics = {k[len("diag_"):]: float(f[k]) for k in f.files if k.startswith("diag_")}
+            scores = {v: f[f"score{saved.index(v)}"] for v in setup.scored}
+            cutoffs = [float(r) for r in f["diag_rcond"]]
+            diagnostics = {r: {k[len("diag_"):]: float(f[k][i]) for k in f.files
+                               if k.startswith("diag_") and k != "diag_rcond"}
+                           for i, r in enumerate(cutoffs)}
+            facts = {k[len("fact_"):]: float(f[k]) for k in f.files if k.startswith("fact_")}
             eigenvalues, seconds = f["eigenvalues"], float(f["seconds"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} (a cached window) is damaged ({type(e).__name__}: {e}); "
@@ -113,10 +126,18 @@ def cached_window(setup: Setup, path: str) -> Window | None:
         raise ValueError(f"{path} (a cached window) holds another model's arrays; "
                          "delete it and rerun: the window is recorded again")
     logging.info("window restored from %s", path)
-    return Window(variables, scores, eigenvalues, seconds, diagnostics)
+    return Window(variables, scores, eigenvalues, seconds, diagnostics, facts)
 
 
-def fit_diagnostics(fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
+def lambda1(fit: koopman.DMDFit) -> dict[str, float]:
+    """λ₁, the valid eigenvalue closest to 1 (the fit orders them so), and |λ₁ − 1|."""
+    lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
+    first = complex(lam[0]) if lam.size else complex("nan")
+    return {"lambda1_real": first.real, "lambda1_imag": first.imag,
+            "lambda1_distance": abs(first - 1.0)}
+
+
+def fit_diagnostics(fit: koopman.DMDFit) -> dict[str, float]:
     """What a result depends on in one fit: its rank, the energy of X the
     cutoff keeps, and λ₁'s separation from the rest of the spectrum, its
     mode's residual and the size of its cluster (the modes within
@@ -130,9 +151,7 @@ def fit_diagnostics(fit: koopman.DMDFit, suffix: str = "") -> dict[str, float]:
         out.update(lambda1_separation=koopman.fixed_point_separation(lam),
                    lambda1_residual=float(fit.residuals[0]),
                    cluster_size=float(len(koopman.fixed_point_cluster(fit))))
-    return {key + suffix: value for key, value in out.items()}
-
-
+    return out
 
 
 def with_scoring_batches(setup: Setup, inputs: pruning.PruneInputs, batch_stats,
@@ -198,9 +217,10 @@ def score_window(setup: Setup, state: train.TrainState, theta, k, scoring: list,
     Saves the window to `path` (atomically) for `cached_window`.
     """
     start = time.time() - seconds
-    fit = koopman.fit_dmd(k, rcond=setup.config.rcond[0])
+    rcond = setup.config.rcond[0]
+    fit = koopman.fit_dmd(k, rcond=rcond)
     lam = np.asarray(fit.eigenvalues)[np.asarray(fit.valid)]
-    diagnostics = {**facts, **fit_diagnostics(fit)}
+    diagnostics = {rcond: {**lambda1(fit), **fit_diagnostics(fit)}}
     inputs = pruning.PruneInputs(state.params, setup.select, snapshots=theta,
                                  spec=setup.flat_spec, fit=fit, rng=jax.random.PRNGKey(seed))
     needs = {n for m in setup.methods for n in pruning.get_method(m).needs}
@@ -209,26 +229,33 @@ def score_window(setup: Setup, state: train.TrainState, theta, k, scoring: list,
     if "synflow_fn" in needs:
         inputs = inputs._replace(synflow_fn=saliency.synflow_objective(
             setup.spec.module.apply, variables_of(state), setup.spec.input_shape))
-    scores = {m: np.asarray(pruning.method_flat_scores(m, inputs)) for m in setup.methods}
+    scores = {v: np.asarray(pruning.method_flat_scores(v.method, inputs)) for v in setup.variants}
     # The other cutoffs: new fits of the same K (no second Gram pass over Θ).
-    for r in sorted({r for _, _, r in setup.sensitivity}):
+    for r in dict.fromkeys(v.rcond for v in setup.sensitivity):  # --rcond's order
         fit_r = koopman.fit_dmd(k, rcond=r)
-        diagnostics.update(fit_diagnostics(fit_r, f"@rcond={r:g}"))
-        for name, m, rr in setup.sensitivity:
-            if rr == r:
-                scores[name] = np.asarray(pruning.method_flat_scores(m, inputs._replace(fit=fit_r)))
+        diagnostics[r] = {**lambda1(fit_r), **fit_diagnostics(fit_r)}
+        for v in setup.sensitivity:
+            if v.rcond == r:
+                scores[v] = np.asarray(pruning.method_flat_scores(v.method, inputs._replace(fit=fit_r)))
     del theta, inputs
     seconds = time.time() - start
     logging.info("%s: Koopman fit rank %d, λ₁ = %s; window + fit + scores %.1fs",
                  desc, lam.size, lam[0] if lam.size else None, seconds)
     variables = variables_of(state)
     arrays = {f"var{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(variables))}
-    arrays.update({f"score_{m}": s for m, s in scores.items()})
-    arrays.update({f"diag_{key}": np.asarray(v) for key, v in diagnostics.items()})
+    saved = list(scores)
+    arrays.update({f"score{i}": scores[v] for i, v in enumerate(saved)})
+    arrays["score_methods"] = np.array([v.method for v in saved])
+    arrays["score_rconds"] = np.array([np.nan if v.rcond is None else v.rcond for v in saved])
+    cutoffs = list(diagnostics)
+    arrays["diag_rcond"] = np.array(cutoffs, dtype=np.float64)
+    arrays.update({f"diag_{key}": np.array([diagnostics[r][key] for r in cutoffs])
+                   for key in diagnostics[rcond]})
+    arrays.update({f"fact_{key}": np.asarray(v) for key, v in facts.items()})
     buf = io.BytesIO()
     np.savez(buf, eigenvalues=lam, seconds=seconds, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-    return Window(variables, scores, lam, seconds, diagnostics)
+    return Window(variables, scores, lam, seconds, diagnostics, dict(facts))
 
 
 def with_progress(batches, steps: int, desc: str, job: common.JobClock):

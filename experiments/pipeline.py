@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from experiments import common, resources
 from experiments.config import PruningFields, json_ready, to_json
-from experiments.report import at_cutoff
 from experiments.results import atomic_write_json, read_json
 from kpjax import data, flatten, metrics, models, parallel, pruning, train
 from kpjax.data import shifts
@@ -50,6 +49,21 @@ CUTOFF_SENSITIVE = tuple(name for name, m in pruning.METHODS.items() if m.cutoff
 PRETRAIN, WINDOW, FINETUNE, REINIT = 0, 1, 2, 3
 
 
+class Variant(NamedTuple):
+    """What one set of scores is: a method and the rank cutoff of the Koopman
+    fit its scores read (rcond; None for a method that reads no fit at a
+    cutoff of the run: references, controls, data-only methods). It is the
+    `method` and `rcond` columns of every result table."""
+    method: str
+    rcond: float | None = None
+
+
+def at_run_cutoff(rows, rcond: float) -> list:
+    """The rows of a table at the run's cutoff (rcond None or `rcond`):
+    without the sensitivity rows at the other cutoffs."""
+    return [r for r in rows if r.get("rcond") is None or r["rcond"] == rcond]
+
+
 class Setup:
     """What every cell of a run shares, built once from the config."""
 
@@ -57,10 +71,12 @@ class Setup:
         self.config = config
         self.spec = resources.model_spec(config)
         self.methods = list(config.methods)
-        # (name, base method, rcond) of the cutoff-sensitivity scores.
-        self.sensitivity = [(at_cutoff(m, r), m, r) for r in config.rcond[1:]
+        # Every method at the run's cutoff, then the cutoff-sensitive ones at
+        # the other cutoffs (evaluated before refinement only).
+        self.variants = [self.variant(m) for m in self.methods]
+        self.sensitivity = [Variant(m, r) for r in config.rcond[1:]
                             for m in CUTOFF_SENSITIVE if m in config.methods]
-        self.score_names = self.methods + [name for name, _, _ in self.sensitivity]
+        self.scored = self.variants + self.sensitivity
         self.compressions = list(config.compressions)
         self.seeds = list(config.seeds)
         self.dataset = common.load_data(config)
@@ -86,6 +102,10 @@ class Setup:
                 n * (1 + len(shifts.SHIFTS) * len(shifts.SEVERITIES)), config.batch_size)
         devices = config.devices or len(jax.devices())
         self.mesh = parallel.column_mesh(jax.devices()[:devices]) if devices > 1 else None
+
+    def variant(self, method: str) -> Variant:
+        """`method` as the run scores it: at the run's cutoff if its scores read it."""
+        return Variant(method, self.config.rcond[0] if method in CUTOFF_SENSITIVE else None)
 
     @property
     def filter_granularity(self) -> bool:
@@ -125,17 +145,17 @@ class Setup:
         self.job.tick(self.eval_units)
         return result
 
-    def evaluate_shifts(self, state, eval_step=None) -> dict[str, float]:
-        """Top-1 on the first --shift_examples test images, unshifted ('top1@clean')
-        and under every shift and severity ('top1@contrast-3'; `kpjax.data.shifts`,
+    def evaluate_shifts(self, state, eval_step=None) -> dict[tuple[str, int], float]:
+        """Top-1 on the first --shift_examples test images, unshifted (('clean', 0))
+        and under every shift and severity (('contrast', 3); `kpjax.data.shifts`,
         the noise seeded by the severity); {} without --eval_shifts."""
         if not self.shift_units:  # only PruneConfig has --eval_shifts
             return {}
         if self._shifted is None:
             n = self.config.shift_examples
             images, labels = self.dataset.test_images[:n], self.dataset.test_labels[:n]
-            self._shifted = {"clean": images, **{
-                f"{name}-{s}": shifts.shift_images(images, name, s, seed=s)
+            self._shifted = {("clean", 0): images, **{
+                (name, s): shifts.shift_images(images, name, s, seed=s)
                 for name in shifts.SHIFTS for s in shifts.SEVERITIES}}
             self._shift_labels = labels
         out = {}
@@ -143,7 +163,7 @@ class Setup:
             ev = train.evaluate(eval_step or self.eval_step, state, data.batches(
                 images, self._shift_labels, self.config.eval_batch_size, seed=0, epoch=0,
                 shuffle=False))
-            out[f"top1@{key}"] = ev["top1"]
+            out[key] = ev["top1"]
         self.job.tick(self.shift_units)
         return out
 

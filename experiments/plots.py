@@ -120,13 +120,15 @@ def _compression_axis(ax, values) -> None:
 def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool = False,
                title: str = "") -> None:
     """Jaccard overlap of two methods' kept sets vs `x`: one panel per pair,
-    each zoomed on its own range (KMP~GMP sits near 1, KGP~grad far below);
+    each zoomed on its own range (KMP vs GMP sits near 1, KGP vs grad far below);
     one line per compression unless x is the compression; error bars: std
-    over seeds, when there are several."""
-    pairs = sorted({r["pair"] for r in rows})
+    over seeds, when there are several. `rows`: overlap rows, the pair in
+    columns method and other."""
+    pairs = sorted({(r["method"], r["other"]) for r in rows})
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.0 * len(pairs), 4), squeeze=False)
-    for ax, pair in zip(axes[0], pairs):
-        mine = [r for r in rows if r["pair"] == pair]
+    for ax, (a, b) in zip(axes[0], pairs):
+        pair = f"{a} vs {b}"
+        mine = [r for r in rows if (r["method"], r["other"]) == (a, b)]
         for c in sorted({None if x == "compression" else r["compression"] for r in mine},
                         key=lambda v: v or 0):
             sel = [r for r in mine if c is None or r["compression"] == c]
@@ -140,7 +142,7 @@ def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool =
         low = min(r["jaccard"] for r in mine)
         ax.set_ylim(max(0.0, low - 0.1 * (1.0 - low) - 0.002), 1.0 + 0.05 * (1.0 - low) + 0.001)
         ax.set_xlabel(xlabel)
-        ax.set_title(f"{pair.replace('~', ' vs ')}, n = {_n_seeds(mine)} seed"
+        ax.set_title(f"{pair}, n = {_n_seeds(mine)} seed"
                      f"{'s' if _n_seeds(mine) > 1 else ''}")
         ax.grid(alpha=0.3)
         if x != "compression":
@@ -230,20 +232,23 @@ def lambda_vs_epoch(rows: Sequence[Row], path: str, title: str = "") -> None:
     _save(fig, path)
 
 
-def sliding_windows(rows: Sequence[Row], path: str, title: str = "") -> None:
-    """Sliding windows: |λ₁ − 1| and the KMP / GMP masks' distance to the
-    previous window's vs the window's end step (mean over seeds)."""
+def sliding_windows(rows: Sequence[Row], distance_rows: Sequence[Row], path: str,
+                    title: str = "") -> None:
+    """Sliding windows: |λ₁ − 1| (`rows`) and the KMP / GMP masks' distance to
+    the previous window's (`distance_rows`, one per window, method and
+    compression) vs the window's end step (mean over seeds)."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6), sharex=True)
     lam = group_mean_std(rows, ("end_step",), "lambda1_distance")
     pts = sorted((k[0], v) for k, v in lam.items())
     _line(top, [p for p, _ in pts], [v for _, v in pts], "|λ₁ − 1|", dict(marker="."), scale=1.0)
     top.set_yscale("log")
     top.set_ylabel("|λ₁ − 1|")
-    for col in sorted(k for k in rows[0] if k.startswith("distance_")):
-        stats = group_mean_std([r for r in rows if np.isfinite(r[col])], ("end_step",), col)
+    for m, c in sorted({(r["method"], r["compression"]) for r in distance_rows}):
+        stats = group_mean_std([r for r in distance_rows if (r["method"], r["compression"]) == (m, c)
+                                and np.isfinite(r["distance"])], ("end_step",), "distance")
         pts = sorted((k[0], v) for k, v in stats.items())
         if pts:
-            _line(bottom, [p for p, _ in pts], [v for _, v in pts], col[len("distance_"):].upper(),
+            _line(bottom, [p for p, _ in pts], [v for _, v in pts], f"{m.upper()} c={c:g}",
                   dict(marker="."), scale=1.0)
     bottom.set_ylabel("mask distance to the previous window")
     bottom.set_xlabel("end step of the window")

@@ -15,10 +15,13 @@ method prunes), evaluate, fine-tune --finetune_epochs, evaluate again.
 From Python: `run(PruneConfig(seeds=(0, 1)), workdir)`.
 
 Writes to --workdir: results.csv / results.json (one row per
-model/method/compression/seed/phase), overlap.csv / overlap.json (Jaccard of
-kept sets of each Koopman method and its baseline), windows.csv / .json (the
-Koopman fit at every cutoff), agreement.csv (kept sets of two seeds, with
---init_checkpoint), summary.md (mean ± std over seeds), fig_accuracy.png,
+model/method/rcond/compression/seed/phase; rcond: the rank cutoff of the
+scores, empty for methods that read no fit), overlap.csv / overlap.json
+(Jaccard of kept sets of each Koopman method and its baseline, `other`),
+windows.csv / .json (the Koopman fit, one row per cutoff), shifts.csv /
+.json (with --eval_shifts: top-1 per shift and severity), agreement.csv
+(kept sets of two seeds, with --init_checkpoint), summary.md (mean ± std
+over seeds), fig_accuracy.png,
 fig_overlap.png, fig_spectrum.png. A rerun with the same
 --workdir skips finished cells; files are replaced atomically.
 
@@ -40,7 +43,10 @@ from kpjax import koopman, models
 from kpjax.train import loop
 from kpjax.flatten import count_params
 
-_CELL = ("model", "method", "compression", "seed")
+_CELL = ("model", "method", "rcond", "compression", "seed")
+_OVERLAP = ("model", "method", "rcond", "other", "compression", "seed")
+_WINDOW = ("model", "seed", "rcond")
+_SHIFT = (*_CELL, "phase", "shift", "severity")
 
 
 def _dense_variables(setup: pipeline.Setup, seed: int, workdir: str):
@@ -84,9 +90,12 @@ def _start_kind(config: PruneConfig) -> str:
     return "imported" if config.init_checkpoint else "pretrained"
 
 
-def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows, timings=(),
-             agreement=(), controls=()) -> str:
+def _summary(setup: pipeline.Setup, steps: int, all_rows, all_overlap, all_windows, timings=(),
+             agreement=(), controls=(), shift_rows=()) -> str:
     config = setup.config
+    # The tables at the run's cutoff; the other cutoffs feed the sensitivity sections only.
+    rows, overlap_rows, window_rows = (pipeline.at_run_cutoff(t, config.rcond[0])
+                                       for t in (all_rows, all_overlap, all_windows))
     stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
              for k in ("top1", "speedup", "compression_achieved", "measured_speedup")}
     methods = [m for m in setup.methods if any(r["method"] == m for r in rows)]
@@ -151,20 +160,20 @@ def _summary(setup: pipeline.Setup, steps: int, rows, overlap_rows, window_rows,
                 markdown_table(["compression"] + methods, body), ""]
     if config.eval_shifts:
         phases = ("finetuned", "finetuned") if config.finetune_epochs else ("pruned", "dense")
-        out += report.shift_section(rows, methods, setup.compressions, phases[0],
+        out += report.shift_section(rows, shift_rows, methods, setup.compressions, phases[0],
                                     config.prune_potential_delta,
                                     min(config.shift_examples, len(setup.dataset.test_labels)),
                                     reference_phase=phases[1])
-    out += report.fit_table(window_rows, config.rcond, koopman.DEFAULT_CLUSTER_TOL)
-    out += report.cutoff_sensitivity(rows, overlap_rows, pipeline.PAIRS, setup.compressions,
+    out += report.fit_table(all_windows, config.rcond, koopman.DEFAULT_CLUSTER_TOL)
+    out += report.cutoff_sensitivity(all_rows, all_overlap, pipeline.PAIRS, setup.compressions,
                                      config.rcond)
     if overlap_rows:
-        ov = group_mean_std(overlap_rows, ("pair", "compression"), "jaccard")
-        pairs = sorted({r["pair"] for r in overlap_rows if "@" not in r["pair"]})
-        body = [[f"{c:g}"] + [fmt_pm(ov.get((p, c)), scale=1.0, digits=4) for p in pairs]
+        ov = group_mean_std(overlap_rows, ("method", "other", "compression"), "jaccard")
+        pairs = sorted({(r["method"], r["other"]) for r in overlap_rows})
+        body = [[f"{c:g}"] + [fmt_pm(ov.get((*p, c)), scale=1.0, digits=4) for p in pairs]
                 for c in setup.compressions]
         out += ["## Jaccard overlap of kept parameters", "",
-                markdown_table(["compression"] + pairs, body), ""]
+                markdown_table(["compression"] + [f"{a} vs {b}" for a, b in pairs], body), ""]
     out += _agreement_table(setup, agreement)
     out += _controls_section(setup, rows, controls)
     return "\n".join(out + report.provenance(timings))
@@ -215,26 +224,21 @@ def run(config: PruneConfig, workdir: str) -> str:
     steps = config.trajectory_steps or setup.steps_per_epoch
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
-        table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
-        overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
         window = koopman_window.cached_window(setup, os.path.join(workdir, f"seed{setup.seeds[0]}", "window.npz"))
-        windows = ResultTable(workdir, ("model", "seed"), stem="windows")
-        return _write_outputs(setup, steps, workdir, table, overlap, windows,
+        return _write_outputs(setup, steps, workdir, *_tables(workdir),
                               None if window is None else window.eigenvalues)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
-        table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
-        overlap = ResultTable(workdir, ("model", "pair", "compression", "seed"), stem="overlap")
-        windows = ResultTable(workdir, ("model", "seed"), stem="windows")
+        table, overlap, windows, shifts = _tables(workdir)
         controls = _controls_table(workdir)
         model = setup.spec.name
-        names = setup.methods + [name for name, _, _ in setup.sensitivity]
-        cells = [(s, m, c) for s in setup.seeds for m in names for c in setup.compressions]
-        todo = [x for x in cells if not table.done(model=model, method=x[1], compression=x[2], seed=x[0])]
+        cells = [(s, v, c) for s in setup.seeds for v in setup.scored for c in setup.compressions]
+        todo = [x for x in cells if not table.done(model=model, method=x[1].method, rcond=x[1].rcond,
+                                                   compression=x[2], seed=x[0])]
         logging.info("%s on %s: %d cells, %d to do; workdir %s", model, setup.dataset.name,
                      len(cells), len(todo), workdir)
-        _plan(setup, steps, workdir, table, sum("@" not in x[1] for x in todo),
-              sum("@" in x[1] for x in todo))
+        sensitivity = sum(x[1] in setup.sensitivity for x in todo)
+        _plan(setup, steps, workdir, table, len(todo) - sensitivity, sensitivity)
         setup.job.plan(len(_controls_todo(setup, controls)) * (
             (config.pretrain_epochs + config.finetune_epochs) * setup.steps_per_epoch
             + setup.eval_units))
@@ -244,24 +248,35 @@ def run(config: PruneConfig, workdir: str) -> str:
             window = seed_window(setup, seed, steps, workdir)
             if spectrum is None:
                 spectrum = window.eigenvalues
-            if not table.done(model=model, method="dense", compression=1.0, seed=seed):
-                cell.add_cell(table, setup, window, workdir, cell.dense_cell(setup, window, seed))
-            if not windows.done(model=model, seed=seed):
-                windows.add([cell.window_row(setup, window, seed)])
+            if not table.done(model=model, method="dense", rcond=None, compression=1.0, seed=seed):
+                cell.add_cell(table, setup, window, workdir, cell.dense_cell(setup, window, seed),
+                              shifts)
+            new = [r for r in cell.window_rows(setup, window, seed)
+                   if not windows.done(**{k: r[k] for k in windows.key})]
+            if new:
+                windows.add(new)
             new = [r for r in cell.overlap_rows(setup, window, seed)
                    if not overlap.done(**{k: r[k] for k in overlap.key})]
             if new:
                 overlap.add(new)
-            for _, method, c in [x for x in todo if x[0] == seed]:
+            for _, variant, c in [x for x in todo if x[0] == seed]:
                 cell.add_cell(table, setup, window, workdir,
-                                  cell.run_cell(setup, window, method, c, seed))
+                              cell.run_cell(setup, window, variant, c, seed), shifts)
                 progress.update(1)
-            for s, method, c, phase in _controls_todo(setup, controls):
+            for s, variant, c, phase in _controls_todo(setup, controls):
                 if s == seed and phase == "reinit":
-                    controls.add(cell.reinit_cell(setup, window, method, c, seed))
+                    controls.add(cell.reinit_cell(setup, window, variant, c, seed))
                 elif s == seed:
                     controls.add(cell.small_dense_cell(setup, c, seed))
-        return _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum)
+        return _write_outputs(setup, steps, workdir, table, overlap, windows, shifts, spectrum)
+
+
+def _tables(workdir: str) -> tuple[ResultTable, ...]:
+    """results (with timings), overlap, windows and shifts."""
+    return (ResultTable(workdir, _CELL, timing_columns=("seconds",)),
+            ResultTable(workdir, _OVERLAP, stem="overlap"),
+            ResultTable(workdir, _WINDOW, stem="windows"),
+            ResultTable(workdir, _SHIFT, stem="shifts"))
 
 
 def _controls_table(workdir: str) -> ResultTable:
@@ -274,11 +289,13 @@ def _controls_todo(setup: pipeline.Setup, controls: ResultTable) -> list[tuple]:
     cells = []
     for seed in setup.seeds:
         if "reinit" in setup.config.controls:
-            cells += [(seed, m, c, "reinit") for m in setup.methods for c in setup.compressions]
+            cells += [(seed, v, c, "reinit") for v in setup.variants for c in setup.compressions]
         if "small_dense" in setup.config.controls:
-            cells += [(seed, "small_dense", c, "small_dense") for c in setup.compressions]
-    return [x for x in cells if not controls.done(model=setup.spec.name, method=x[1],
-                                                  compression=x[2], seed=x[0], phase=x[3])]
+            cells += [(seed, pipeline.Variant("small_dense"), c, "small_dense")
+                      for c in setup.compressions]
+    return [x for x in cells if not controls.done(model=setup.spec.name, method=x[1].method,
+                                                  rcond=x[1].rcond, compression=x[2], seed=x[0],
+                                                  phase=x[3])]
 
 
 def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, cells: int,
@@ -289,7 +306,8 @@ def _plan(setup: pipeline.Setup, steps: int, workdir: str, table: ResultTable, c
         if not os.path.exists(os.path.join(workdir, f"seed{seed}", "window.npz")):
             pretrain = 0 if config.init_checkpoint else config.pretrain_epochs * setup.steps_per_epoch
             setup.job.plan(pretrain + steps + setup.eval_units)
-        if not table.done(model=setup.spec.name, method="dense", compression=1.0, seed=seed):
+        if not table.done(model=setup.spec.name, method="dense", rcond=None, compression=1.0,
+                          seed=seed):
             setup.plan_cells(1)
     setup.plan_cells(cells, sensitivity)
 
@@ -314,9 +332,10 @@ def _agreement(setup: pipeline.Setup, workdir: str) -> list[dict]:
 def _agreement_table(setup: pipeline.Setup, rows) -> list[str]:
     if not rows:
         return []
-    stats = group_mean_std(rows, ("method", "compression"), "jaccard")
-    names = [m for m in setup.score_names if any((m, c) in stats for c in setup.compressions)]
-    body = [[m] + [fmt_pm(stats.get((m, c)), 1.0, 4) for c in setup.compressions] for m in names]
+    stats = group_mean_std(rows, ("method", "rcond", "compression"), "jaccard")
+    scored = [v for v in setup.scored if any((*v, c) in stats for c in setup.compressions)]
+    body = [[v.method if v in setup.variants else f"{v.method} (rcond {v.rcond:g})"]
+            + [fmt_pm(stats.get((*v, c)), 1.0, 4) for c in setup.compressions] for v in scored]
     return ["## Agreement across seeds", "",
             "Jaccard overlap of one method's kept sets between two seeds (mean ± std over the "
             "pairs): every seed prunes the same dense model after its own window, so 1 means "
@@ -324,16 +343,17 @@ def _agreement_table(setup: pipeline.Setup, rows) -> list[str]:
             markdown_table(["method"] + [f"c = {c:g}" for c in setup.compressions], body), ""]
 
 
-def _write_outputs(setup, steps, workdir, table, overlap, windows, spectrum) -> str:
+def _write_outputs(setup, steps, workdir, table, overlap, windows, shifts, spectrum) -> str:
     agreement = _agreement(setup, workdir)
     summary = _summary(setup, steps, table.rows, overlap.rows, windows.rows,
                        table.timings.rows if table.timings else (), agreement,
-                       _controls_table(workdir).rows)
+                       _controls_table(workdir).rows, shifts.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
-    main_rows = [r for r in table.rows if "@" not in r["method"]]
-    main_overlap = [r for r in overlap.rows if "@" not in r["pair"]]
-    start = group_mean_std(windows.rows, (), "top1_start").get(())
+    rcond = setup.config.rcond[0]
+    main_rows = pipeline.at_run_cutoff(table.rows, rcond)
+    main_overlap = pipeline.at_run_cutoff(overlap.rows, rcond)
+    start = group_mean_std(pipeline.at_run_cutoff(windows.rows, rcond), (), "top1_start").get(())
     if main_rows:
         plots.accuracy_vs_compression(
             main_rows, os.path.join(workdir, "fig_accuracy.png"), title,

@@ -49,16 +49,6 @@ def data_line(name: str, source: str) -> list[str]:
     return [f"Data: {name} from the {source}.{note}", ""]
 
 
-def at_cutoff(method: str, rcond: float) -> str:
-    """The name of `method` scored at an extra rank cutoff, e.g. 'kmp@rcond=1e-07'."""
-    return f"{method}@rcond={rcond:g}"
-
-
-def base_method(name: str) -> str:
-    """'kmp' of 'kmp@rcond=1e-07'."""
-    return name.split("@", 1)[0]
-
-
 def sci(stats: tuple[float, float, int] | None) -> str:
     """mean ± std in scientific notation (the std only when n > 1)."""
     if stats is None:
@@ -76,17 +66,17 @@ def fit_table(window_rows: Sequence[Row], rcond: Sequence[float], cluster_tol: f
     """Markdown lines: the Koopman fit at every cutoff (the run's first), mean ±
     std over seeds: rank, the energy of X left out, λ₁'s separation from the
     rest of the spectrum, its mode's residual, and how many modes lie within
-    the cluster tolerance of 1 (what subspace KMP sums)."""
+    the cluster tolerance of 1 (what subspace KMP sums). `window_rows`: one
+    row per fit, its cutoff in column rcond (`experiments.cell.window_rows`)."""
     if not window_rows:
         return []
     body = []
     for g in _groups(window_rows, by):
-        rows = [r for r in window_rows if tuple(r[k] for k in by) == g]
         for i, r in enumerate(rcond):
-            at = "" if i == 0 else f"@rcond={r:g}"
-            st = lambda key: group_mean_std(rows, (), key + at).get(())
-            lost = group_mean_std([{"x": 1.0 - float(w[f"energy_kept{at}"])} for w in rows
-                                   if w.get(f"energy_kept{at}") is not None], (), "x").get(())
+            rows = [w for w in window_rows if tuple(w[k] for k in by) == g and w["rcond"] == r]
+            st = lambda key: group_mean_std(rows, (), key).get(())
+            lost = group_mean_std([{"x": 1.0 - float(w["energy_kept"])} for w in rows
+                                   if w.get("energy_kept") is not None], (), "x").get(())
             body.append([*g, f"{r:g}" + (" (run's)" if i == 0 else ""), fmt_pm(st("rank"), 1.0, 1),
                          sci(lost), sci(st("lambda1_separation")), sci(st("lambda1_residual")),
                          fmt_pm(st("cluster_size"), 1.0, 1)])
@@ -105,34 +95,36 @@ def cutoff_sensitivity(rows: Sequence[Row], overlap_rows: Sequence[Row],
                        rcond: Sequence[float], by: Sequence[str] = ()) -> list[str]:
     """Markdown lines: each Koopman method of `pairs` immediately after pruning,
     with its kept-set overlap with the baseline, at every cutoff (all from one
-    Gram matrix), and the baseline; ends with where the sign against the
-    baseline flips with the cutoff."""
+    Gram matrix; the rows' rcond column), and the baseline; ends with where
+    the sign against the baseline flips with the cutoff."""
     if len(rcond) < 2:
         return []
-    stats = group_mean_std([r for r in rows if r["phase"] == "pruned"],
-                           (*by, "method", "compression"), "top1")
-    ov = group_mean_std(overlap_rows, (*by, "pair", "compression"), "jaccard")
+    pruned = [r for r in rows if r["phase"] == "pruned"]
+    stats = group_mean_std(pruned, (*by, "method", "rcond", "compression"), "top1")
+    # The baselines at the run's cutoff (those that read no fit have rcond None).
+    base = group_mean_std([r for r in pruned if r["rcond"] in (None, rcond[0])],
+                          (*by, "method", "compression"), "top1")
+    ov = group_mean_std(overlap_rows, (*by, "method", "rcond", "other", "compression"), "jaccard")
     groups = sorted({k[:len(by)] for k in stats})
     out = ["## Sensitivity to the rank cutoff (immediately after pruning)", "",
            "Top-1 % (Jaccard overlap of kept sets with the baseline) at every cutoff of --rcond; "
            f"the run's cutoff is {rcond[0]:g}. Refined cells use the run's cutoff only.", ""]
     flips = []
     for m, baseline in pairs:
-        if not any(k[len(by)] == m for k in stats) or not any(k[len(by)] == baseline for k in stats):
+        if not any(k[len(by)] == m for k in stats) or not any(k[len(by)] == baseline for k in base):
             continue
         body, signs = [], {}
         for g in groups:
             for i, r in enumerate(rcond):
-                method = m if i == 0 else at_cutoff(m, r)
                 cells = []
                 for c in compressions:
-                    s, b = stats.get((*g, method, c)), stats.get((*g, baseline, c))
+                    s, b = stats.get((*g, m, r, c)), base.get((*g, baseline, c))
                     if s is not None and b is not None:
                         signs.setdefault((*g, c), set()).add(_sign(100 * (s[0] - b[0])))
-                    cells.append(f"{fmt_pm(s)} ({fmt_pm(ov.get((*g, f'{method}~{baseline}', c)), 1.0, 4)})")
+                    cells.append(f"{fmt_pm(s)} ({fmt_pm(ov.get((*g, m, r, baseline, c)), 1.0, 4)})")
                 body.append([*g, f"{r:g}" + (" (run's)" if i == 0 else "")] + cells)
             body.append([*g, f"{name(baseline)} (baseline)"]
-                        + [fmt_pm(stats.get((*g, baseline, c))) for c in compressions])
+                        + [fmt_pm(base.get((*g, baseline, c))) for c in compressions])
         header = [_LABELS.get(k, k) for k in by] + ["rcond"] + [f"c = {c:g}" for c in compressions]
         out += [f"{name(m)} vs {name(baseline)}:", "", markdown_table(header, body), ""]
         flipped = [k for k, s in signs.items() if {1, -1} <= s]
@@ -206,55 +198,70 @@ def reading(rows: Sequence[Row], pairs: Sequence[tuple[str, str]], by: Sequence[
     return " ".join(out)
 
 
-def shift_section(rows: Sequence[Row], methods: Sequence[str], compressions: Sequence[float],
-                  phase: str, delta_points: float, examples: int,
+def shift_section(rows: Sequence[Row], shift_rows: Sequence[Row], methods: Sequence[str],
+                  compressions: Sequence[float], phase: str, delta_points: float, examples: int,
                   reference_phase: str | None = None) -> list[str]:
     """Accuracy under input shifts and each method's prune potential
-    (Liebenwein et al. 2021) from the 'top1@<shift>-<severity>' columns of
-    `phase` rows (`Setup.evaluate_shifts`); [] when no row has them.
+    (Liebenwein et al. 2021) from the `shift_rows` of `phase` (one per cell,
+    shift and severity; `Setup.evaluate_shifts`); [] when there are none.
 
-    The reference is the unpruned network (method 'dense') of
-    `reference_phase` (default: `phase`);
-    on a shift, a method's accuracy and the reference's are means over the
-    severities, each a mean over seeds.
+    The clean column is the full test set's top-1 of `rows`. The reference
+    is the unpruned network (method 'dense') of `reference_phase` (default:
+    `phase`); on a shift, a method's accuracy and the reference's are means
+    over the severities, each a mean over seeds.
     """
-    final = [r for r in rows if r["phase"] == phase and "top1@clean" in r]
-    reference = [r for r in rows if r["method"] == "dense" and "top1@clean" in r
+    shifted = [r for r in shift_rows if r["shift"] != "clean"]
+    final = [r for r in shifted if r["phase"] == phase]
+    reference = [r for r in shifted if r["method"] == "dense"
                  and r["phase"] == (reference_phase or phase)]
     if not final or not reference:
         return []
-    shifted = [k for k in final[0] if k.startswith("top1@") and k != "top1@clean"]
-    kinds = list(dict.fromkeys(k[len("top1@"):].rsplit("-", 1)[0] for k in shifted))
+    kinds = list(dict.fromkeys(r["shift"] for r in shifted))
+    clean = [r for r in rows if r["phase"] == phase]
+    clean_reference = [r for r in rows if r["method"] == "dense"
+                       and r["phase"] == (reference_phase or phase)]
 
-    def mean_of(group: Sequence[Row], keys: Sequence[str]) -> float:
-        return float(np.mean([np.mean([r[k] for r in group]) for k in keys]))
+    def mean_of(group: Sequence[Row], kind: str | None) -> float:
+        """Top-1 of `group` on `kind` (None: the clean test set): the mean over
+        severities of the means over seeds."""
+        if kind is None:
+            return float(np.mean([r["top1"] for r in group]))
+        severities = sorted({r["severity"] for r in group if r["shift"] == kind})
+        return float(np.mean([np.mean([r["top1"] for r in group
+                                       if r["shift"] == kind and r["severity"] == s])
+                              for s in severities]))
 
-    def cells(m: str, keys: Sequence[str]) -> list[tuple[float, float]]:
-        return [(c, mean_of(g, keys)) for c in compressions
-                if (g := [r for r in final if r["method"] == m and r["compression"] == c])]
+    def cells(m: str, group: Sequence[Row], kinds_: Sequence[str | None]) -> list[tuple[float, float]]:
+        out = []
+        for c in compressions:
+            mine = [r for r in group if r["method"] == m and r["compression"] == c]
+            if mine:
+                out.append((c, float(np.mean([mean_of(mine, k) for k in kinds_]))))
+        return out
 
-    columns = [("clean (full test set)", ["top1"])] + [
-        (kind, [k for k in shifted if k.startswith(f"top1@{kind}-")]) for kind in kinds]
+    columns = [("clean (full test set)", None)] + [(kind, kind) for kind in kinds]
     body = []
     for m in methods:
         row = [m]
-        for _, keys in columns:
-            points = cells(m, keys)
+        for _, kind in columns:
+            points = cells(m, clean if kind is None else final, [kind])
+            ref = mean_of(clean_reference if kind is None else reference, kind)
             potential = shifts.prune_potential([c for c, _ in points], [a for _, a in points],
-                                               mean_of(reference, keys), delta_points / 100)
+                                               ref, delta_points / 100)
             row.append(f"{potential:g}")
         body.append(row)
-    acc = [[f"{c:g}"] + [f"{100 * a:.2f}" if (a := dict(cells(m, shifted)).get(c)) is not None else "–"
-                         for m in methods] for c in compressions]
+    acc = [[f"{c:g}"] + [f"{100 * a:.2f}" if (a := dict(cells(m, final, kinds)).get(c)) is not None
+                         else "–" for m in methods] for c in compressions]
+    reference_shifted = float(np.mean([mean_of(reference, k) for k in kinds]))
     return ["## Beyond accuracy: input shifts and prune potential (--eval_shifts)", "",
             f"Prune potential (Liebenwein et al. 2021): the largest compression whose top-1 is "
             f"within {delta_points:g} points of the unpruned network's, on the clean test set and "
             "under each shift (kpjax.data.shifts, mean over severities 1–5, on the first "
-            f"{examples:,} test images); 1 = no compression qualifies. "
+            f"{examples:,} test images; shifts.csv); 1 = no compression qualifies. "
             f"Unpruned reference: the dense network (phase {reference_phase or phase}). Means over seeds.", "",
             markdown_table(["method"] + [name for name, _ in columns], body), "",
             "Top-1 % under shift (mean over the five shifts and five severities); the unpruned "
-            f"network: {100 * mean_of(reference, shifted):.2f} %.", "",
+            f"network: {100 * reference_shifted:.2f} %.", "",
             markdown_table(["compression"] + list(methods), acc), ""]
 
 

@@ -161,7 +161,8 @@ def read_rows(path: str, key: Sequence[str] = ()) -> list[Row]:
             raise TypeError("rows is not a list of objects")
         missing = sorted({k for r in rows for k in key if k not in r})
         if missing:
-            raise KeyError(f"rows without {missing}")
+            raise KeyError(f"rows without {missing}: damaged, or written by an older kpjax "
+                           "(before the typed variant columns such as rcond)")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path} is damaged or not a results file of this tool ({type(e).__name__}: {e}); "

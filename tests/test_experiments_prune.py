@@ -41,19 +41,29 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     table = rows(work / "results.json")
     with open(work / "results.csv") as f:
         header = next(csv.reader(f))
-    for column in ("model", "method", "compression", "seed", "phase", "top1", "top5", "loss",
-                   "compression_achieved", "speedup"):
+    for column in ("model", "method", "rcond", "compression", "seed", "phase", "top1", "top5",
+                   "loss", "compression_achieved", "speedup"):
         assert column in header
+    assert header.index("rcond") == header.index("method") + 1
+    # rcond: the cutoff of the fit the scores read; none for what reads no fit.
+    assert {(r["method"], r["rcond"]) for r in table if r["rcond"] in (None, 1e-6)} == {
+        ("dense", None), ("kmp", 1e-6), ("gmp", None), ("kgp", 1e-6), ("grad", None), ("random", None)}
     assert "seconds" not in header  # wall times live in timings.csv
     assert "seconds" in (work / "timings.csv").read_text().splitlines()[0]
-    cells = [r for r in table if r["method"] != "dense" and "@" not in r["method"]]
+    cells = [r for r in table if r["method"] != "dense" and r["rcond"] in (None, 1e-6)]
     assert len(cells) == 5 * 2 * 2  # methods × seeds × (pruned, finetuned)
     # The rank-cutoff sensitivity: KMP and KGP at the two other cutoffs, before refinement.
-    sensitivity = {(r["method"], r["phase"]) for r in table if "@" in r["method"]}
-    assert sensitivity == {(f"{m}@rcond={c}", "pruned") for m in ("kmp", "kgp") for c in ("1e-07", "0")}
+    sensitivity = {(r["method"], r["rcond"], r["phase"]) for r in table
+                   if r["rcond"] not in (None, 1e-6)}
+    assert sensitivity == {(m, c, "pruned") for m in ("kmp", "kgp") for c in (1e-7, 0.0)}
     summary_text = (work / "summary.md").read_text()
     assert "## Sensitivity to the rank cutoff" in summary_text
-    assert "1e-07" in (work / "windows.csv").read_text().splitlines()[0]
+    # One windows row per seed and cutoff, the run's first.
+    windows_rows = rows(work / "windows.json")
+    assert [(w["seed"], w["rcond"]) for w in windows_rows] == [
+        (s, r) for s in (0, 1) for r in (1e-6, 1e-7, 0.0)]
+    assert not any("@" in k for w in windows_rows for k in w)
+    assert (work / "cells" / "kmp-rcond1e-07-c2-seed0" / "metrics.json").exists()
     for r in cells:
         assert abs(r["compression_achieved"] - 2.0) < 0.01
         assert r["speedup"] > 1.0
@@ -69,8 +79,8 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     assert shrinkbench["flops"] / shrinkbench["flops_nz"] == pytest.approx(kmp["pruned"]["speedup"])
     assert (work / "cells" / "dense-c1-seed0" / "metrics.json").exists()
     overlaps = rows(work / "overlap.json")
-    assert {r["pair"] for r in overlaps} == {"kmp~gmp", "kgp~grad", "kmp@rcond=1e-07~gmp", "kmp@rcond=0~gmp",
-                                            "kgp@rcond=1e-07~grad", "kgp@rcond=0~grad"}
+    assert {(r["method"], r["rcond"], r["other"]) for r in overlaps} == {
+        (m, r, other) for m, other in (("kmp", "gmp"), ("kgp", "grad")) for r in (1e-6, 1e-7, 0.0)}
     assert all(0.0 <= r["jaccard"] <= 1.0 for r in overlaps)
 
     # A rerun with one more compression computes only the new cells, from
@@ -81,8 +91,10 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
                         lambda *a, **k: computed.append(a[2:5]) or real_cell(*a, **k))
     monkeypatch.setattr(prune, "_dense_variables", lambda *a: pytest.fail("retrained"))
     prune.run(PruneConfig(**TINY, trajectory_steps=6, compressions=(2, 8), methods=methods), str(work))
-    sensitive = [f"{m}@rcond={c}" for m in ("kmp", "kgp") for c in ("1e-07", "0")]
-    assert sorted(computed) == sorted((m, 8.0, s) for m in (*methods, *sensitive) for s in (0, 1))
+    scored = [(m, 1e-6 if m in ("kmp", "kgp") else None) for m in methods] + [
+        (m, c) for c in (1e-7, 0.0) for m in ("kmp", "kgp")]
+    assert sorted(computed, key=str) == sorted(
+        ((prune.pipeline.Variant(*v), 8.0, s) for v in scored for s in (0, 1)), key=str)
     again = rows(work / "results.json")
     assert again[:len(table)] == table
     assert {r["compression"] for r in again if r["method"] != "dense"} == {2.0, 8.0}
@@ -138,9 +150,10 @@ def test_a_second_run_on_a_busy_workdir_stops_and_the_first_completes(tmp_path):
     finally:
         _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-2000:]
-    cells = {(r["method"], r["compression"]) for r in rows(work / "results.json") if r["method"] != "dense"}
-    sensitive = [f"kmp@rcond={r}" for r in ("1e-07", "0")]  # PruneConfig's default cutoffs
-    assert cells == {(m, c) for m in ("kmp", "gmp", *sensitive) for c in (2.0, 4.0)}
+    cells = {(r["method"], r["rcond"], r["compression"]) for r in rows(work / "results.json")
+             if r["method"] != "dense"}
+    scored = [("kmp", 1e-6), ("gmp", None), ("kmp", 1e-7), ("kmp", 0.0)]  # PruneConfig's cutoffs
+    assert cells == {(m, r, c) for m, r in scored for c in (2.0, 4.0)}
 
 
 def test_early_end_to_end(tmp_path):
@@ -155,19 +168,19 @@ def test_early_end_to_end(tmp_path):
     # EarlyConfig's defaults: KMP, subspace KMP and GMP; the Koopman methods also
     # at the two other default cutoffs.
     koopman_methods = ("kmp", "kmp_subspace")
-    methods = koopman_methods + ("gmp",) + tuple(
-        f"{m}@rcond={r}" for m in koopman_methods for r in ("1e-07", "0"))
-    assert {(r["prune_epoch"], r["method"], r["seed"]) for r in table} == {
-        (e, m, s) for e in (0, 1) for m in methods for s in (0, 1)}
+    scored = [(m, r) for m in koopman_methods for r in (1e-6, 1e-7, 0.0)] + [("gmp", None)]
+    assert {(r["prune_epoch"], r["method"], r["rcond"], r["seed"]) for r in table} == {
+        (e, m, r, s) for e in (0, 1) for m, r in scored for s in (0, 1)}
     assert all(r["phase"] == "pruned" for r in table)
     windows = rows(work / "windows.json")
-    assert len(windows) == 4
+    assert sorted((w["prune_epoch"], w["seed"], w["rcond"]) for w in windows) == sorted(
+        (e, s, r) for e in (0, 1) for s in (0, 1) for r in (1e-6, 1e-7, 0.0))
     for w in windows:
-        for at in ("", "@rcond=1e-07", "@rcond=0"):
-            assert w[f"lambda1_separation{at}"] > 0
-            assert 0.0 < w[f"energy_kept{at}"] <= 1.0
-            assert w[f"cluster_size{at}"] >= 1
-        assert w["energy_kept@rcond=0"] == 1.0  # nothing but exact zeros dropped
+        assert w["lambda1_separation"] > 0
+        assert 0.0 < w["energy_kept"] <= 1.0
+        assert w["cluster_size"] >= 1
+        if w["rcond"] == 0.0:
+            assert w["energy_kept"] == 1.0  # nothing but exact zeros dropped
     summary = (work / "summary.md").read_text()
     for section in ("## The Koopman fit at each rank cutoff", "## Sensitivity to the rank cutoff",
                     "subspace KMP vs GMP:", "## Early-bird tickets"):
@@ -198,7 +211,8 @@ def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):
         for x, y in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
             np.testing.assert_array_equal(x, y)
         for m in ("kmp", "gmp", "grad"):
-            np.testing.assert_allclose(b.scores[m], a.scores[m], rtol=1e-5, atol=1e-7)
+            v = setup.variant(m)
+            np.testing.assert_allclose(b.scores[v], a.scores[v], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-8)
     top1 = {tuple(r[k] for k in ("prune_epoch", "method")): r["top1"] for r in rows(once / "results.json")}
     assert top1 == {tuple(r[k] for k in ("prune_epoch", "method")): r["top1"]
@@ -215,8 +229,11 @@ def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):
         assert list(f["start_step"]) == [0, 2, 4, 6, 8, 10, 12] and f["eigenvalues"].shape == (7, 4)
         lam1 = np.abs(f["eigenvalues"][3][f["valid"][3]] - 1).min()
     assert lam1 == pytest.approx(lam[1], rel=1e-6)  # window 3 starts at epoch 1
-    assert np.isnan(sliding[0]["distance_kmp@4"])
-    assert all(0.0 <= r[f"distance_{m}@4"] <= 1.0 for r in sliding[1:] for m in ("kmp", "gmp"))
+    distances = rows(once / "sliding_distance.json")
+    assert sorted((r["start_step"], r["method"], r["compression"]) for r in distances) == sorted(
+        (s, m, 4.0) for s in (0, 2, 4, 6, 8, 10, 12) for m in ("kmp", "gmp"))
+    assert all(np.isnan(r["distance"]) == (r["start_step"] == 0) for r in distances)
+    assert all(0.0 <= r["distance"] <= 1.0 for r in distances if r["start_step"] > 0)
     assert "## Sliding windows" in summary and (once / "fig_sliding.png").stat().st_size > 0
     # A rerun finds everything done: nothing is recorded again.
     mtime = (once / "sliding.json").stat().st_mtime_ns
@@ -274,10 +291,12 @@ def test_seed_agreement_by_hand():
     n = setup.flat_spec.size
     assert count_params(setup.variables0["params"]) == n  # all prunable: c = 2 keeps n/2
     ramp = np.arange(n, dtype=np.float32)
-    windows = {seed: koopman_window.Window(setup.variables0, {"gmp": scores}, np.ones(1), 0.0, {})
+    gmp = pipeline.Variant("gmp")
+    windows = {seed: koopman_window.Window(setup.variables0, {gmp: scores}, np.ones(1), 0.0, {}, {})
                for seed, scores in ((0, ramp), (1, ramp.copy()), (2, ramp[::-1].copy()))}
     rows = cell.seed_agreement(setup, windows)
-    jaccard = {r["seeds"]: r["jaccard"] for r in rows}
+    assert {(r["method"], r["rcond"]) for r in rows} == {("gmp", None)}
+    jaccard = {f"{r['seed_a']}~{r['seed_b']}": r["jaccard"] for r in rows}
     # Equal scores keep equal sets; reversed scores keep the top k from the other end.
     k = round(pruning.keep_fraction(2, n, n) * n)
     expected_other = max(0, 2 * k - n) / min(n, 2 * k)
@@ -327,8 +346,8 @@ def test_the_retrain_from_scratch_control(tmp_path):
     # It really re-initializes (no kept weight is the pruned network's) and keeps the mask.
     setup = pipeline.Setup(config)
     window = koopman_window.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
-    state, _ = cell.reinit_state(setup, window, "gmp", 4.0, 0)
-    mask = window.mask(setup, "gmp", 4.0)
+    state, _ = cell.reinit_state(setup, window, setup.variant("gmp"), 4.0, 0)
+    mask = window.mask(setup, setup.variant("gmp"), 4.0)
     for new, old, keep in zip(jax.tree_util.tree_leaves(state.params),
                               jax.tree_util.tree_leaves(window.variables["params"]),
                               jax.tree_util.tree_leaves(mask)):
@@ -344,20 +363,31 @@ def test_input_shifts_and_prune_potential(tmp_path):
     summary = prune.run(config, str(tmp_path / "work"))
     assert "## Beyond accuracy: input shifts and prune potential" in summary
     table = rows(tmp_path / "work" / "results.json")
-    final = [r for r in table if r["phase"] in ("pruned", "dense")]
-    shifted = [k for k in final[0] if k.startswith("top1@")]
-    assert len(shifted) == 1 + 5 * 5  # clean + 5 shifts × 5 severities
-    assert all(0 <= r[k] <= 1 for r in final for k in shifted)
+    assert not any("@" in k for r in table for k in r)
+    shifted = rows(tmp_path / "work" / "shifts.json")
+    # One row per cell's final phase, shift and severity: clean + 5 shifts × 5 severities.
+    cells = {(r["method"], r["compression"], r["phase"]) for r in shifted}
+    assert cells == {("dense", 1.0, "dense"), ("gmp", 2.0, "pruned"), ("gmp", 4.0, "pruned")}
+    for c in cells:
+        mine = [(r["shift"], r["severity"]) for r in shifted
+                if (r["method"], r["compression"], r["phase"]) == c]
+        assert len(mine) == len(set(mine)) == 1 + 5 * 5 and ("clean", 0) in mine
+    assert all(0 <= r["top1"] <= 1 for r in shifted)
 
 
 def test_prune_potential_table_by_hand():
     from experiments import report
-    def row(method, c, top1, noise):
-        return {"method": method, "compression": c, "phase": "finetuned", "top1": top1,
-                "top1@clean": top1, "top1@gaussian_noise-1": noise, "top1@gaussian_noise-2": noise}
-    rows_ = [row("dense", 1.0, 0.99, 0.90), row("gmp", 2.0, 0.99, 0.90), row("gmp", 4.0, 0.987, 0.80),
-             row("kmp", 2.0, 0.95, 0.90), row("kmp", 4.0, 0.95, 0.899)]
-    text = "\n".join(report.shift_section(rows_, ["gmp", "kmp"], [2.0, 4.0], "finetuned", 0.5, 50))
+    cells = [("dense", 1.0, 0.99, 0.90), ("gmp", 2.0, 0.99, 0.90), ("gmp", 4.0, 0.987, 0.80),
+             ("kmp", 2.0, 0.95, 0.90), ("kmp", 4.0, 0.95, 0.899)]
+    rows_ = [{"method": m, "compression": c, "phase": "finetuned", "top1": top1}
+             for m, c, top1, _ in cells]
+    shift_rows = [{"method": m, "compression": c, "phase": "finetuned", "shift": shift,
+                   "severity": severity, "top1": value}
+                  for m, c, top1, noise in cells
+                  for shift, severity, value in (("clean", 0, top1), ("gaussian_noise", 1, noise),
+                                                 ("gaussian_noise", 2, noise))]
+    text = "\n".join(report.shift_section(rows_, shift_rows, ["gmp", "kmp"], [2.0, 4.0],
+                                          "finetuned", 0.5, 50))
     # gmp: clean within 0.5 points up to 4, under noise only up to 2; kmp: never clean, 4 under noise.
     assert "| gmp | 4 | 2 |" in text and "| kmp | 1 | 4 |" in text
 
@@ -379,10 +409,10 @@ def test_prune_takes_the_seed_methods_by_name_and_synflow_is_iterative(tmp_path)
                                            setup.spec.input_shape)
     fraction = pruning.keep_fraction(8.0, count_params(params), setup.flat_spec.size)
     direct = pruning.synflow_iterative_mask(params, setup.select, objective, fraction, rounds=3)
-    one_shot = pruning.method_flat_mask("synflow", window.scores["synflow"], setup.flat_spec,
+    one_shot = pruning.method_flat_mask("synflow", window.scores[setup.variant("synflow")], setup.flat_spec,
                                         count_params(params), 8.0)
     import jax
-    got = window.mask(setup, "synflow", 8.0)
+    got = window.mask(setup, setup.variant("synflow"), 8.0)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got),
                                                     jax.tree_util.tree_leaves(direct)))
     assert not np.array_equal(np.asarray(one_shot), np.asarray(
@@ -403,7 +433,7 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
                for r in pruned)
     setup = pipeline.Setup(config)
     window = koopman_window.cached_window(setup, str(tmp_path / "work" / "seed0" / "window.npz"))
-    mask = window.mask(setup, "gmp", 2.0)
+    mask = window.mask(setup, setup.variant("gmp"), 2.0)
     keep = structured.kept_units(setup.spec, mask)
     # Whole units: the mask is exactly the unit mask of the kept units.
     import jax
@@ -418,11 +448,11 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
         kernel = np.abs(np.asarray(structured._get(params, g.producer)["kernel"]))
         norms = kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
         by_hand[g.name] = np.argsort(-norms, kind="stable")[:max(1, int(round(f * norms.size)))]
-    got = structured.kept_units(setup.spec, window.mask(setup, "l1", 2.0))
+    got = structured.kept_units(setup.spec, window.mask(setup, setup.variant("l1"), 2.0))
     assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
         k: sorted(v) for k, v in by_hand.items()}
     # Group KMP: the window's per-weight |b₁φ₁| (no new fit), L2 over each filter, by hand.
-    phi = pruning.scores_from_flat(np.asarray(window.scores["kmp"]), setup.flat_spec, params)
+    phi = pruning.scores_from_flat(np.asarray(window.scores[setup.variant("kmp")]), setup.flat_spec, params)
     for g in structured.declared_groups(setup.spec, params):
         layer = structured._get(phi, g.producer)
         rows_ = [np.asarray(layer["kernel"]).reshape(-1, np.shape(layer["kernel"])[-1])]
@@ -430,7 +460,7 @@ def test_filter_granularity_prunes_whole_units(tmp_path):
             rows_.append(np.asarray(layer["bias"])[None, :])
         norms = np.sqrt((np.concatenate(rows_) ** 2).sum(axis=0))
         by_hand[g.name] = np.argsort(-norms, kind="stable")[:max(1, int(round(f * norms.size)))]
-    got = structured.kept_units(setup.spec, window.mask(setup, "kmp", 2.0))
+    got = structured.kept_units(setup.spec, window.mask(setup, setup.variant("kmp"), 2.0))
     assert {k: sorted(np.flatnonzero(v)) for k, v in got.items()} == {
         k: sorted(v) for k, v in by_hand.items()}
     with pytest.raises(ValueError, match="out of reach of filter pruning"):
@@ -446,9 +476,9 @@ def test_filter_cells_refine_the_shrunk_network_as_the_masked_one(tmp_path):
                          finetune=SGD(lr=0.05, momentum=0.9, nesterov=True))
     setup = pipeline.Setup(config)
     window = prune.seed_window(setup, 0, 4, str(tmp_path))
-    rows_ = cell.run_cell(setup, window, "gmp", 2.0, 0)
+    rows_ = cell.run_cell(setup, window, setup.variant("gmp"), 2.0, 0).rows
     assert [r["phase"] for r in rows_] == ["pruned", "finetuned"]
-    mask = window.mask(setup, "gmp", 2.0)
+    mask = window.mask(setup, setup.variant("gmp"), 2.0)
     state = setup.state(window.variables, 0, mask=mask)
     state = common.run_steps(setup.finetune_step, state, setup.stream(0, pipeline.FINETUNE),
                              setup.steps_per_epoch, "masked")
