@@ -125,9 +125,8 @@ def add_cell(table, setup: Setup, window: Window, workdir: str, cell: CellRows,
     done, so a kill in between only redoes the cell; its shift rows are not
     added twice)."""
     write_cell_metrics(setup, window, workdir, cell.rows)
-    new = [r for r in cell.shifts if shifts is not None and not shifts.done(**r)]
-    if new:
-        shifts.add(new)
+    if shifts is not None:
+        shifts.add_missing(cell.shifts)
     table.add(cell.rows)
 
 

@@ -49,7 +49,7 @@ from absl import logging
 
 from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
 from experiments.config import EarlyConfig
-from experiments.results import (ResultTable, atomic_write_bytes, atomic_write_text, fmt_pm,
+from experiments.results import (ResultTable, at_cutoff, atomic_write_bytes, atomic_write_text, fmt_pm,
                                  group_mean_std, markdown_table)
 from experiments.workdir import claim
 from kpjax import koopman, models, pruning, train
@@ -98,7 +98,7 @@ def _summary(setup, epochs, all_rows, all_overlap, all_windows, timings=(), dist
              sliding_rows=(), sliding_distances=()) -> str:
     config = setup.config
     # The tables at the run's cutoff; the other cutoffs feed the sensitivity sections only.
-    rows, overlap_rows, window_rows = (pipeline.at_run_cutoff(t, config.rcond[0])
+    rows, overlap_rows, window_rows = (at_cutoff(t, config.rcond[0])
                                        for t in (all_rows, all_overlap, all_windows))
     stats = group_mean_std(rows, ("prune_epoch", "method", "compression", "phase"), "top1")
     ov = group_mean_std(overlap_rows, ("prune_epoch", "method", "other", "compression"), "jaccard")
@@ -276,10 +276,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                     path, f"seed {seed} epoch {e}")
             if seed == setup.seeds[0]:
                 spectra[e] = window.eigenvalues
-            new = [r for r in cell.window_rows(setup, window, seed, prune_epoch=e)
-                   if not windows.done(**{k: r[k] for k in windows.key})]
-            if new:
-                windows.add(new)
+            windows.add_missing(cell.window_rows(setup, window, seed, prune_epoch=e))
             if previous is not None and not distances.done(
                     model=model, prune_epoch=e, **setup.variants[0]._asdict(),
                     compression=setup.compressions[0], seed=seed):
@@ -289,10 +286,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                               compression=1.0, seed=seed):
                 cell.add_cell(table, setup, window, workdir,
                                   cell.dense_cell(setup, window, seed, prune_epoch=e))
-            new = [r for r in cell.overlap_rows(setup, window, seed, prune_epoch=e)
-                   if not overlap.done(**{k: r[k] for k in overlap.key})]
-            if new:
-                overlap.add(new)
+            overlap.add_missing(cell.overlap_rows(setup, window, seed, prune_epoch=e))
             for _, _, variant, c in [x for x in todo if x[0] == seed and x[1] == e]:
                 cell.add_cell(table, setup, window, workdir,
                               cell.run_cell(setup, window, variant, c, seed, prune_epoch=e))
@@ -352,9 +346,7 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
             np.savez(buf, **spectra)
             atomic_write_bytes(os.path.join(workdir, f"seed{seed}", "sliding_spectra.npz"), buf.getvalue())
             # The distances first: the sliding rows mark the seed done.
-            new = [r for r in distance_rows if not sliding_distances.done(**r)]
-            if new:
-                sliding_distances.add(new)
+            sliding_distances.add_missing(distance_rows)
             sliding.add(rows)
     os.remove(path)
 
@@ -437,8 +429,8 @@ def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, s
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
     rcond = setup.config.rcond[0]
-    rows, overlap_rows = (pipeline.at_run_cutoff(t.rows, rcond) for t in (table, overlap))
-    window_rows = pipeline.at_run_cutoff(windows.rows, rcond)
+    rows, overlap_rows = (at_cutoff(t.rows, rcond) for t in (table, overlap))
+    window_rows = at_cutoff(windows.rows, rcond)
     if rows:
         plots.accuracy_vs_epoch(rows, out("fig_accuracy_vs_epoch.png"),
                                 "finetuned" if setup.config.finetune_epochs else "pruned",

@@ -53,10 +53,6 @@ class Window:
         self.diagnostics, self.facts = diagnostics, facts
         self._masks: dict[tuple[Variant, float], Any] = {}
 
-    @property
-    def lambda1(self) -> complex:
-        return complex(self.eigenvalues[0]) if len(self.eigenvalues) else complex("nan")
-
     def mask(self, setup: Setup, variant: Variant, c: float):
         """The bool pytree mask of `variant` at compression c (built once)."""
         if (variant, c) not in self._masks:

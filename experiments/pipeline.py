@@ -58,12 +58,6 @@ class Variant(NamedTuple):
     rcond: float | None = None
 
 
-def at_run_cutoff(rows, rcond: float) -> list:
-    """The rows of a table at the run's cutoff (rcond None or `rcond`):
-    without the sensitivity rows at the other cutoffs."""
-    return [r for r in rows if r.get("rcond") is None or r["rcond"] == rcond]
-
-
 class Setup:
     """What every cell of a run shares, built once from the config."""
 

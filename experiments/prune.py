@@ -36,8 +36,8 @@ from absl import logging
 
 from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
 from experiments.config import PruneConfig
-from experiments.results import (ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table,
-                                 rows_to_csv)
+from experiments.results import (ResultTable, at_cutoff, atomic_write_text, fmt_pm, group_mean_std,
+                                 markdown_table, rows_to_csv)
 from experiments.workdir import claim
 from kpjax import koopman, models
 from kpjax.train import loop
@@ -94,7 +94,7 @@ def _summary(setup: pipeline.Setup, steps: int, all_rows, all_overlap, all_windo
              agreement=(), controls=(), shift_rows=()) -> str:
     config = setup.config
     # The tables at the run's cutoff; the other cutoffs feed the sensitivity sections only.
-    rows, overlap_rows, window_rows = (pipeline.at_run_cutoff(t, config.rcond[0])
+    rows, overlap_rows, window_rows = (at_cutoff(t, config.rcond[0])
                                        for t in (all_rows, all_overlap, all_windows))
     stats = {k: group_mean_std(rows, ("method", "compression", "phase"), k)
              for k in ("top1", "speedup", "compression_achieved", "measured_speedup")}
@@ -251,14 +251,8 @@ def run(config: PruneConfig, workdir: str) -> str:
             if not table.done(model=model, method="dense", rcond=None, compression=1.0, seed=seed):
                 cell.add_cell(table, setup, window, workdir, cell.dense_cell(setup, window, seed),
                               shifts)
-            new = [r for r in cell.window_rows(setup, window, seed)
-                   if not windows.done(**{k: r[k] for k in windows.key})]
-            if new:
-                windows.add(new)
-            new = [r for r in cell.overlap_rows(setup, window, seed)
-                   if not overlap.done(**{k: r[k] for k in overlap.key})]
-            if new:
-                overlap.add(new)
+            windows.add_missing(cell.window_rows(setup, window, seed))
+            overlap.add_missing(cell.overlap_rows(setup, window, seed))
             for _, variant, c in [x for x in todo if x[0] == seed]:
                 cell.add_cell(table, setup, window, workdir,
                               cell.run_cell(setup, window, variant, c, seed), shifts)
@@ -351,9 +345,9 @@ def _write_outputs(setup, steps, workdir, table, overlap, windows, shifts, spect
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     title = f"{setup.spec.name} on {setup.dataset.name}"
     rcond = setup.config.rcond[0]
-    main_rows = pipeline.at_run_cutoff(table.rows, rcond)
-    main_overlap = pipeline.at_run_cutoff(overlap.rows, rcond)
-    start = group_mean_std(pipeline.at_run_cutoff(windows.rows, rcond), (), "top1_start").get(())
+    main_rows = at_cutoff(table.rows, rcond)
+    main_overlap = at_cutoff(overlap.rows, rcond)
+    start = group_mean_std(at_cutoff(windows.rows, rcond), (), "top1_start").get(())
     if main_rows:
         plots.accuracy_vs_compression(
             main_rows, os.path.join(workdir, "fig_accuracy.png"), title,

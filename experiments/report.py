@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from experiments.results import COMMIT, Row, fmt_pm, group_mean_std, markdown_table
+from experiments.results import COMMIT, Row, at_cutoff, fmt_pm, group_mean_std, markdown_table
 from kpjax import pruning
 from kpjax.data import shifts
 
@@ -102,8 +102,7 @@ def cutoff_sensitivity(rows: Sequence[Row], overlap_rows: Sequence[Row],
     pruned = [r for r in rows if r["phase"] == "pruned"]
     stats = group_mean_std(pruned, (*by, "method", "rcond", "compression"), "top1")
     # The baselines at the run's cutoff (those that read no fit have rcond None).
-    base = group_mean_std([r for r in pruned if r["rcond"] in (None, rcond[0])],
-                          (*by, "method", "compression"), "top1")
+    base = group_mean_std(at_cutoff(pruned, rcond[0]), (*by, "method", "compression"), "top1")
     ov = group_mean_std(overlap_rows, (*by, "method", "rcond", "other", "compression"), "jaccard")
     groups = sorted({k[:len(by)] for k in stats})
     out = ["## Sensitivity to the rank cutoff (immediately after pruning)", "",

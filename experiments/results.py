@@ -127,6 +127,13 @@ class ResultTable:
         wanted = tuple(cell[k] for k in self.key)
         return any(self.cell(r) == wanted for r in self.rows)
 
+    def add_missing(self, rows: Iterable[Row]) -> None:
+        """Adds those of `rows` whose cells are not in the table yet (rows
+        recomputed by a resumed run are not added twice)."""
+        new = [r for r in rows if not self.done(**{k: r[k] for k in self.key})]
+        if new:
+            self.add(new)
+
     def add(self, rows: Iterable[Row]) -> None:
         """Adds one cell's rows and rewrites the files atomically (JSON first)."""
         rows = list(rows)
@@ -144,6 +151,12 @@ class ResultTable:
 
     def _write_csv(self) -> None:
         atomic_write_text(self.csv_path, rows_to_csv(self.rows))
+
+
+def at_cutoff(rows: Iterable[Row], rcond: float) -> list[Row]:
+    """The rows at rank cutoff `rcond` (the run's), with those that read no
+    fit (rcond None): a table without its sensitivity rows at other cutoffs."""
+    return [r for r in rows if r.get("rcond") is None or r["rcond"] == rcond]
 
 
 def read_rows(path: str, key: Sequence[str] = ()) -> list[Row]:

@@ -42,6 +42,16 @@ def test_result_table_resumes_from_its_files(tmp_path):
     assert len(csv_lines) == 3
 
 
+def test_add_missing_skips_the_cells_already_in_the_table_and_at_cutoff_keeps_the_runs(tmp_path):
+    table = results.ResultTable(str(tmp_path), ("method", "rcond"), stem="t")
+    table.add([{"method": "kmp", "rcond": 1e-6, "x": 1}])
+    table.add_missing([{"method": "kmp", "rcond": 1e-6, "x": 2}, {"method": "kmp", "rcond": 0.0, "x": 3},
+                       {"method": "gmp", "rcond": None, "x": 4}])
+    assert [r["x"] for r in table.rows] == [1, 3, 4]
+    assert [r["x"] for r in results.ResultTable(str(tmp_path), table.key, stem="t").rows] == [1, 3, 4]
+    assert [r["x"] for r in results.at_cutoff(table.rows, 1e-6)] == [1, 4]
+
+
 @pytest.mark.parametrize("content", ['{"rows": [{"seed": 0', "[1, 2]", '{"rows": [{"x": 1}]}',
                                      b"\xff\xfe binary"])
 def test_a_damaged_table_is_one_clear_error_naming_the_file(tmp_path, content):
