@@ -136,6 +136,8 @@ class PruningFields:
     finetune: SGD = opt(SGD(lr=1e-3, momentum=0.9, nesterov=True), "the fine-tuning optimizer "
                         "(ShrinkBench: lr 1e-3, momentum 0.9, Nesterov); also records the window", "sgd")
     prune_classifier: bool = opt(True, "prune the classifier too (the paper does)")
+    prune_biases: bool = opt(True, "prune conv/dense biases too (ShrinkBench does; GraSP's and "
+                             "SynFlow's reference code prune kernels only)")
     synflow_rounds: int = opt(100, "rounds of iterative SynFlow (exponential schedule; 1: one shot)")
     score_batches: int = opt(1, "training batches the data-dependent scores are taken on (grad, "
                              "snip/lp, lp_biased, gn, grasp): the mean of their losses")
@@ -316,11 +318,18 @@ class InitConfig(PruningFields, DataConfig):
     window_steps: int = opt(20, "steps of the early window KMP is fitted on (counted in its "
                             "training budget)")
     rcond: tuple[float, ...] = opt((koopman.DEFAULT_RCOND,), "DMD rank cutoff of KMP's window", "floats")
+    score_per_class: int = opt(0, "score the data-dependent methods on one class-balanced batch of "
+                               "this many training examples per class (Wang et al.'s GraSP: 10 "
+                               "for 10 classes); 0: on --score_batches batches of the stream")
+    score_reinit_dense: bool = opt(False, "score the data-dependent methods on θ₀ with its dense "
+                                   "kernels re-drawn (Xavier normal, Wang et al.'s GraSP reinit); "
+                                   "the mask still prunes θ₀")
 
     def __post_init__(self) -> None:
         self.check_data()
         self.check_pruning()
         check_range(self, "window_steps", 2, 10**6)
+        check_range(self, "score_per_class", 0, 10**4)
         check(len(self.rcond) == 1, "--rcond: pruning at initialization uses one cutoff")
 
 

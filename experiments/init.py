@@ -33,11 +33,12 @@ from experiments import cell, cli, common, koopman_window, pipeline, plots, repo
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, models, pruning
+from kpjax import data, koopman, models, pruning
+from kpjax.pruning import saliency
 from kpjax.train import recording
 from kpjax.flatten import count_params
 
-_CELL = ("model", "method", "rcond", "compression", "seed")
+CELL = ("model", "method", "rcond", "compression", "seed")
 SCORING = 4  # batch order purpose of the scoring batch and KMP's window
 
 
@@ -48,7 +49,7 @@ def _collapsed(mask, select) -> bool:
                for (path, m), s in zip(leaves, jax.tree_util.tree_leaves(select)))
 
 
-class _Seed:
+class Seed:
     """θ₀ of one seed and what the methods score it with."""
 
     def __init__(self, setup: pipeline.Setup, seed: int):
@@ -58,13 +59,24 @@ class _Seed:
         self.tx = config.train.optimizer(setup.steps_per_epoch)
         self.step_fn = setup.train_step(self.tx)  # one compiled step for every cell of the seed
         params = self.variables["params"]
-        stream = setup.stream(seed, SCORING)()
-        scoring = [next(stream) for _ in range(config.score_batches)]
+        if config.score_per_class:
+            scoring = [data.class_balanced_sample(setup.dataset.train_images, setup.dataset.train_labels,
+                                                  config.score_per_class, seed=seed * 1000 + SCORING)]
+        else:
+            stream = setup.stream(seed, SCORING)()
+            scoring = [next(stream) for _ in range(config.score_batches)]
+        self.plain = pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed))
+        scored = (saliency.reinit_dense_kernels(params, jax.random.fold_in(jax.random.PRNGKey(seed), SCORING))
+                  if config.score_reinit_dense else params)
         self.inputs = koopman_window.with_scoring_batches(
-            setup, pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed)),
-            self.variables.get("batch_stats"), scoring)
+            setup, self.plain._replace(params=scored), self.variables.get("batch_stats"), scoring)
         self._scores: dict[str, np.ndarray] = {}
         self._window = None
+
+    def inputs_of(self, method: str) -> pruning.PruneInputs:
+        """What `method` scores: the scoring batches' inputs (θ₀, or its
+        re-drawn copy with --score_reinit_dense) if it reads them, else θ₀."""
+        return self.inputs if set(pruning.get_method(method).needs) & pruning.BATCH_INPUTS else self.plain
 
     def window(self):
         """θ(t₂) (variables) and the flat scores of every method of the run that
@@ -90,14 +102,16 @@ class _Seed:
         total = count_params(params)
         if pruning.get_method(method).iterative_mask_fn:
             return koopman_window.iterative_mask(setup, self.variables, method, c)
-        if _needs_window(method):
-            scores = self.window()[1][method]
-        else:
-            if method not in self._scores:
-                self._scores[method] = np.asarray(pruning.method_flat_scores(method, self.inputs))
-            scores = self._scores[method]
-        keep = pruning.method_flat_mask(method, scores, setup.flat_spec, total, c)
+        keep = pruning.method_flat_mask(method, self.flat_scores(method), setup.flat_spec, total, c)
         return pruning.mask_from_flat(keep, setup.flat_spec, params)
+
+    def flat_scores(self, method: str) -> np.ndarray:
+        """`method`'s flat scores of θ₀ (of θ(t₂) after the window if it needs one)."""
+        if _needs_window(method):
+            return self.window()[1][method]
+        if method not in self._scores:
+            self._scores[method] = np.asarray(pruning.method_flat_scores(method, self.inputs_of(method)))
+        return self._scores[method]
 
 
 def _needs_window(method: str) -> bool:
@@ -106,7 +120,7 @@ def _needs_window(method: str) -> bool:
     return "snapshots" in pruning.get_method(method).needs
 
 
-def run_cell(setup: pipeline.Setup, one: _Seed, method: str, c: float) -> list[dict]:
+def run_cell(setup: pipeline.Setup, one: Seed, method: str, c: float) -> list[dict]:
     """Prune at initialization with `method` at c, evaluate, train, evaluate."""
     start = time.time()
     seed = one.seed
@@ -156,7 +170,7 @@ def run(config: InitConfig, workdir: str) -> str:
     """Runs (or resumes) pruning at initialization in `workdir`; returns summary.md."""
     resources.check_resources(config)
     setup = pipeline.Setup(config)
-    table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
+    table = ResultTable(workdir, CELL, timing_columns=("seconds",))
     if not config.summarize_only:
         with claim(workdir):
             pipeline.check_workdir(workdir, config)
@@ -167,7 +181,7 @@ def run(config: InitConfig, workdir: str) -> str:
             for seed in setup.seeds:
                 cells = [(m, c) for s, m, c in todo if s == seed]
                 if cells:
-                    one = _Seed(setup, seed)
+                    one = Seed(setup, seed)
                     for method, c in cells:
                         table.add(run_cell(setup, one, method, c))
     else:

@@ -49,9 +49,9 @@ def dataset_name(config: DataConfig) -> str:
 
 def prunable_set(config: PruningFields, spec: models.ModelSpec, params: Any) -> Any:
     """The bool pytree of the parameters the methods prune (ShrinkBench's set,
-    the classifier only with --prune_classifier)."""
+    the classifier only with --prune_classifier, biases only with --prune_biases)."""
     return pruning.prunable(params, include_classifier=config.prune_classifier,
-                            classifier=spec.classifier)
+                            classifier=spec.classifier, include_biases=config.prune_biases)
 
 
 def check_resources(config: DataConfig) -> None:

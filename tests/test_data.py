@@ -648,6 +648,21 @@ def test_batch_stream_resumes_at_any_global_step():
         next(data.batch_stream(images, labels, 4, seed=0, start_step=-1))
 
 
+def test_class_balanced_sample_takes_the_first_of_each_class_in_a_seeded_shuffle():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1])
+    images = np.arange(len(labels)) * 10
+    x, y = data.class_balanced_sample(images, labels, 2, seed=5)
+    order = np.random.default_rng(5).permutation(len(labels))
+    expected = [i for k, i in enumerate(order) if sum(labels[j] == labels[i] for j in order[:k]) < 2]
+    np.testing.assert_array_equal(x, images[expected])
+    np.testing.assert_array_equal(np.bincount(y), [2, 2, 2])
+    np.testing.assert_array_equal(y, labels[x // 10])
+    with pytest.raises(ValueError, match="class 2 has 3 examples"):
+        data.class_balanced_sample(images, labels, 4, seed=0)
+    with pytest.raises(ValueError, match="per_class must be >= 1"):
+        data.class_balanced_sample(images, labels, 0, seed=0)
+
+
 def test_check_available_says_what_load_dataset_would(tmp_path):
     data.check_available("mnist")  # the embedded copy
     data.check_available("synthetic")

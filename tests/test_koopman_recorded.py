@@ -18,7 +18,7 @@ from kpjax.flatten import flat_spec
 REFERENCE_RCOND = 1e-7  # σ² > 1e-14 σ²_max
 
 
-def _recorded_mnistnet_trajectory(pretrain_steps=300, window=60):
+def _recorded_mnistnet_trajectory(pretrain_steps=100, window=30):
     """MnistNet from seed 0: `pretrain_steps` of SGD (lr 0.05, momentum 0.9) on the
     shipped MNIST, then a window recorded with ShrinkBench's fine-tuning SGD
     (lr 1e-3, momentum 0.9, Nesterov), as experiments.prune records it."""

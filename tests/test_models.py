@@ -351,3 +351,30 @@ def test_resnet_training_gradients_do_not_depend_on_the_stored_activations(tiny,
     monkeypatch.undo()
     hlo = jax.jit(lambda v: spec.module.apply(v, x, train=False)).lower(variables).compile().as_text()
     assert "conditional(" not in hlo
+
+
+def test_vgg16_layout_count_and_init_as_network_slimming():
+    spec = get_model("vgg16")
+    variables = _abstract_variables(spec)
+    params = variables["params"]
+    shapes = {k: v.shape for k, v in traverse_util.flatten_dict(params).items()}
+    widths = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+    c_in = 3
+    for i, w in enumerate(widths, 1):  # 3x3 convs without bias, each with BN
+        assert shapes[(f"conv{i}", "kernel")] == (3, 3, c_in, w) and (f"conv{i}", "bias") not in shapes
+        assert shapes[(f"bn{i}", "scale")] == shapes[(f"bn{i}", "bias")] == (w,)
+        c_in = w
+    assert shapes[("classifier", "kernel")] == (512, 10)
+    conv = sum(9 * a * b for a, b in zip((3,) + widths[:-1], widths))
+    assert _count(params) == conv + 2 * sum(widths) + 512 * 10 + 10 == 14_724_042
+    # Initialized as the slimming code: γ = 0.5, β = 0, convs N(0, 2/(9·C_out)),
+    # the classifier N(0, 0.01²) with zero bias.
+    small = get_model("vgg_tiny")
+    v = small.module.init(_key(3), jnp.zeros((1, 32, 32, 3)), train=False)
+    assert all(bool(jnp.all(v["params"][f"bn{i}"]["scale"] == 0.5)) for i in range(1, 14))
+    assert not bool(jnp.any(v["params"]["classifier"]["bias"]))
+    p = v["params"]  # vgg_tiny: 16 output channels in conv13
+    np.testing.assert_allclose(float(jnp.std(p["conv13"]["kernel"])), np.sqrt(2 / (9 * 16)), rtol=0.05)
+    np.testing.assert_allclose(float(jnp.std(p["classifier"]["kernel"])), 0.01, rtol=0.2)
+    logits, state = small.module.apply(v, jnp.ones((2, 32, 32, 3)), train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 10) and set(state["batch_stats"]) == {f"bn{i}" for i in range(1, 14)}

@@ -31,6 +31,9 @@ def test_prunable_never_batchnorm_and_classifier_flag():
     assert sel["conv1"]["kernel"]
     with pytest.raises(ValueError, match="not a conv/dense module"):
         pruning.prunable(params, include_classifier=False, classifier="bn1")
+    sel = pruning.prunable(params, include_biases=False)  # GraSP's and SynFlow's set
+    assert sel == {"conv1": {"kernel": True, "bias": False}, "bn1": {"scale": False, "bias": False},
+                   "fc": {"kernel": True, "bias": False}}
 
 
 def test_keep_fraction_formula_and_errors():

@@ -146,6 +146,35 @@ def test_registered_methods_declare_what_they_need():
         pruning.method_flat_scores("synflow", pruning.PruneInputs(params, select))
 
 
+def test_grasp_sign_variants_are_its_modulus_and_its_negation():
+    _, _, params, loss_fn = linear_problem(3)
+    select = {"w": True, "b": True}
+    inputs = pruning.PruneInputs(params, select, grasp_loss_fn=loss_fn)
+    signed = np.asarray(pruning.method_flat_scores("grasp", inputs))
+    assert (signed > 0).any() and (signed < 0).any()  # the three orders differ
+    np.testing.assert_array_equal(pruning.method_flat_scores("grasp_magnitude", inputs), np.abs(signed))
+    np.testing.assert_array_equal(pruning.method_flat_scores("grasp_negated", inputs), -signed)
+    spec = flatten.flat_spec(params, select)
+    keep = lambda m: np.asarray(pruning.method_flat_mask(m, pruning.method_flat_scores(m, inputs),
+                                                         spec, 6, 2.0))
+    # At c = 2 (3 of 6 kept), the negated score keeps exactly what GraSP prunes.
+    np.testing.assert_array_equal(keep("grasp_negated"), ~keep("grasp"))
+    np.testing.assert_array_equal(keep("grasp"), signed >= np.sort(signed)[3])
+    np.testing.assert_array_equal(keep("grasp_magnitude"), np.abs(signed) >= np.sort(np.abs(signed))[3])
+
+
+def test_reinit_dense_kernels_redraws_only_dense_kernels_at_xavier_scale():
+    params = {"conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)},
+              "fc": {"kernel": jnp.ones((600, 400)), "bias": jnp.ones(400)}}
+    out = saliency.reinit_dense_kernels(params, jax.random.PRNGKey(0))
+    for leaf in ("conv/kernel", "conv/bias", "fc/bias"):
+        a, b = leaf.split("/")
+        np.testing.assert_array_equal(out[a][b], params[a][b])
+    k = np.asarray(out["fc"]["kernel"])
+    np.testing.assert_allclose(k.std(), np.sqrt(2 / 1000), rtol=0.01)
+    assert abs(k.mean()) < 1e-3 and np.abs(k).max() > 2.5 * np.sqrt(2 / 1000)  # not truncated
+
+
 def test_batch_loss_fn_averages_stacked_batches_and_divides_by_the_temperature():
     from kpjax import models, train
     spec = models.get_model("mnistnet_tiny")

@@ -56,7 +56,7 @@ def _trained_like(spec, seed):
 
 
 @pytest.mark.parametrize("model, seed", [("mnistnet", 0), ("mnistnet", 1), ("mnistnet_tiny", 2),
-                                         ("resnet20", 0), ("resnet_tiny", 3)])
+                                         ("resnet20", 0), ("resnet_tiny", 3), ("vgg_tiny", 4)])
 def test_shrink_computes_what_the_masked_network_computes(model, seed):
     spec = models.get_model(model)
     variables = _trained_like(spec, seed)
@@ -93,7 +93,7 @@ def test_keep_units_per_layer():
         structured.keep_units({"a": jnp.ones(2)}, 0.0)
 
 
-@pytest.mark.parametrize("model", ["mnistnet", "resnet20"])
+@pytest.mark.parametrize("model", ["mnistnet", "resnet20", "vgg_tiny"])
 def test_the_unit_mask_counts_what_shrink_keeps(model):
     from kpjax.flatten import count_params
     spec = models.get_model(model)

@@ -12,7 +12,8 @@ archives of images), `shifts` (input corruptions).
 May import: kpjax.data.
 """
 
-from kpjax.data.batches import batch_stream, batches, epoch_permutation, num_batches
+from kpjax.data.batches import (batch_stream, batches, class_balanced_sample, epoch_permutation,
+                                num_batches)
 from kpjax.data.cifar10 import restricted_unpickle
 from kpjax.data.datasets import check_available, image_folder_spec, image_normalization, load_dataset
 from kpjax.data.mnist import parse_idx
@@ -25,7 +26,7 @@ from kpjax.data.transforms import (CIFAR_PAD, NORMALIZATIONS, Normalization, aug
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR_PAD", "DATASET_NAMES", "DataNotFoundError", "Dataset", "NORMALIZATIONS",
     "NUM_CLASSES", "Normalization", "UnverifiedDataWarning", "augment_cifar", "batch_stream",
-    "batches", "check_available", "epoch_permutation", "get_normalization", "image_folder_spec",
+    "batches", "check_available", "class_balanced_sample", "epoch_permutation", "get_normalization", "image_folder_spec",
     "image_normalization", "load_dataset", "normalize", "num_batches", "parse_idx",
     "restricted_unpickle", "synthetic_dataset",
 ]

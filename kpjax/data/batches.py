@@ -104,3 +104,30 @@ def batch_stream(
 
 # ----------------------------------------------------------------------------
 # Normalization and augmentation (JAX, jitted).
+
+
+def class_balanced_sample(images: np.ndarray, labels: np.ndarray, per_class: int, *,
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` examples of every class, the first of each in a seeded
+    shuffle (GraSP's `GraSP_fetch_data`, which takes them from a shuffled
+    loader), ordered by position in that shuffle.
+
+    Raises:
+      ValueError: per_class < 1, or a class with fewer than `per_class` examples.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    labels = np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < per_class:
+        raise ValueError(f"class {classes[np.argmin(counts)]} has {counts.min()} examples, "
+                         f"fewer than per_class={per_class}")
+    shuffled = labels[order]
+    # The rank of each example within its class, in shuffled order.
+    rank = np.empty(len(order), np.int64)
+    for c in classes:
+        where = np.flatnonzero(shuffled == c)
+        rank[where] = np.arange(len(where))
+    chosen = order[rank < per_class]
+    return images[chosen], labels[chosen]

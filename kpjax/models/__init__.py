@@ -1,9 +1,9 @@
-"""Models by name: MnistNet and the CIFAR ResNets, with tiny test variants.
+"""Models by name: MnistNet, the CIFAR ResNets and VGG-16, with tiny test variants.
 
 `get_model(name)` returns a `ModelSpec`; every module is called as
 `module.apply(variables, x, train=...)` with NHWC float32 inputs, and
 `module.init(rng, x, train=False)` gives {'params'} (+ {'batch_stats'} for
-ResNets). Parameter names mirror the PyTorch state dicts of the pretrained
+ResNets and VGG). Parameter names mirror the PyTorch state dicts of the pretrained
 checkpoints.
 
 May import: flax, jax, kpjax.flatten, kpjax.models.
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from kpjax.flatten import count_params
 from kpjax.models.mnistnet import MnistNet
 from kpjax.models.resnet import BasicBlock, ResNet, shortcut_option_a
+from kpjax.models.vgg import VGG, VGG16_POOLS, VGG16_WIDTHS
 
 
 class ModelSpec(NamedTuple):
@@ -59,6 +60,11 @@ def _resnet(name: str, num_classes: int, num_blocks: int,
                      _CIFAR_SHAPE, "linear", "cifar10")
 
 
+def _vgg(name: str, num_classes: int, widths: tuple[int, ...] = VGG16_WIDTHS) -> ModelSpec:
+    # The classifier reads a 1x1 map: no flattening order to declare.
+    return ModelSpec(name, VGG(widths, VGG16_POOLS, num_classes), _CIFAR_SHAPE, "classifier", "cifar10")
+
+
 # name -> (name, num_classes) -> ModelSpec.
 MODELS: dict[str, Callable[[str, int], ModelSpec]] = {
     "mnistnet": _mnistnet,
@@ -69,6 +75,8 @@ MODELS: dict[str, Callable[[str, int], ModelSpec]] = {
     "resnet44": functools.partial(_resnet, num_blocks=7),
     "resnet56": functools.partial(_resnet, num_blocks=9),
     "resnet_tiny": functools.partial(_resnet, num_blocks=1, widths=(4, 8, 16)),
+    "vgg16": _vgg,
+    "vgg_tiny": functools.partial(_vgg, widths=(4, 4, 8, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16)),
 }
 
 
@@ -88,7 +96,7 @@ def get_model(name: str, num_classes: int = 10) -> ModelSpec:
 
     Args:
         name: one of `MODELS` ("mnistnet", "resnet20", "resnet32", "resnet44",
-            "resnet56", "mnistnet_tiny", "resnet_tiny").
+            "resnet56", "vgg16", "mnistnet_tiny", "resnet_tiny", "vgg_tiny").
         num_classes: outputs of the classifier.
 
     Returns:
@@ -123,7 +131,7 @@ def scale_width(spec: ModelSpec, factor: float) -> ModelSpec:
         module = module.clone(conv1_features=width(module.conv1_features),
                               conv2_features=width(module.conv2_features),
                               fc1_features=width(module.fc1_features))
-    elif isinstance(module, ResNet):
+    elif isinstance(module, (ResNet, VGG)):
         module = module.clone(widths=tuple(width(w) for w in module.widths))
     else:
         raise ValueError(f"no width scaling declared for {spec.name}")
@@ -150,5 +158,6 @@ def width_for_params(spec: ModelSpec, max_params: int) -> tuple[ModelSpec, float
 
 __all__ = [
     "MODELS", "BasicBlock", "MnistNet", "ModelSpec", "ResNet", "get_model", "init_variables",
-    "scale_width", "shortcut_option_a", "variable_shapes", "width_for_params",
+    "VGG", "VGG16_POOLS", "VGG16_WIDTHS", "scale_width", "shortcut_option_a", "variable_shapes",
+    "width_for_params",
 ]

@@ -97,6 +97,21 @@ def grasp_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
     return _map(lambda p, h: p * h, params, hg)
 
 
+def reinit_dense_kernels(params: PyTree, rng: jax.Array) -> PyTree:
+    """θ with every dense (2-D) `kernel` re-drawn from Xavier's normal
+    N(0, 2 / (fan_in + fan_out)), untruncated as torch's `xavier_normal_`.
+
+    Wang et al.'s GraSP code scores such a copy (`reinit=True`) and applies
+    the mask to the original θ₀; conv kernels and biases are kept.
+    """
+    init = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(rng, len(leaves))
+    out = [init(k, p.shape, p.dtype) if getattr(path[-1], "key", None) == "kernel" and p.ndim == 2
+           else p for k, (path, p) in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def gradient_norm_scores(params: PyTree, loss_fn: LossFn) -> PyTree:
     """|θ ⊙ H g|: how much removing θ changes the gradient norm (Lubana & Dick's GN)."""
     hg, _ = hessian_gradient_product(params, loss_fn)
@@ -186,6 +201,20 @@ register_method("grasp", PruningMethod(
     from_tree_scores(lambda i: grasp_scores(i.params, i.grasp_loss_fn)),
     global_signed_flat_mask, ("grasp_loss_fn",),
     f"GraSP: keep the largest θ ⊙ Hg, logits / {GRASP_TEMPERATURE:g}", label="GraSP", family="saliency"))
+# The two other signs of GraSP's score, for the ablation of its collapse at
+# low compression (experiments.grasp_ablation): keep the largest |θ ⊙ Hg|
+# (Lubana & Dick's GN on GraSP's tempered loss), or the largest −θ ⊙ Hg (the
+# opposite of Wang et al.'s choice: prune what they keep first).
+register_method("grasp_magnitude", PruningMethod(
+    from_tree_scores(lambda i: jax.tree_util.tree_map(jnp.abs, grasp_scores(i.params, i.grasp_loss_fn))),
+    global_flat_mask, ("grasp_loss_fn",),
+    f"GraSP's score by modulus: keep the largest |θ ⊙ Hg|, logits / {GRASP_TEMPERATURE:g}",
+    label="|GraSP|", family="saliency"))
+register_method("grasp_negated", PruningMethod(
+    from_tree_scores(lambda i: jax.tree_util.tree_map(jnp.negative, grasp_scores(i.params, i.grasp_loss_fn))),
+    global_signed_flat_mask, ("grasp_loss_fn",),
+    f"GraSP's score negated: keep the largest −θ ⊙ Hg, logits / {GRASP_TEMPERATURE:g}",
+    label="−GraSP", family="saliency"))
 register_method("synflow", PruningMethod(
     from_tree_scores(lambda i: synflow_scores(i.params, i.synflow_fn)), global_flat_mask,
     ("synflow_fn",), "SynFlow: |θ ⊙ ∂R/∂θ|, its mask in rounds (synflow_iterative_mask)",

@@ -20,7 +20,8 @@ _PRUNABLE_LEAVES = ("kernel", "bias")
 
 
 def prunable(
-    params: PyTree, include_classifier: bool = True, classifier: Optional[str] = None
+    params: PyTree, include_classifier: bool = True, classifier: Optional[str] = None,
+    include_biases: bool = True,
 ) -> PyTree:
     """ShrinkBench's prunable set as a bool pytree like `params`.
 
@@ -43,6 +44,8 @@ def prunable(
         owner = path[:-1]
         ok = bool(path) and path[-1] in _PRUNABLE_LEAVES and owner in owners
         if ok and not include_classifier and owner and owner[-1] == classifier:
+            ok = False
+        if ok and not include_biases and path[-1] == "bias":
             ok = False
         flags.append(ok)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flags)

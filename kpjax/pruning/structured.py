@@ -18,6 +18,9 @@ Declared per model family (`declared_groups`):
     the next), so they stay; each block's inner channels — conv1's outputs,
     bn1, conv2's inputs — are its own and form the groups, one per block
     (as Li et al. 2017 prune CIFAR ResNets).
+  * VGG: every conv's output channels with its BatchNorm, read by the next
+    conv; the last conv's by the classifier (from the 1x1 pooled map), as
+    network slimming prunes VGG.
 
 May import: jax, numpy, kpjax.flatten, kpjax.metrics, kpjax.models.
 """
@@ -67,7 +70,11 @@ def declared_groups(spec: models.ModelSpec, params: PyTree) -> list[Group]:
         blocks = [f"layer{s + 1}_{b}" for s in range(len(module.widths))
                   for b in range(module.num_blocks)]
         return [Group(blk, (blk, "conv1"), (blk, "bn1"), (blk, "conv2")) for blk in blocks]
-    raise ValueError(f"structured pruning declares MnistNet and the CIFAR ResNets, not {spec.name}")
+    if isinstance(module, models.VGG):
+        n = len(module.widths)
+        return [Group(f"conv{i}", (f"conv{i}",), (f"bn{i}",), (f"conv{i + 1}",) if i < n else ("classifier",))
+                for i in range(1, n + 1)]
+    raise ValueError(f"structured pruning declares MnistNet, the CIFAR ResNets and VGG, not {spec.name}")
 
 
 def _get(tree: PyTree, path: Path) -> Any:
@@ -200,6 +207,8 @@ def shrink(spec: models.ModelSpec, variables: PyTree, keep: dict[str, np.ndarray
     if isinstance(spec.module, models.MnistNet):
         module = spec.module.clone(conv1_features=kept["conv1"], conv2_features=kept["conv2"],
                                    fc1_features=kept["fc1"])
+    elif isinstance(spec.module, models.VGG):
+        module = spec.module.clone(widths=tuple(kept[g.name] for g in declared))
     else:
         module = spec.module.clone(inner_widths=tuple(kept[g.name] for g in declared))
     return spec._replace(module=module), variables
