@@ -5,7 +5,8 @@ imports neither kpjax nor absl) and prints one JSON line:
 ``{"images_per_s": ..., "threads": ..., "torch": ...}``.
 
 The models are the PyTorch originals kpjax mirrors: ShrinkBench's MnistNet
-and akamaster's CIFAR ResNet-20 with option-A shortcuts, NCHW float32,
+and akamaster's CIFAR ResNet-20 with option-A shortcuts, network slimming's
+CIFAR VGG-16 with BatchNorm, NCHW float32,
 trained with torch.optim.SGD (momentum 0.9) on the mean cross-entropy, BN in
 training mode. Batches are random tensors made before the clock starts.
 
@@ -81,8 +82,29 @@ class ResNet(nn.Module):
         return self.linear(x)
 
 
+class VGG16(nn.Module):
+    """Network slimming's CIFAR VGG-16 (conv-BN-ReLU, no conv bias)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        layers, c = [], 3
+        for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.feature = nn.Sequential(*layers)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = F.avg_pool2d(self.feature(x), 2).flatten(1)
+        return self.classifier(x)
+
+
 MODELS = {"mnistnet": (MnistNet, (1, 28, 28)),
-          "resnet20": (ResNet, (3, 32, 32))}
+          "resnet20": (ResNet, (3, 32, 32)),
+          "vgg16": (VGG16, (3, 32, 32))}
 
 
 def main():

@@ -1,6 +1,6 @@
 """Benchmark: training throughput (images/s) on CPU, kpjax against PyTorch.
 
-For each model (MnistNet, ResNet-20) one training step at batch 128: SGD
+For each model (MnistNet, ResNet-20, VGG-16 with --models) one training step at batch 128: SGD
 with momentum 0.9, mean cross-entropy, BatchNorm in training mode for the
 ResNet. The kpjax side is `kpjax.train.make_train_step` (jitted, state
 donated, masks applied) on `kpjax.models.get_model`; the PyTorch side is
@@ -16,7 +16,7 @@ float32 batches made before the clock starts; the first --warmup steps
 threads (--threads, default: the cores this process may run on; XLA's CPU
 client sizes its intra-op pool from the same affinity mask).
 
-  python -m benchmarks.train_throughput [--models=mnistnet,resnet20]
+  python -m benchmarks.train_throughput [--models=mnistnet,resnet20,vgg16]
       [--repeats=3] [--torch_python=/work/venv-torch/bin/python]
       [--xla_flags=...]
 
@@ -41,7 +41,7 @@ _MODELS = flags.DEFINE_list("models", ["mnistnet", "resnet20"],
                             "models to time")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "batch size")
 _STEPS = flags.DEFINE_list(
-    "steps", ["mnistnet=40", "resnet20=8"],
+    "steps", ["mnistnet=40", "resnet20=8", "vgg16=3"],
     "timed steps per run, as model=steps")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed first steps per run")
 _REPEATS = flags.DEFINE_integer("repeats", 3,
