@@ -63,8 +63,9 @@ def test_grasp_and_gn_use_the_exact_hessian_gradient_product():
 
         flat, unravel = ravel_pytree(params)
         flat_loss = lambda f: loss_fn(unravel(f))
-        h = jax.hessian(flat_loss)(flat)  # the explicit Hessian, small enough here
-        g = jax.grad(flat_loss)(flat)
+        # The explicit Hessian, small enough here (under jit: op by op,
+        # jax.hessian's nested vmaps compile for tens of seconds).
+        h, g = jax.jit(lambda f: (jax.hessian(flat_loss)(f), jax.grad(flat_loss)(f)))(flat)
         expected = np.asarray(h @ g)
         hg, _ = saliency.hessian_gradient_product(params, loss_fn)
         np.testing.assert_allclose(ravel_pytree(hg)[0], expected, rtol=1e-9, atol=1e-14)

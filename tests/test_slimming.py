@@ -1,5 +1,6 @@
 """kpjax.pruning.slimming: network slimming's |γ| scores, registered as bn_gamma."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -8,9 +9,17 @@ from kpjax import models, pruning
 from kpjax.pruning import structured
 
 
+def _params(spec):
+    """Random parameters of `spec`'s layout (drawn by NumPy: only the layout and
+    γ matter here, and an op-by-op ResNet init compiles for ~20 s)."""
+    rng = np.random.default_rng(0)
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype),
+                                  models.variable_shapes(spec)["params"])
+
+
 def test_bn_gamma_scores_broadcast_each_channels_scale_over_its_filter():
     spec = models.get_model("resnet_tiny")
-    params = models.init_variables(spec, 0)["params"]
+    params = _params(spec)
     gamma = np.arange(1, params["layer2_0"]["bn1"]["scale"].size + 1, dtype=np.float32) * -1.0
     params = {**params, "layer2_0": {**params["layer2_0"], "bn1": {**params["layer2_0"]["bn1"],
                                                                      "scale": jnp.asarray(gamma)}}}
@@ -27,7 +36,7 @@ def test_bn_gamma_is_registered_with_its_facts_and_prunes_by_the_lowest_gamma():
     method = kpjax.get_method("bn_gamma")
     assert (method.label, method.family, method.needs, method.baseline) == ("|γ|", "baseline", (), None)
     spec = models.get_model("resnet_tiny")
-    params = models.init_variables(spec, 0)["params"]
+    params = _params(spec)
     gamma = np.array([0.1, 3.0, -2.0, 0.5], np.float32)  # resnet_tiny's first block has 4 channels
     params = {**params, "layer1_0": {**params["layer1_0"], "bn1": {**params["layer1_0"]["bn1"],
                                                                      "scale": jnp.asarray(gamma)}}}
