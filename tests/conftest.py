@@ -13,12 +13,17 @@ import tempfile
 import jax
 import pytest
 
-_CACHE = tempfile.TemporaryDirectory(prefix="kpjax-test-xla-cache-")
+# pytest-xdist's workers inherit the controller's environment: they share its
+# cache (JAX writes entries atomically), and only the controller removes it.
+_SHARED = os.environ.get("KPJAX_TEST_XLA_CACHE")
+_CACHE = None if _SHARED else tempfile.TemporaryDirectory(prefix="kpjax-test-xla-cache-")
+_CACHE_DIR = _SHARED or _CACHE.name
+os.environ["KPJAX_TEST_XLA_CACHE"] = _CACHE_DIR
 # The notebook's kernel is another process: it reads the environment.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE.name
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-jax.config.update("jax_compilation_cache_dir", _CACHE.name)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -26,4 +31,5 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 @pytest.fixture(scope="session", autouse=True)
 def _remove_compilation_cache():
     yield
-    _CACHE.cleanup()
+    if _CACHE is not None:
+        _CACHE.cleanup()

@@ -85,21 +85,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(processes: int, out: Path) -> None:
+def _start(processes: int, out: Path) -> list[subprocess.Popen]:
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
     port = str(_free_port())
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(i), str(processes), port, str(out)],
-                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for i in range(processes)]
+    return [subprocess.Popen([sys.executable, "-c", CHILD, str(i), str(processes), port, str(out)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for i in range(processes)]
+
+
+def _wait(*groups: list[subprocess.Popen]) -> None:
+    """Waits for every group; child i of a group must print "ok i"."""
     try:
-        outputs = [child.communicate(timeout=300) for child in children]
+        outputs = [[child.communicate(timeout=300) for child in group] for group in groups]
     finally:
-        for child in children:
+        for child in sum(groups, []):
             child.kill()
-    for i, (child, (stdout, stderr)) in enumerate(zip(children, outputs)):
-        assert child.returncode == 0 and f"ok {i}" in stdout, stderr[-3000:]
+    for group, out in zip(groups, outputs):
+        for i, (child, (stdout, stderr)) in enumerate(zip(group, out)):
+            assert child.returncode == 0 and f"ok {i}" in stdout, stderr[-3000:]
 
 
 def _phi(out: Path) -> np.ndarray:
@@ -111,8 +116,9 @@ def _phi(out: Path) -> np.ndarray:
 
 
 def test_two_processes_train_and_fit_as_one(tmp_path):
-    _run(1, tmp_path / "one")
-    _run(2, tmp_path / "two")
+    # The reference and the two-process run are independent: they run at once.
+    reference, pair = _start(1, tmp_path / "one"), _start(2, tmp_path / "two")
+    _wait(reference, pair)
     one, two = tmp_path / "one", tmp_path / "two"
     # Each process wrote its own half of φ (2 devices each, 2 shards per process).
     with np.load(two / "phi_part0.npz") as a, np.load(two / "phi_part1.npz") as b:

@@ -1,6 +1,7 @@
 """experiments.grasp_ablation end to end on a tiny model: every condition is
 an init run with its change, and the per-leaf diagnostics are consistent."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,9 +11,9 @@ from experiments.config import InitConfig
 
 
 def test_grasp_ablation_end_to_end(tmp_path, monkeypatch):
-    # One condition of each kind (prunable set + scoring, scoring only, the
-    # optimizer, the two signs), with the reference protocol.
-    kept = ("kpjax", "wang", "reinit_balanced", "lr_0.005", "magnitude", "negated")
+    # The reference protocol, the prunable set with scoring, and the two signs
+    # (what each of the others changes is condition_config's test).
+    kept = ("kpjax", "wang", "magnitude", "negated")
     monkeypatch.setattr(grasp_ablation, "CONDITIONS",
                         tuple(c for c in grasp_ablation.CONDITIONS if c.name in kept))
     # No training after pruning (--finetune_epochs=0): what is tested here is
@@ -31,7 +32,6 @@ def test_grasp_ablation_end_to_end(tmp_path, monkeypatch):
             assert methods == {"grasp"} and saved["score_per_class"] == grasp_ablation.PER_CLASS
         else:
             assert methods == {"grasp", "random"}
-    assert json.loads((tmp_path / "lr_0.005" / "config.json").read_text())["train"]["lr"] == 0.005
     layers = json.loads((tmp_path / "layers.json").read_text())["rows"]
     by = {(r["condition"], r["method"], r["layer"]): r for r in layers}
     assert not any(r["layer"].endswith("bias") for r in layers if r["condition"] == "wang")
@@ -51,3 +51,27 @@ def test_grasp_ablation_end_to_end(tmp_path, monkeypatch):
     before = (tmp_path / "layers.json").read_text()
     assert grasp_ablation.run(config, str(tmp_path)) == summary
     assert (tmp_path / "layers.json").read_text() == before
+
+
+def test_each_condition_changes_what_it_says_and_only_that():
+    config = InitConfig(model="mnistnet_tiny", seeds=(0,), compressions=(3.0,),
+                        methods=("grasp", "random", "snip", "gmp"))
+    by = {c.name: grasp_ablation.condition_config(config, c) for c in grasp_ablation.CONDITIONS}
+    assert by["kpjax"] == config
+    assert by["kernels_only"] == dataclasses.replace(config, prune_biases=False)
+    # Scoring-only changes rerun the methods that read a batch, nothing else.
+    assert by["reinit_balanced"] == dataclasses.replace(
+        config, methods=("grasp", "snip"), score_reinit_dense=True,
+        score_per_class=grasp_ablation.PER_CLASS)
+    assert by["wang"].methods == config.methods and not by["wang"].prune_biases
+    assert by["lr_0.005"] == dataclasses.replace(config, train=dataclasses.replace(config.train, lr=0.005))
+    assert by["lr_0.01"].train.lr == 0.01 and by["lr_0.01"].methods == config.methods
+    assert by["magnitude"].methods == ("grasp_magnitude",)
+    assert by["negated"].methods == ("grasp_negated",)
+    no_grasp = dataclasses.replace(config, methods=("random", "gmp"))
+    assert grasp_ablation.condition_config(no_grasp, by_name("negated")) is None
+    assert grasp_ablation.condition_config(no_grasp, by_name("reinit_balanced")) is None
+
+
+def by_name(name):
+    return next(c for c in grasp_ablation.CONDITIONS if c.name == name)

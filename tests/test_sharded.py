@@ -89,17 +89,17 @@ TRAIN_SCRIPT = textwrap.dedent("""
     # reductions (measured: 3.6e-5 of the largest update). Over several steps
     # such differences can grow where an activation crosses a ReLU kink (1.9 %
     # of the movement after 6 steps on 2 devices on an AVX2 EPYC, 2.5e-5 on
-    # 4), so the longer run checks the mask, not the values.
+    # 4), so the longer run checks the mask, not the values. Two devices per
+    # process are test_distributed's case.
     ref = run(1, 1)
-    for devices in (2, 4):
-        got = run(devices, 1)
-        for a, b in zip(jax.tree_util.tree_leaves((ref.params, ref.batch_stats)),
-                        jax.tree_util.tree_leaves((got.params, got.batch_stats))):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5)
-        got = run(devices, len(images))
-        for p, m in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(mask)):
-            assert np.all(np.asarray(p)[~np.asarray(m)] == 0)  # the mask holds on every device
-        print("ok", devices)
+    got = run(4, 1)
+    for a, b in zip(jax.tree_util.tree_leaves((ref.params, ref.batch_stats)),
+                    jax.tree_util.tree_leaves((got.params, got.batch_stats))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5)
+    got = run(4, len(images))
+    for p, m in zip(jax.tree_util.tree_leaves(got.params), jax.tree_util.tree_leaves(mask)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0)  # the mask holds on every device
+    print("ok 4")
     try:
         parallel.shard_batch(images[0][:6], labels[0][:6], parallel.column_mesh())
     except ValueError as e:
@@ -110,7 +110,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
 def test_data_parallel_train_steps_equal_the_single_device_steps():
     stdout = run_on_four_devices(TRAIN_SCRIPT)
-    assert stdout.count("ok") == 3, stdout
+    assert stdout.count("ok") == 2, stdout
 
 
 PRUNE_SCRIPT = textwrap.dedent("""
@@ -121,7 +121,7 @@ PRUNE_SCRIPT = textwrap.dedent("""
     for devices in (1, 4):
         config = PruneConfig(model="mnistnet_tiny", max_train_examples=256, max_test_examples=200,
                              batch_size=64, seeds=(0,), compressions=(4,), trajectory_steps=4,
-                             finetune_epochs=1, methods=("kmp", "gmp"), rcond=(1e-6,), devices=devices)
+                             finetune_epochs=0, methods=("kmp", "gmp"), rcond=(1e-6,), devices=devices)
         prune.run(config, f"{sys.argv[1]}/d{devices}")
         out[devices] = json.load(open(f"{sys.argv[1]}/d{devices}/results.json"))["rows"]
     for a, b in zip(out[1], out[4]):
