@@ -121,7 +121,7 @@ PRUNE_SCRIPT = textwrap.dedent("""
     for devices in (1, 4):
         config = PruneConfig(model="mnistnet_tiny", max_train_examples=256, max_test_examples=200,
                              batch_size=64, seeds=(0,), compressions=(4,), trajectory_steps=4,
-                             finetune_epochs=0, methods=("kmp", "gmp"), rcond=(1e-6,), devices=devices)
+                             finetune_epochs=1, methods=("kmp", "gmp"), rcond=(1e-6,), devices=devices)
         prune.run(config, f"{sys.argv[1]}/d{devices}")
         out[devices] = json.load(open(f"{sys.argv[1]}/d{devices}/results.json"))["rows"]
     for a, b in zip(out[1], out[4]):
