@@ -92,7 +92,9 @@ def condition_config(config: InitConfig, condition: Condition) -> InitConfig | N
     if not methods:
         return None
     changes = {k: (v(getattr(config, k)) if callable(v) else v) for k, v in condition.changes.items()}
-    return dataclasses.replace(config, methods=tuple(methods), **changes)
+    # The conditions start from kpjax's former protocol, GraSP scoring what
+    # the other methods score; "reinit_balanced" is today's default (wang).
+    return dataclasses.replace(config, methods=tuple(methods), grasp_scoring="shared", **changes)
 
 
 def layer_rows(setup: pipeline.Setup, one: init.Seed, condition: str, method: str,

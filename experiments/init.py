@@ -1,8 +1,10 @@
 r"""Pruning at initialization (Synaptic-Flow's protocol): prune θ₀, then train.
 
 For each seed: θ₀ = the seed's initialization. Every method scores it —
-random, magnitude (gmp), SNIP and GraSP (on --score_batches training
-batches; GraSP's logits divided by its temperature 200), iterative SynFlow
+random, magnitude (gmp), SNIP (on --score_batches training batches), GraSP
+(as Wang et al.'s code: on θ₀ with its dense kernels re-drawn, 10 training
+images per class, logits divided by its temperature 200; --grasp_scoring;
+why: results/grasp_ablation_mnistnet_seeds012), iterative SynFlow
 (data-free, --synflow_rounds) — and KMP scores θ(t₂) after a
 --window_steps window of training from θ₀ (those steps count in its budget).
 At every compression the masked network is trained for --finetune_epochs
@@ -30,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
-from experiments.config import InitConfig
+from experiments.config import GRASP_PER_CLASS, InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
 from kpjax import data, koopman, models, pruning
@@ -59,24 +61,41 @@ class Seed:
         self.tx = config.train.optimizer(setup.steps_per_epoch)
         self.step_fn = setup.train_step(self.tx)  # one compiled step for every cell of the seed
         params = self.variables["params"]
-        if config.score_per_class:
-            scoring = [data.class_balanced_sample(setup.dataset.train_images, setup.dataset.train_labels,
-                                                  config.score_per_class, seed=seed * 1000 + SCORING)]
-        else:
-            stream = setup.stream(seed, SCORING)()
-            scoring = [next(stream) for _ in range(config.score_batches)]
         self.plain = pruning.PruneInputs(params, setup.select, rng=jax.random.PRNGKey(seed))
-        scored = (saliency.reinit_dense_kernels(params, jax.random.fold_in(jax.random.PRNGKey(seed), SCORING))
-                  if config.score_reinit_dense else params)
-        self.inputs = koopman_window.with_scoring_batches(
-            setup, self.plain._replace(params=scored), self.variables.get("batch_stats"), scoring)
+        self.inputs = self._scoring_inputs(config.score_per_class, config.score_reinit_dense)
+        self._grasp_inputs = None
         self._scores: dict[str, np.ndarray] = {}
         self._window = None
 
+    def _scoring_inputs(self, per_class: int, reinit_dense: bool) -> pruning.PruneInputs:
+        """θ₀ (its dense kernels re-drawn if `reinit_dense`) with the scoring
+        batches: `per_class` training images per class, or --score_batches
+        batches of the stream."""
+        setup, seed = self.setup, self.seed
+        if per_class:
+            scoring = [data.class_balanced_sample(setup.dataset.train_images, setup.dataset.train_labels,
+                                                  per_class, seed=seed * 1000 + SCORING)]
+        else:
+            stream = setup.stream(seed, SCORING)()
+            scoring = [next(stream) for _ in range(setup.config.score_batches)]
+        params = self.plain.params
+        scored = (saliency.reinit_dense_kernels(params, jax.random.fold_in(jax.random.PRNGKey(seed), SCORING))
+                  if reinit_dense else params)
+        return koopman_window.with_scoring_batches(
+            setup, self.plain._replace(params=scored), self.variables.get("batch_stats"), scoring)
+
     def inputs_of(self, method: str) -> pruning.PruneInputs:
-        """What `method` scores: the scoring batches' inputs (θ₀, or its
-        re-drawn copy with --score_reinit_dense) if it reads them, else θ₀."""
-        return self.inputs if set(pruning.get_method(method).needs) & pruning.BATCH_INPUTS else self.plain
+        """What `method` scores: θ₀ if it reads no scoring batch; with
+        --grasp_scoring=wang, GraSP's family scores Wang et al.'s inputs (dense
+        kernels re-drawn, 10 images per class); the other data-dependent
+        methods the scoring batches (θ₀, or its re-drawn copy with
+        --score_reinit_dense)."""
+        needs = set(pruning.get_method(method).needs)
+        if "grasp_loss_fn" in needs and self.setup.config.grasp_scoring == "wang":
+            if self._grasp_inputs is None:
+                self._grasp_inputs = self._scoring_inputs(GRASP_PER_CLASS, True)
+            return self._grasp_inputs
+        return self.inputs if needs & pruning.BATCH_INPUTS else self.plain
 
     def window(self):
         """θ(t₂) (variables) and the flat scores of every method of the run that
@@ -156,8 +175,10 @@ def _summary(setup: pipeline.Setup, rows, timings=()) -> str:
         f"# Pruning {setup.spec.name} at initialization on {setup.dataset.name}", "",
         f"Seeds {list(setup.seeds)}; each method prunes θ₀ (KMP: θ after a {config.window_steps}-step "
         f"window from θ₀, rcond {config.rcond[0]:g}), then {config.finetune_epochs} epoch(s) of SGD "
-        f"at lr {config.train.lr:g}. Model: {count_params(params):,} parameters. Top-1 % after "
-        "training, mean ± std over seeds.", "",
+        f"at lr {config.train.lr:g}. GraSP scores "
+        + ("θ₀ with its dense kernels re-drawn on 10 training images per class (Wang et al.'s code)"
+           if config.grasp_scoring == "wang" else "what the other data-dependent methods score")
+        + f". Model: {count_params(params):,} parameters. Top-1 % after training, mean ± std over seeds.", "",
         *report.data_line(setup.dataset.name, setup.dataset.source),
         "## After training", "", markdown_table(["compression"] + setup.methods, body), "",
         "## Layer collapse", "",

@@ -30,7 +30,7 @@ from kpjax.pruning import structured
 # methods, compressions or seeds only add cells; summarize_only is a mode;
 # the early-bird rule only reads the results; controls add their own rows;
 # the device count, like the core count, changes only the reduction order.
-NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "summarize_only",
+NOT_SETTINGS = ("methods", "compressions", "seeds", "prune_epochs", "prune_points", "summarize_only",
                 "early_bird_patience", "early_bird_eps", "controls", "devices")
 # Settings newer than most workdirs that are written to config.json only
 # when given, so that a run without them writes what it always did.

@@ -54,8 +54,13 @@ def test_grasp_ablation_end_to_end(tmp_path, monkeypatch):
 
 
 def test_each_condition_changes_what_it_says_and_only_that():
-    config = InitConfig(model="mnistnet_tiny", seeds=(0,), compressions=(3.0,),
-                        methods=("grasp", "random", "snip", "gmp"))
+    # Every condition starts from kpjax's former protocol: GraSP scores what the others score.
+    default = InitConfig(model="mnistnet_tiny", seeds=(0,), compressions=(3.0,),
+                         methods=("grasp", "random", "snip", "gmp"))
+    assert default.grasp_scoring == "wang"
+    assert all(grasp_ablation.condition_config(default, c).grasp_scoring == "shared"
+               for c in grasp_ablation.CONDITIONS)
+    config = dataclasses.replace(default, grasp_scoring="shared")
     by = {c.name: grasp_ablation.condition_config(config, c) for c in grasp_ablation.CONDITIONS}
     assert by["kpjax"] == config
     assert by["kernels_only"] == dataclasses.replace(config, prune_biases=False)

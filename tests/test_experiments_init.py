@@ -28,3 +28,37 @@ def test_layer_collapse_counts_kernels_not_biases():
     assert not init._collapsed(mask, select)
     mask["b"]["kernel"] = jnp.zeros(2, bool)
     assert init._collapsed(mask, select)
+
+
+def test_grasp_scores_wang_et_al_s_inputs_and_the_others_theirs():
+    import dataclasses
+
+    import numpy as np
+
+    from experiments import pipeline
+    from kpjax import data
+
+    config = InitConfig(model="mnistnet_tiny", max_train_examples=256, max_test_examples=200,
+                        batch_size=64, seeds=(0,), compressions=(3.0,), methods=("snip", "grasp"))
+    one = init.Seed(pipeline.Setup(config), 0)
+    theta0 = one.plain.params
+    wang, snip = one.inputs_of("grasp"), one.inputs_of("snip")
+    assert one.inputs_of("grasp_negated") is wang and snip is one.inputs
+    kernels = lambda p: [(k, np.asarray(v["kernel"])) for k, v in p.items() if "kernel" in v]
+    # Dense kernels re-drawn for GraSP only; conv kernels and SNIP's θ₀ untouched.
+    for (name, w), (_, w0) in zip(kernels(wang.params), kernels(theta0)):
+        assert np.array_equal(w, w0) == name.startswith("conv"), name
+    for (_, w), (_, w0) in zip(kernels(snip.params), kernels(theta0)):
+        assert np.array_equal(w, w0)
+    # GraSP's loss is on 10 images per class: equal to one built from that sample.
+    setup = one.setup
+    images, labels = data.class_balanced_sample(setup.dataset.train_images, setup.dataset.train_labels,
+                                                10, seed=init.SCORING)
+    assert np.bincount(np.asarray(labels), minlength=10).tolist() == [10] * 10
+    from kpjax import train
+    from kpjax.pruning import saliency
+    loss = train.batch_loss_fn(setup.spec.module.apply, None, setup.normalize(np.asarray(images)),
+                               np.asarray(labels), temperature=saliency.GRASP_TEMPERATURE)
+    assert float(loss(wang.params)) == float(wang.grasp_loss_fn(wang.params))
+    shared = init.Seed(pipeline.Setup(dataclasses.replace(config, grasp_scoring="shared")), 0)
+    assert shared.inputs_of("grasp") is shared.inputs
