@@ -286,3 +286,31 @@ def spectra_by(groups: dict[Any, np.ndarray], path: str, label: str, title: str 
     zoom.set_title("the eigenvalues nearest 1", fontsize=10)
     ax.set_title(title or "Koopman spectra", fontsize=10)
     _save(fig, path)
+
+
+def loss_curves(rows: Sequence[Row], path: str, title: str = "") -> None:
+    """The training loss after pruning (experiments.gradient_flow's curves),
+    one panel per prune epoch and compression, one line per method (mean over
+    seeds; x: steps since the prune point, `since`: KMP's line starts after its window)."""
+    panels = sorted({(r["prune_epoch"], r["compression"]) for r in rows if r["method"] != "dense"})
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, (e, c) in zip(axes[0], panels):
+        mine = [r for r in rows if r["prune_epoch"] == e and r["compression"] in (c, 1.0)]
+        stats = group_mean_std(mine, ("method", "since"), "loss")
+        for method in ["dense"] + _methods(mine):
+            pts = sorted((k[1], s) for k, s in stats.items() if k[0] == method)
+            if pts:
+                style = dict(color="k", linestyle=":") if method == "dense" else dict(_style(method), marker=None)
+                ax.plot([p for p, _ in pts], [s[0] for _, s in pts], label=name(method), **style)
+        ax.set_yscale("log")
+        ax.set_xlabel("steps after the prune point")
+        ax.set_title(f"epoch {e:g}, c = {c:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    axes[0][-1].legend(fontsize=7)
+    n = _n_seeds(rows)
+    fig.suptitle(f"{title + ', ' if title else ''}n = {n} seed{'s' if n > 1 else ''}", fontsize=10)
+    _save(fig, path)

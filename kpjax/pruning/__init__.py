@@ -11,12 +11,13 @@ The methods, each registered in its family's module: `baselines` (GMP,
 layerwise magnitude, L1, gradient, random), `koopman_scores` (KMP, subspace
 KMP, KGP, layer KMP), `saliency` (SNIP/LP, biased LP, GN, GraSP, SynFlow),
 `slimming` (network slimming's |γ|). `structured` prunes whole filters and neurons; `coreset` samples
-a dense layer's neurons.
+a dense layer's neurons; `flow` measures what a mask does to the gradient flow (Lubana & Dick).
 
 May import: kpjax.pruning.
 """
 
 from kpjax.pruning import baselines, koopman_scores, saliency, slimming  # registers every method
+from kpjax.pruning.flow import FlowMeasures, flow_measures
 from kpjax.pruning.baselines import gradient_scores, magnitude_scores, random_scores
 from kpjax.pruning.koopman_scores import (kgp_flat_scores, kmp_flat_scores, kmp_subspace_flat_scores,
                                           layer_kmp_flat_scores)
