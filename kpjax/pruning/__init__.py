@@ -11,7 +11,8 @@ The methods, each registered in its family's module: `baselines` (GMP,
 layerwise magnitude, L1, gradient, random), `koopman_scores` (KMP, subspace
 KMP, KGP, layer KMP), `saliency` (SNIP/LP, biased LP, GN, GraSP, SynFlow),
 `slimming` (network slimming's |γ|). `structured` prunes whole filters and neurons; `coreset` samples
-a dense layer's neurons; `flow` measures what a mask does to the gradient flow (Lubana & Dick).
+a dense layer's neurons; `flow` measures what a mask does to the gradient flow (Lubana & Dick); `ellipsoid`
+is the Löwner ellipsoid of a layer's neurons (Tukan et al.'s data-free coreset starts there).
 
 May import: kpjax.pruning.
 """
