@@ -83,15 +83,18 @@ class Point:
         self.inputs = self._inputs(self.variables)
         self._window = None
 
-    def _inputs(self, variables) -> pruning.PruneInputs:
+    def _inputs(self, variables, batches: bool = True) -> pruning.PruneInputs:
+        """θ of `variables`, with what the scoring batches give if `batches`."""
         plain = pruning.PruneInputs(variables["params"], self.setup.select,
                                     rng=jax.random.PRNGKey(self.seed))
+        if not batches:
+            return plain
         return koopman_window.with_scoring_batches(self.setup, plain, variables.get("batch_stats"),
                                                    self.scoring)
 
     def window(self):
-        """θ after --window_steps steps from the point, its scoring inputs and
-        the flat scores of the methods that read a trajectory."""
+        """θ after --window_steps steps from the point and the flat scores of
+        the methods that read a trajectory."""
         if self._window is None:
             setup = self.setup
             recorder = recording.make_recording_train_step(self.main_run.step_fn, setup.select)
@@ -100,27 +103,30 @@ class Point:
                 setup.config.window_steps, setup.select)
             fit = koopman.fit_trajectory(theta, rcond=setup.config.rcond[0])
             variables = pipeline.variables_of(state)
-            inputs = self._inputs(variables)._replace(snapshots=theta, spec=setup.flat_spec, fit=fit)
-            scores = {m: np.asarray(pruning.method_flat_scores(m, inputs))
-                      for m in setup.methods if _needs_window(m)}
-            self._window = (variables, inputs, scores)
+            windowed = [m for m in setup.methods if _needs_window(m)]
+            needs = set().union(*(pruning.get_method(m).needs for m in windowed))
+            # The gradients on the scoring batches only if a windowed method reads them.
+            inputs = self._inputs(variables, bool(needs & pruning.BATCH_INPUTS))._replace(
+                snapshots=theta, spec=setup.flat_spec, fit=fit)
+            scores = {m: np.asarray(pruning.method_flat_scores(m, inputs)) for m in windowed}
+            self._window = (variables, scores)
         return self._window
 
     def branch(self, method: str, c: float):
-        """(variables, scoring inputs, mask, first step) of `method`'s branch at c;
+        """(variables, mask, first step) of `method`'s branch at c;
         the dense branch (method "dense") keeps everything."""
         setup = self.setup
         if method == "dense":
-            return self.variables, self.inputs, None, self.step
+            return self.variables, None, self.step
         if _needs_window(method):
-            variables, inputs, scores = self.window()
+            variables, scores = self.window()
             flat, start = scores[method], self.step + setup.config.window_steps
         else:
-            variables, inputs, start = self.variables, self.inputs, self.step
-            flat = np.asarray(pruning.method_flat_scores(method, inputs))
+            variables, start = self.variables, self.step
+            flat = np.asarray(pruning.method_flat_scores(method, self.inputs))
         params = variables["params"]
         keep = pruning.method_flat_mask(method, flat, setup.flat_spec, count_params(params), c)
-        return variables, inputs, pruning.mask_from_flat(keep, setup.flat_spec, params), start
+        return variables, pruning.mask_from_flat(keep, setup.flat_spec, params), start
 
 
 def make_measure(setup: pipeline.Setup):
@@ -139,7 +145,7 @@ def run_cell(setup: pipeline.Setup, point: Point, method: str, c: float,
     to the branch's end; the result row and the curve rows."""
     started = time.time()
     config = setup.config
-    variables, _, mask, start = point.branch(method, c)
+    variables, mask, start = point.branch(method, c)
     params = variables["params"]
     full = mask if mask is not None else train.full_mask(params)
     measures = measure(params, full, variables.get("batch_stats") or {}, point.images, point.labels)
