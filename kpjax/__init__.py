@@ -20,13 +20,13 @@ The concepts live in subpackages, each with its own face: `kpjax.koopman`
 steps, loop, recording), `kpjax.models` (MnistNet, CIFAR ResNets),
 `kpjax.data` (datasets, batches), `kpjax.io` (checkpoints, trajectory
 files, PyTorch import); `kpjax.flatten` (θ ∈ R^N), `kpjax.flax_model` (any
-Flax module as a function), `kpjax.metrics` (sizes, FLOPs) and
-`kpjax.parallel` (device meshes) stand alone.
+Flax module as a function), `kpjax.metrics` (sizes, FLOPs), `kpjax.spline` (region codes and the
+spline early-bird ticket) and `kpjax.parallel` (device meshes) stand alone.
 
 May import: kpjax.
 """
 
-from kpjax import data, flatten, flax_model, io, koopman, metrics, models, parallel, pruning, train
+from kpjax import data, flatten, flax_model, io, koopman, metrics, models, parallel, pruning, spline, train
 from kpjax.flax_model import Model, from_linen, from_nnx, to_nnx, update_nnx
 from kpjax.flatten import FlatSpec, count_params, flat_spec, ravel_selected, unravel_selected
 from kpjax.koopman import (DEFAULT_RCOND, DMDFit, fit_dmd, fit_trajectory, fixed_point_mode, gram,
@@ -45,7 +45,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # subpackages
-    "data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel", "pruning", "train",
+    "data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel", "pruning", "spline",
+    "train",
     # any Flax model (Linen or NNX) as f(θ, s, x) ↦ (y, s′); its masked training and Θ
     "Model", "from_linen", "from_nnx", "to_nnx", "update_nnx",
     "Carry", "Recording", "cross_entropy_loss", "init_carry", "inputs_of", "make_step", "record",
