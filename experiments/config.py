@@ -284,6 +284,11 @@ class EarlyConfig(PruningFields, DataConfig):
                                    "distances (between windows) are below --early_bird_eps")
     early_bird_eps: float = opt(0.1, "early-bird ticket: the mask distance threshold "
                                 "(normalized Hamming, You et al. 2020)")
+    spline_canvas: int = opt(100, "spline early-bird (You et al. 2022): the canvas is this many "
+                             "squared inputs between two test images; 0: off")
+    spline_lookback: int = opt(3, "spline early-bird: drawn when the code distances to this many "
+                               "previous windows are all below --spline_threshold")
+    spline_threshold: float = opt(0.16, "spline early-bird: the code distance threshold")
 
     def __post_init__(self) -> None:
         self.check_data()
@@ -301,6 +306,10 @@ class EarlyConfig(PruningFields, DataConfig):
         check_range(self, "early_bird_patience", 1, 10**6)
         check_range(self, "window_stride", 0, 10**6)
         check(0 < self.early_bird_eps <= 1, f"--early_bird_eps must be in (0, 1], got {self.early_bird_eps}")
+        check_range(self, "spline_canvas", 0, 1000)
+        check(self.spline_canvas != 1, "--spline_canvas must be 0 (off) or >= 2, got 1")
+        check_range(self, "spline_lookback", 1, 10**6)
+        check(0 < self.spline_threshold <= 1, f"--spline_threshold must be in (0, 1], got {self.spline_threshold}")
 
 
 @dataclass(frozen=True)

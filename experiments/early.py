@@ -25,9 +25,11 @@ redoes it from the first window's start.
 Writes to --workdir: results.csv/json (rows with prune_epoch), overlap.csv/json
 (Jaccard of KMP/GMP kept sets per epoch), windows.csv/json (the Koopman fit
 of each window at every cutoff), mask_distance.csv/json (each method's masks
-between consecutive windows: the early-bird distance), summary.md (with the
-epoch each early-bird ticket is drawn), fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
-fig_lambda_vs_epoch.png, fig_spectra.png; with --window_stride also
+between consecutive windows: the early-bird distance), spline_distance.csv/json
+(the region-code distance between the states at every two window ends, on
+Spline-EB's canvas: `experiments.spline_eb`), summary.md (with the
+epoch each early-bird ticket is drawn, by masks and by codes), fig_accuracy_vs_epoch.png, fig_overlap_vs_epoch.png,
+fig_lambda_vs_epoch.png, fig_spectra.png, fig_spline_distance.png; with --window_stride also
 sliding.csv/json, sliding_distance.csv/json (each window's mask distances,
 per method and compression), seed<s>/sliding_spectra.npz (every window's eigenvalues)
 and fig_sliding.png. Reruns resume.
@@ -47,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources
+from experiments import cell, cli, common, koopman_window, pipeline, plots, report, resources, spline_eb
 from experiments.config import EarlyConfig
 from experiments.results import (ResultTable, at_cutoff, atomic_write_bytes, atomic_write_text, fmt_pm,
                                  group_mean_std, markdown_table)
@@ -95,7 +97,7 @@ class MainRun:
 
 
 def _summary(setup, epochs, all_rows, all_overlap, all_windows, timings=(), distance_rows=(),
-             sliding_rows=(), sliding_distances=()) -> str:
+             sliding_rows=(), sliding_distances=(), spline_rows=()) -> str:
     config = setup.config
     # The tables at the run's cutoff; the other cutoffs feed the sensitivity sections only.
     rows, overlap_rows, window_rows = (at_cutoff(t, config.rcond[0])
@@ -145,6 +147,7 @@ def _summary(setup, epochs, all_rows, all_overlap, all_windows, timings=(), dist
     out += report.cutoff_sensitivity(all_rows, all_overlap, pipeline.PAIRS, setup.compressions,
                                      config.rcond, by=("prune_epoch",))
     out += _early_bird(setup, epochs, distance_rows)
+    out += spline_eb.section(setup, epochs, spline_rows)
     out += _sliding_section(setup, sliding_rows, sliding_distances)
     return "\n".join(out + report.provenance(timings))
 
@@ -161,7 +164,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
         spectra = {}
-        table, overlap, windows, distances, sliding, sliding_distances = _tables(workdir)
+        table, overlap, windows, distances, sliding, sliding_distances, splines = _tables(workdir)
         for seed in setup.seeds:
             previous = None
             for e in epochs:
@@ -178,15 +181,15 @@ def run(config: EarlyConfig, workdir: str) -> str:
                     distances.rows.extend(_distance_rows(setup, previous, window, e, seed))
                 previous = (e, window)
         return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
-                              sliding_distances, spectra)
+                              sliding_distances, spectra, splines)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
         return _run(setup, epochs, workdir)
 
 
 def _tables(workdir: str) -> tuple[ResultTable, ...]:
-    """results (with timings), overlap, windows, mask_distance, sliding and
-    sliding_distance."""
+    """results (with timings), overlap, windows, mask_distance, sliding,
+    sliding_distance and spline_distance."""
     return (ResultTable(workdir, _CELL, timing_columns=("seconds",)),
             ResultTable(workdir, ("model", "prune_epoch", "method", "rcond", "other", "compression",
                                   "seed"), stem="overlap"),
@@ -194,7 +197,8 @@ def _tables(workdir: str) -> tuple[ResultTable, ...]:
             ResultTable(workdir, _CELL, stem="mask_distance"),
             ResultTable(workdir, ("model", "seed", "start_step"), stem="sliding"),
             ResultTable(workdir, ("model", "seed", "start_step", "method", "compression"),
-                        stem="sliding_distance"))
+                        stem="sliding_distance"),
+            ResultTable(workdir, ("model", "seed", "epoch", "other_epoch"), stem="spline_distance"))
 
 
 def _distance_rows(setup, previous: tuple[int, koopman_window.Window], window, epoch: int, seed: int):
@@ -242,7 +246,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
     config = setup.config
     steps = config.window_steps or setup.steps_per_epoch
     model = setup.spec.name
-    table, overlap, windows, distances, sliding, sliding_distances = _tables(workdir)
+    table, overlap, windows, distances, sliding, sliding_distances, splines = _tables(workdir)
     cells = [(s, e, v, c) for s in setup.seeds for e in epochs for v in setup.scored
              for c in setup.compressions]
     todo = [x for x in cells if not table.done(model=model, seed=x[0], prune_epoch=x[1],
@@ -264,7 +268,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
         main_run = MainRun(setup, seed, workdir)
         if config.window_stride:
             _record_once(setup, main_run, seed, epochs, workdir, sliding, sliding_distances)
-        previous = None
+        previous, states = None, []
         for e in epochs:
             path = _window_path(workdir, seed, e)
             window = koopman_window.cached_window(setup, path)
@@ -282,6 +286,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                     compression=setup.compressions[0], seed=seed):
                 distances.add(_distance_rows(setup, previous, window, e, seed))
             previous = (e, window)
+            states.append(window.variables)
             if not table.done(model=model, prune_epoch=e, method="dense", rcond=None,
                               compression=1.0, seed=seed):
                 cell.add_cell(table, setup, window, workdir,
@@ -291,9 +296,12 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                 cell.add_cell(table, setup, window, workdir,
                               cell.run_cell(setup, window, variant, c, seed, prune_epoch=e))
                 progress.update(1)
+        if config.spline_canvas and len(epochs) > 1 and not splines.done(
+                model=model, seed=seed, epoch=epochs[-1], other_epoch=epochs[-2]):
+            splines.add_missing(spline_eb.distance_rows(setup, seed, epochs, states, config.spline_canvas))
 
     return _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
-                          sliding_distances, spectra)
+                          sliding_distances, spectra, splines)
 
 
 def _window_path(workdir: str, seed: int, epoch: int) -> str:
@@ -422,10 +430,10 @@ def _sliding_section(setup, rows, distance_rows) -> list[str]:
 
 
 def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, sliding,
-                   sliding_distances, spectra) -> str:
+                   sliding_distances, spectra, splines) -> str:
     summary = _summary(setup, epochs, table.rows, overlap.rows, windows.rows,
                        table.timings.rows if table.timings else (), distances.rows, sliding.rows,
-                       sliding_distances.rows)
+                       sliding_distances.rows, splines.rows)
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     out = lambda name: os.path.join(workdir, name)
     rcond = setup.config.rcond[0]
@@ -444,6 +452,10 @@ def _write_outputs(setup, epochs, workdir, table, overlap, windows, distances, s
     if sliding.rows:
         plots.sliding_windows(sliding.rows, sliding_distances.rows, out("fig_sliding.png"),
                               f"{setup.spec.name} on {setup.dataset.name}")
+    d = spline_eb.matrix(splines.rows, setup.seeds[0], epochs)
+    if splines.rows and not np.isnan(d).any():
+        plots.distance_map(d, epochs, out("fig_spline_distance.png"),
+                           f"{setup.spec.name}: region-code distance, seed {setup.seeds[0]}")
     if spectra:
         plots.spectra_by(spectra, out("fig_spectra.png"), "epoch",
                          f"Koopman spectra, {setup.spec.name} on {setup.dataset.name}, seed {setup.seeds[0]}")

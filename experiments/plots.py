@@ -314,3 +314,18 @@ def loss_curves(rows: Sequence[Row], path: str, title: str = "") -> None:
     n = _n_seeds(rows)
     fig.suptitle(f"{title + ', ' if title else ''}n = {n} seed{'s' if n > 1 else ''}", fontsize=10)
     _save(fig, path)
+
+
+def distance_map(d: np.ndarray, epochs: Sequence[int], path: str, title: str = "") -> None:
+    """An epoch × epoch distance matrix as an image (Spline-EB's Fig. 4)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4))
+    image = ax.imshow(d, cmap="viridis", origin="lower")
+    ticks = range(len(epochs))
+    ax.set_xticks(ticks, [str(e) for e in epochs])
+    ax.set_yticks(ticks, [str(e) for e in epochs])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("epoch")
+    fig.colorbar(image, ax=ax, label="code distance")
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path)

@@ -109,6 +109,42 @@ def code_distance_matrix(codes: Sequence[Mapping[str, np.ndarray]]) -> np.ndarra
     return out
 
 
+def code_distance_matrix_of(preactivations_fn: Callable[[object, jax.Array], Mapping[str, jax.Array]],
+                            states: Sequence, inputs: jax.Array, chunk: int = 500) -> np.ndarray:
+    """`code_distance_matrix` of the codes of `states` on `inputs`, computed
+    `chunk` inputs at a time: the differing bits are counted per layer and
+    pair, so memory holds one chunk's codes of every state, never the codes of
+    all inputs (a ResNet-20 has ~1.9·10⁵ code bits per canvas image).
+
+    Args:
+        preactivations_fn: (state, x) ↦ {layer: pre-activations of x}, e.g.
+            a `linen_preactivations` closure (jit it for speed).
+        states: the network's states (e.g. its variables after each epoch).
+        inputs: (n, ...) the inputs, e.g. a `canvas`.
+        chunk: inputs per forward pass.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"code_distance_matrix_of: chunk must be an int >= 1, got {chunk!r}")
+    e, n = len(states), len(inputs)
+    if e < 1 or n < 1:
+        raise ValueError(f"code_distance_matrix_of: need states and inputs, got {e} and {n}")
+    differ, bits = None, None
+    for start in range(0, n, chunk):
+        x = inputs[start:start + chunk]
+        codes = [region_codes(preactivations_fn(state, x)) for state in states]
+        layers = sorted(codes[0])
+        if differ is None:
+            differ = {name: np.zeros((e, e)) for name in layers}
+            bits = {name: 0 for name in layers}
+        for name in layers:
+            bits[name] += codes[0][name].size
+            for s in range(e):
+                for t in range(s + 1, e):
+                    differ[name][s, t] += np.count_nonzero(codes[s][name] != codes[t][name])
+    d = sum(differ[name] / bits[name] for name in differ) / len(differ)
+    return d + d.T
+
+
 def spline_early_bird_epoch(distances: np.ndarray, lookback: int = 3, threshold: float = 0.16) -> int | None:
     """The first t ≥ `lookback` with max_{1 ≤ j ≤ lookback} D[t, t − j] < τ,
     D = `code_distance_matrix` of the states after each epoch; None if none."""

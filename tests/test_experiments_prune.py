@@ -190,6 +190,12 @@ def test_early_end_to_end(tmp_path):
     assert {(r["prune_epoch"], r["previous_epoch"], r["method"], r["seed"]) for r in distances} == {
         (1, 0, m, s) for m in ("kmp", "kmp_subspace", "gmp") for s in (0, 1)}
     assert all(0.0 <= r["distance"] <= 1.0 for r in distances)
+    # Spline-EB: the code distance of the two window ends, per seed, in the summary and the map.
+    codes = rows(work / "spline_distance.json")
+    assert {(r["epoch"], r["other_epoch"], r["seed"]) for r in codes} == {(1, 0, s) for s in (0, 1)}
+    assert all(0.0 < r["distance"] <= 1.0 for r in codes)
+    assert "## Spline early-bird tickets" in summary
+    assert (work / "fig_spline_distance.png").stat().st_size > 0
 
 
 def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):

@@ -142,3 +142,15 @@ def test_nnx_preactivations_match_linen_s_rule_and_leave_the_model_in_its_mode()
     by_hand = (model.fc(x) - model.bn.mean[...]) / jnp.sqrt(model.bn.var[...] + 1e-5)
     np.testing.assert_allclose(z["bn"], by_hand, rtol=1e-5, atol=1e-6)
     assert not model.bn.use_running_average  # still in training mode
+
+
+def test_the_chunked_matrix_equals_the_matrix_of_the_full_codes():
+    key = jax.random.PRNGKey(3)
+    points = spline.canvas(jnp.array([1.0, -1.0]), jnp.array([0.5, 2.0]), n=7)  # 49 inputs
+    states = [{"w1": jax.random.normal(jax.random.fold_in(key, i), (2, 2)), "b1": jnp.full(2, 0.1 * i),
+               "w2": jnp.ones((1, 2)), "b2": jnp.array([-0.5])} for i in range(4)]
+    full = spline.code_distance_matrix([spline.region_codes(_two_layer(p, points)) for p in states])
+    assert full[0, 1] > 0
+    for chunk in (1, 10, 49, 100):
+        np.testing.assert_allclose(spline.code_distance_matrix_of(_two_layer, states, points, chunk), full,
+                                   rtol=1e-12)
