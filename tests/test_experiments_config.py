@@ -80,6 +80,10 @@ def test_prune_config_refuses_bad_values(kwargs, message):
     (dict(prune_epochs=()), "--prune_epochs must not be empty"),
     (dict(prune_epochs=(1, 1)), "--prune_epochs lists a value twice"),
     (dict(window_steps=1), "--window_steps must be >= 2"),
+    (dict(spline_canvas=1), "--spline_canvas must be 0"),
+    (dict(spline_canvas=10**4), "--spline_canvas must be an integer in"),
+    (dict(spline_lookback=0), "--spline_lookback must be an integer in"),
+    (dict(spline_threshold=float("nan")), "--spline_threshold must be in"),
 ])
 def test_early_config_refuses_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
