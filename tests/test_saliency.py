@@ -187,6 +187,12 @@ def test_batch_loss_fn_averages_stacked_batches_and_divides_by_the_temperature()
     one = [train.batch_loss_fn(spec.module.apply, None, images[i], labels[i])(params) for i in range(3)]
     stacked = train.batch_loss_fn(spec.module.apply, None, images, labels)(params)
     np.testing.assert_allclose(stacked, np.mean(one), rtol=1e-6)
+    # Past the unrolled count the batches go through lax.map: the same mean.
+    many = rng.randn(train.steps._UNROLLED_BATCHES + 1, 2, *spec.input_shape).astype(np.float32)
+    many_labels = rng.randint(0, 10, size=many.shape[:2])
+    each = [train.batch_loss_fn(spec.module.apply, None, x, y)(params) for x, y in zip(many, many_labels)]
+    np.testing.assert_allclose(train.batch_loss_fn(spec.module.apply, None, many, many_labels)(params),
+                               np.mean(each), rtol=1e-6)
     # T = 200 by hand: cross-entropy of the logits / T.
     logits = np.asarray(spec.module.apply(variables, images[0]), np.float64) / 200.0
     logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))

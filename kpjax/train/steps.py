@@ -196,6 +196,9 @@ def _value_and_grad_step(apply_fn: ApplyFn, train: bool):
     return value_and_grad
 
 
+_UNROLLED_BATCHES = 32  # stacked scoring batches traced one by one (batch_loss_fn)
+
+
 def batch_loss_fn(apply_fn: ApplyFn, batch_stats: PyTree, images: jax.Array, labels: jax.Array,
                   *, train: bool = True, temperature: float = 1.0) -> Callable[[PyTree], jax.Array]:
     """θ ↦ mean cross-entropy of f(x; θ)/T on the scoring batches (the
@@ -217,6 +220,12 @@ def batch_loss_fn(apply_fn: ApplyFn, batch_stats: PyTree, images: jax.Array, lab
     def loss_fn(params: PyTree) -> jax.Array:
         if jnp.ndim(labels) == 1:
             return one(params, (images, labels))
+        # Unrolled up to _UNROLLED_BATCHES, not lax.map: XLA:CPU runs convolutions
+        # inside a loop body ~10x slower (MnistNet, 8 batches of 128: ∂L/∂θ 3.6 s
+        # in a scan, 0.34 s unrolled; H g 10.5 vs 0.9 s), whatever the scan's
+        # unroll factor; beyond it the loop keeps the compile time bounded.
+        if len(images) <= _UNROLLED_BATCHES:
+            return jnp.mean(jnp.stack([one(params, (images[i], labels[i])) for i in range(len(images))]))
         return jnp.mean(jax.lax.map(lambda b: one(params, b), (images, labels)))
     return loss_fn
 
