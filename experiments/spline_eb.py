@@ -18,7 +18,7 @@ import numpy as np
 
 from experiments import pipeline
 from experiments.results import markdown_table
-from kpjax import spline
+from kpjax import models, spline
 
 SENSITIVITY = (0.1, 0.05, 0.03)  # smaller thresholds the summary also reads the ticket at
 
@@ -35,8 +35,7 @@ def canvas(setup: pipeline.Setup, n: int) -> jax.Array:
 def preactivations_fn(setup: pipeline.Setup):
     """jit((variables, x) ↦ {layer: pre-activations}) for the run's model."""
     module, classifier = setup.spec.module, setup.spec.classifier
-    has_bn = "batch_stats" in jax.eval_shape(
-        lambda: module.init(jax.random.PRNGKey(0), np.zeros((1, *setup.spec.input_shape), np.float32)))
+    has_bn = "batch_stats" in models.variable_shapes(setup.spec)
 
     def picked(m, method):
         if method != "__call__":
