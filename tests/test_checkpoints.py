@@ -162,3 +162,42 @@ def test_restore_variables_reads_params_without_the_optimizer(tmp_path):
         checkpoints.restore_variables(tmp_path / "ck", wrong)
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         checkpoints.restore_variables(tmp_path / "missing", template)
+
+
+def test_ctrl_c_during_a_save_waits_for_the_complete_step(tmp_path, monkeypatch):
+    """SIGINT in the middle of orbax's save is delivered after the step is on
+    disk: the checkpoint is complete and no temporary folder is left."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the runner set
+    try:
+        state = initial_state()
+        directory = tmp_path / "ckpt"
+        with checkpoints.checkpoint_manager(directory) as manager:
+            save = manager.save
+
+            def interrupted_save(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGINT)  # arrives while the save runs
+                return save(*args, **kwargs)
+
+            monkeypatch.setattr(manager, "save", interrupted_save)
+            with pytest.raises(KeyboardInterrupt):
+                checkpoints.save_checkpoint(manager, state, {"epoch": 1})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert checkpoints.saved_steps(directory) == [0]
+    assert not [p for p in os.listdir(directory) if "tmp" in p]
+    restored, meta = checkpoints.restore_checkpoint(directory, initial_state(1))
+    assert leaves_equal(restored.params, state.params) and meta == {"epoch": 1}
+
+
+def test_a_save_without_python_sigint_handling_is_unchanged(tmp_path):
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with checkpoints.checkpoint_manager(tmp_path / "ckpt") as manager:
+            os.kill(os.getpid(), signal.SIGINT)  # ignored, before and during the save
+            assert checkpoints.save_checkpoint(manager, initial_state(), {}) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -9,14 +9,22 @@ renames it when complete, so a run killed while saving leaves the previous
 checkpoints intact.
 
 Saving is synchronous: the train step donates its state buffers, and an
-asynchronous save could still be reading them.
+asynchronous save could still be reading them. Ctrl-C during a save takes
+effect when the save is complete: orbax finishes a step on background
+threads, and a KeyboardInterrupt in the middle of one leaves a
+``*.orbax-checkpoint-tmp`` folder and threads that print tracebacks at
+interpreter exit.
 
 May import: jax, orbax.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -55,6 +63,28 @@ def checkpoint_manager(
     return ocp.CheckpointManager(os.fspath(directory), options=options)
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Holds back SIGINT for the block and delivers it afterwards.
+
+    Only where Python handles SIGINT with a callable (its default
+    KeyboardInterrupt, or the user's handler) and only on the main thread,
+    the one signal handlers can be set from; elsewhere the block runs as is.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    received: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        previous(signal.SIGINT, received[0])
+
+
 def save_checkpoint(
     manager: ocp.CheckpointManager,
     state: PyTree,
@@ -69,20 +99,23 @@ def save_checkpoint(
 
     Returns:
         The step saved. Saving a step that already exists is an error.
+        A SIGINT while saving is delivered once the step is complete on
+        disk (`_sigint_deferred`).
     """
     step = int(jax.device_get(state.step))
     if step in manager.all_steps():
         raise ValueError(
             f"a checkpoint for step {step} already exists in {manager.directory}")
-    manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(state),
-            _META: ocp.args.JsonSave(dict(metadata or {})),
-        }),
-        force=True,
-    )
-    manager.wait_until_finished()
+    with _sigint_deferred():
+        manager.save(
+            step,
+            args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardSave(state),
+                _META: ocp.args.JsonSave(dict(metadata or {})),
+            }),
+            force=True,
+        )
+        manager.wait_until_finished()
     return step
 
 
