@@ -23,8 +23,8 @@ THETA = RNG.normal(size=N)
 KEEP = np.array([1, 0, 1, 1, 0, 0, 1], bool)
 
 
-def _split(x):  # θ as a two-leaf pytree, to check the sums run over leaves
-    return {"a": jnp.asarray(x[:3], jnp.float32), "b": {"kernel": jnp.asarray(x[3:], jnp.float32)}}
+def _split(x, dtype=jnp.float32):  # θ as a two-leaf pytree, to check the sums run over leaves
+    return {"a": jnp.asarray(x[:3], dtype), "b": {"kernel": jnp.asarray(x[3:], dtype)}}
 
 
 def _loss(params):
@@ -33,7 +33,7 @@ def _loss(params):
 
 
 def test_flow_measures_match_the_quadratics_closed_forms():
-    out = pruning.flow_measures(_split(THETA), _split(KEEP), _loss)
+    out = pruning.flow_measures(_split(THETA), _split(KEEP, bool), _loss)
     g = A @ THETA - B
     delta = THETA * ~KEEP
     kept = THETA * KEEP
@@ -69,7 +69,7 @@ def test_a_full_mask_changes_nothing_and_jit_with_the_loss_closed_over_agrees():
     out = pruning.flow_measures(_split(THETA), full, _loss)
     assert float(out.predicted_loss_change) == 0.0 and float(out.loss_pruned) == float(out.loss)
     assert float(out.kept_norm_sq) == float(out.norm_sq)
-    jitted = jax.jit(functools.partial(pruning.flow_measures, loss_fn=_loss))(_split(THETA), _split(KEEP))
-    eager = pruning.flow_measures(_split(THETA), _split(KEEP), _loss)
+    jitted = jax.jit(functools.partial(pruning.flow_measures, loss_fn=_loss))(_split(THETA), _split(KEEP, bool))
+    eager = pruning.flow_measures(_split(THETA), _split(KEEP, bool), _loss)
     for a, b in zip(jitted, eager):
         np.testing.assert_allclose(float(a), float(b), rtol=1e-6)

@@ -38,14 +38,28 @@ _BYTES_PER_PANEL_ENTRY = 32
 # Blocked passes over the columns of Θ.
 
 
+def check_numeric(array: Any, what: str) -> None:
+    """`array` has a real numeric dtype (ints, floats, bfloat16), so a blocked
+    pass can cast it to float64; object, string, bool and complex arrays
+    are refused by name instead of failing inside XLA."""
+    dtype = getattr(array, "dtype", None)
+    if dtype is None or not hasattr(array, "shape"):
+        raise ValueError(f"{what} must be an array with a shape and a dtype, got {type(array).__name__}")
+    if np.issubdtype(np.dtype(dtype), np.complexfloating):
+        raise ValueError(f"{what} must be real (parameter trajectories), got dtype {dtype}")
+    if not jnp.issubdtype(np.dtype(dtype), jnp.number):
+        raise ValueError(f"{what} must be numeric, got dtype {dtype}")
+
+
 def _check_snapshots(snapshots: Any) -> None:
-    if np.issubdtype(np.dtype(snapshots.dtype), np.complexfloating):
-        raise ValueError(
-            f"snapshots must be real (parameter trajectories), got dtype {snapshots.dtype}")
+    check_numeric(snapshots, "snapshots")
     if np.ndim(snapshots) != 2:
         raise ValueError(
             f"snapshots must be a (T+1, N) array, got shape {np.shape(snapshots)}"
         )
+    if snapshots.shape[1] == 0:
+        raise ValueError(f"snapshots have no columns (shape {tuple(snapshots.shape)}): "
+                         "a trajectory needs N >= 1 parameters")
     if snapshots.shape[0] < MIN_SNAPSHOTS:
         raise ValueError(
             f"need at least {MIN_SNAPSHOTS} snapshots for a DMD fit "

@@ -22,13 +22,14 @@ May import: jax, numpy, kpjax.koopman.blocked.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kpjax.koopman.blocked import DEFAULT_BLOCK_SIZE, MIN_SNAPSHOTS, gram
+from kpjax.koopman.blocked import DEFAULT_BLOCK_SIZE, MIN_SNAPSHOTS, check_numeric, gram
 
 # Singular-value cutoff relative to σ_max. Float32 snapshots carry a relative
 # rounding error of 2⁻²⁴ ≈ 6e-8 per entry, so directions of X with
@@ -135,6 +136,7 @@ def _assemble(k, v, inv_sigma, lam, w, valid, amplitudes: str):
 
 
 def _validate_gram(k: Any) -> None:
+    check_numeric(k, "the Gram matrix")
     if np.ndim(k) < 2 or k.shape[-1] != k.shape[-2]:
         raise ValueError(f"Gram matrix must be square, got shape {np.shape(k)}")
     if k.shape[-1] < MIN_SNAPSHOTS:
@@ -143,6 +145,27 @@ def _validate_gram(k: Any) -> None:
         )
     if not np.all(np.isfinite(np.asarray(k))):
         raise ValueError("Gram matrix contains NaN or Inf (NaN/Inf in the snapshots?)")
+
+
+def _warn_on_scale(k: Any, rcond: float) -> None:
+    """Warns when the rank cutoff cannot do its job: K = 0 (every snapshot
+    zero, or float32 subnormals that XLA flushes to zero when casting), or
+    snapshot norms ‖θ_t‖ = √K_tt spanning more than 1/rcond, so that the
+    cutoff σ_i > rcond·σ_max, set by the largest snapshots, discards the
+    smallest ones whole (an outlier or overflow-sized entry does this)."""
+    norms = np.sqrt(np.maximum(np.diagonal(np.asarray(k, np.float64)), 0.0))
+    if not norms.max() > 0:
+        warnings.warn("the Gram matrix is zero: every snapshot is zero (or float32 subnormals, which XLA "
+                      "flushes to zero); the fit has no modes and KMP no scores", RuntimeWarning, stacklevel=3)
+        return
+    nonzero = np.flatnonzero(norms > 0)
+    big, small = int(np.argmax(norms)), int(nonzero[np.argmin(norms[nonzero])])
+    if rcond > 0 and norms[big] * rcond > norms[small]:
+        warnings.warn(
+            f"snapshot norms span {norms[big] / norms[small]:.3g}x (‖θ_{big}‖ = {norms[big]:.3g}, "
+            f"‖θ_{small}‖ = {norms[small]:.3g}), more than 1/rcond = {1 / rcond:.3g}: the rank cutoff, "
+            "set by the largest, discards the smallest snapshots whole; look for an outlier entry or "
+            "rescale Θ", RuntimeWarning, stacklevel=3)
 
 
 def _check_rcond(rcond: float) -> None:
@@ -173,10 +196,19 @@ def fit_dmd(k: Any, rcond: float = DEFAULT_RCOND, amplitudes: str = "first",
     Returns:
       A DMDFit. Modes whose λ is 0 (the null space of Ã) are dropped: they do
       not move any snapshot after t = 0.
+
+    Raises:
+      ValueError: K not square, not numeric, smaller than 3×3, or not finite;
+        rcond outside [0, 1); an unknown `amplitudes`.
+
+    Warns:
+      RuntimeWarning: K = 0, or snapshot norms spanning more than 1/rcond
+        (`_warn_on_scale`).
     """
     _validate_gram(k)
     _check_rcond(rcond)
     _check_amplitudes(amplitudes)
+    _warn_on_scale(k, rcond)
     with jax.enable_x64(True):
         k = jnp.asarray(k, jnp.float64)
         a, v, sigma, keep, inv_sigma = _reduced_operator(k, jnp.float64(rcond), tls)

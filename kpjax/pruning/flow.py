@@ -77,7 +77,7 @@ def flow_measures(params: PyTree, mask: PyTree, loss_fn: Callable[[PyTree], jax.
 
     Args:
       params: θ, any pytree of float arrays.
-      mask: m, a pytree like θ of bools or 0/1 (1 = kept; unprunable leaves 1).
+      mask: m, a bool pytree like θ (True = kept; unprunable leaves True).
       loss_fn: L(θ) -> scalar (the caller closes over data and BatchNorm state).
 
     Returns:

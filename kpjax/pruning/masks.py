@@ -36,10 +36,36 @@ def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
         raise ValueError(f"{what}: pytrees have different structure:\n  {ta}\n  {tb}")
 
 
+def check_mask(params: PyTree, mask: PyTree, what: str = "mask") -> None:
+    """A mask for `params`: the same pytree structure, and every leaf boolean
+    with exactly its parameter's shape (no broadcasting, no 0/1 or float
+    masks: a 0.5 would be taken as "keep" by `jnp.where`). Static checks
+    only (shapes and dtypes), so a traced mask passes through jit.
+
+    Raises:
+      ValueError: naming `what` and the first bad leaf.
+    """
+    _check_same_structure(params, mask, what)
+    for (path, p), m in zip(flatten.paths_and_leaves(params), jax.tree_util.tree_leaves(mask)):
+        name = "/".join(path) or "(root)"
+        dtype = jnp.result_type(m)
+        if dtype != jnp.bool_:
+            raise ValueError(f"{what}: leaf {name} has dtype {dtype}, masks must be boolean (True = keep)")
+        if jnp.shape(m) != jnp.shape(p):
+            raise ValueError(f"{what}: leaf {name} has shape {jnp.shape(m)}, its parameter "
+                             f"{jnp.shape(p)}")
+
+
 def scores_from_flat(flat: jax.Array, spec: flatten.FlatSpec, params: PyTree) -> PyTree:
     """A score vector over `spec`'s leaves as a pytree like params (zeros elsewhere)."""
     zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
     return flatten.unravel_selected(flat.astype(jnp.float32), spec, zeros)
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def keep_fraction(compression: float, total: int, prunable_count: int) -> float:
@@ -48,21 +74,30 @@ def keep_fraction(compression: float, total: int, prunable_count: int) -> float:
     f = (total / prunable)·(1/c − 1) + 1 (unprunable parameters stay dense).
 
     Raises:
-      ValueError: c < 1 or not finite, or c beyond what pruning every prunable
-        parameter can reach (total / (total − prunable)).
+      ValueError: c < 1 or not finite; counts that are not positive integers
+        or more prunable parameters than parameters; c beyond what pruning
+        every prunable parameter can reach (total / (total − prunable)), or
+        so close to it that round(f·prunable) keeps none.
     """
-    c = float(compression)
+    try:
+        c = float(compression)
+    except (TypeError, ValueError):
+        raise ValueError(f"compression ratio must be a number, got {compression!r}") from None
     if not np.isfinite(c) or c < 1.0:
         raise ValueError(f"compression ratio must be a finite number >= 1, got {compression}")
-    if prunable_count <= 0:
-        raise ValueError("no prunable parameters")
+    total = _check_count(total, "total (the parameter count)")
+    prunable_count = _check_count(prunable_count, "prunable_count")
+    if prunable_count > total:
+        raise ValueError(f"prunable_count {prunable_count} exceeds total {total}: "
+                         "the prunable parameters are a subset of all of them")
     f = (total / prunable_count) * (1.0 / c - 1.0) + 1.0
-    if f <= 0.0:
-        limit = total / max(total - prunable_count, 1)
+    if f <= 0.0 or round(f * prunable_count) < 1:
+        unprunable = total - prunable_count
+        limit = total / (unprunable + 1)  # keeping one prunable parameter
         raise ValueError(
-            f"compression {c} is impossible: {total - prunable_count} of {total} parameters "
-            f"are not prunable, so compression is at most {limit:.4g}"
-        )
+            f"compression {c} is impossible: it would keep none of the {prunable_count} prunable "
+            f"parameters ({unprunable} of {total} are not prunable), so compression is at most "
+            f"{limit:.4g} (one prunable weight kept)")
     return f
 
 
@@ -77,9 +112,16 @@ def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
     return keep.at[order[:k]].set(True)
 
 
-def _check_fraction(fraction: float) -> None:
+def check_keep_fraction(fraction: float, spec: flatten.FlatSpec) -> None:
+    """f in (0, 1], keeping at least one weight per prunable tensor overall
+    (the command line's rule: below that, global pruning must empty a layer
+    and the network is cut)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+    kept, tensors = int(round(fraction * spec.size)), len(spec.paths)
+    if kept < tensors:
+        raise ValueError(f"keep fraction {fraction:.4g} keeps {kept} of {spec.size} prunable parameters, "
+                         f"fewer than one per prunable tensor ({tensors})")
 
 
 def _check_finite(flat: jax.Array, spec: flatten.FlatSpec) -> None:
@@ -101,21 +143,21 @@ def global_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -
     Returns:
       Bool (N,), True = keep.
     """
-    _check_fraction(fraction)
+    check_keep_fraction(fraction, spec)
     _check_finite(flat, spec)
     return _top_k_mask(jnp.abs(flat.astype(jnp.float32)), int(round(fraction * spec.size)))
 
 
 def global_signed_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
     """One threshold over signed scores: keep the round(f·N) largest (GraSP)."""
-    _check_fraction(fraction)
+    check_keep_fraction(fraction, spec)
     _check_finite(flat, spec)
     return _top_k_mask(flat.astype(jnp.float32), int(round(fraction * spec.size)))
 
 
 def layerwise_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
     """One threshold per tensor: keep round(f·size) largest |scores| of each."""
-    _check_fraction(fraction)
+    check_keep_fraction(fraction, spec)
     _check_finite(flat, spec)
     ends = list(spec.offsets[1:]) + [spec.size]
     parts = [_top_k_mask(jnp.abs(flat[s:e].astype(jnp.float32)), int(round(fraction * (e - s))))
@@ -148,8 +190,12 @@ def global_mask(scores: PyTree, select: PyTree, fraction: float) -> PyTree:
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
-    """θ ⊙ m: pruned entries set to exactly zero."""
-    _check_same_structure(params, mask, "apply_mask(params, mask)")
+    """θ ⊙ m: pruned entries set to exactly zero.
+
+    Raises:
+      ValueError: the mask is not a bool pytree of params' shapes (`check_mask`).
+    """
+    check_mask(params, mask, "apply_mask(params, mask)")
     return jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
 
 
@@ -164,7 +210,8 @@ def compression_ratio(params: PyTree, mask: Optional[PyTree] = None) -> float:
 
 def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
     """|A ∩ B| / |A ∪ B| of the kept prunable parameters of two masks."""
-    _check_same_structure(a, b, "mask_jaccard(a, b)")
+    check_mask(a, b, "mask_jaccard(a, b)")
+    check_mask(a, a, "mask_jaccard(a, b)")
     inter = union = 0
     for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
         if s:
@@ -177,7 +224,8 @@ def mask_distance(a: PyTree, b: PyTree, select: PyTree) -> float:
     """Normalized Hamming distance of two masks over the prunable parameters:
     the fraction whose keep/prune decision differs (You et al.'s early-bird
     mask distance; 0 for equal masks, 1 for complements)."""
-    _check_same_structure(a, b, "mask_distance(a, b)")
+    check_mask(a, b, "mask_distance(a, b)")
+    check_mask(a, a, "mask_distance(a, b)")
     differ = count = 0
     for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
         if s:

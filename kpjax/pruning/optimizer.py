@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from kpjax import flatten
-from kpjax.pruning.masks import apply_mask
+from kpjax.pruning.masks import apply_mask, check_mask
 
 PyTree = Any
 
@@ -76,7 +76,9 @@ def freeze_pruned(inner: optax.GradientTransformation, mask: PyTree) -> optax.Gr
     """
 
     def init(params):
-        _mask_like(mask, params)
+        # nnx.Optimizer passes Variables: their values are the parameters.
+        check_mask(jax.tree_util.tree_map(lambda p: getattr(p, "value", p), params),
+                   _mask_like(mask, params), "freeze_pruned(tx, mask)")
         return FreezePrunedState(inner.init(params))
 
     def update(updates, state, params=None):

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from kpjax import flatten
-from kpjax.pruning.masks import (_check_fraction, apply_mask, global_flat_mask,
+from kpjax.pruning.masks import (apply_mask, check_keep_fraction, global_flat_mask,
                                  global_signed_flat_mask, mask_from_flat)
 from kpjax.pruning.methods import PruningMethod, from_tree_scores, get_method, register_method
 
@@ -170,10 +170,10 @@ def synflow_iterative_mask(params: PyTree, select: PyTree, objective, fraction: 
     Returns:
       The bool mask pytree (all-True off the prunable set).
     """
-    _check_fraction(fraction)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     spec = flatten.flat_spec(params, select)
+    check_keep_fraction(fraction, spec)
     keep = jnp.ones(spec.size, bool)
     for k in range(1, rounds + 1):
         masked = apply_mask(params, mask_from_flat(keep, spec, params))
