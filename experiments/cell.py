@@ -26,7 +26,7 @@ from absl import logging
 
 from experiments import common
 from experiments.pipeline import BASELINE, FINETUNE, OVERLAPS, REINIT, Setup, Variant
-from experiments.results import atomic_write_json
+from experiments.results import atomic_write_json, read_json
 from experiments.koopman_window import Window
 from kpjax import metrics, models, parallel, pruning, train
 from kpjax.flatten import count_params
@@ -112,10 +112,55 @@ def write_cell_metrics(setup: Setup, window: Window, workdir: str, rows: list[di
            "loss": first["loss"], "val_acc1": first["top1"], "val_acc5": first["top5"]}
     for r in rows[1:]:
         out[r["phase"]] = {"loss": r["loss"], "val_acc1": r["top1"], "val_acc5": r["top5"]}
+    atomic_write_json(cell_metrics_path(setup, workdir, first), out)
+
+
+def cell_metrics_path(setup: Setup, workdir: str, first: dict) -> str:
+    """Where `write_cell_metrics` puts the metrics.json of the cell whose
+    first result row is `first`."""
+    variant = Variant(first["method"], first["rcond"])
     at = f"-rcond{variant.rcond:g}" if variant in setup.sensitivity else ""
-    name = f"{variant.method}{at}-c{c:g}-seed{first['seed']}" + (
+    name = f"{variant.method}{at}-c{first['compression']:g}-seed{first['seed']}" + (
         f"-epoch{first['prune_epoch']}" if "prune_epoch" in first else "")
-    atomic_write_json(os.path.join(workdir, "cells", name, "metrics.json"), out)
+    return os.path.join(workdir, "cells", name, "metrics.json")
+
+
+def damaged_cell_metrics(setup: Setup, workdir: str, table, **where) -> list[list[dict]]:
+    """The rows (all phases) of each finished cell of `table` matching `where`
+    (e.g. seed=0) whose metrics.json is missing or unreadable: results.json,
+    the source of truth, says the cell is done, so its metrics.json is
+    rebuilt from those rows (`write_cell_metrics`), as results.csv is."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in table.rows:
+        if all(r.get(k) == v for k, v in where.items()):
+            cells.setdefault(table.cell(r), []).append(r)
+    damaged = []
+    for rows in cells.values():
+        try:
+            ok = isinstance(read_json(cell_metrics_path(setup, workdir, rows[0]), "a cell's metrics"), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            damaged.append(rows)
+    return damaged
+
+
+def repair_cell_metrics(setup: Setup, load_window, workdir: str, table, **where) -> int:
+    """Rewrites the damaged metrics.json of the cells matching `where`, all
+    pruned from the window `load_window()` returns (called only if some are
+    damaged; None: no window at hand, the damage is reported with its fix);
+    returns how many were rebuilt."""
+    damaged = damaged_cell_metrics(setup, workdir, table, **where)
+    window = load_window() if damaged else None
+    if damaged and window is None:
+        logging.warning("%d cells/*/metrics.json of %s are damaged or missing; rerun without "
+                        "--summarize_only to rebuild them from results.json", len(damaged), where)
+        return 0
+    for rows in damaged:
+        write_cell_metrics(setup, window, workdir, rows)
+    if damaged:
+        logging.warning("rebuilt %d damaged or missing cells/*/metrics.json from results.json", len(damaged))
+    return len(damaged)
 
 
 def add_cell(table, setup: Setup, window: Window, workdir: str, cell: CellRows,

@@ -160,6 +160,20 @@ class JobClock:
                      "evaluations)", min(percent, 100.0), fmt_seconds(elapsed), fmt_seconds(eta))
 
 
+def steps_per_epoch(dataset: data.Dataset, batch_size: int) -> int:
+    """Training steps per epoch (the last batch may be short).
+
+    Raises:
+      ValueError: a batch larger than the training set, which would train
+        one short batch per epoch under a batch size it never has.
+    """
+    n = len(dataset.train_labels)
+    if batch_size > n:
+        raise ValueError(f"--batch_size {batch_size} exceeds the {n} training examples; "
+                         f"use --batch_size <= {n}")
+    return data.num_batches(n, batch_size)
+
+
 def eval_units(num_examples: int, batch_size: int) -> float:
     """An evaluation in training-step units: a forward pass costs about a third
     of a forward and backward pass, per example."""

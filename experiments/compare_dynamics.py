@@ -146,6 +146,8 @@ def run(config: CompareConfig, workdir: str) -> str:
     resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
+    if config.summarize_only:  # before any table rewrites its CSV
+        pipeline.check_workdir(workdir, config, write=False)
     table = ResultTable(workdir, _KEY, stem="signatures", timing_columns=("seconds",))
     if not config.summarize_only:
         with claim(workdir):
@@ -159,8 +161,6 @@ def run(config: CompareConfig, workdir: str) -> str:
                     window = prune.seed_window(setup, seed, steps, workdir)
                     for name, method, c in runs:
                         table.add([record_run(setup, window, name, method, c, seed)])
-    else:
-        pipeline.check_workdir(workdir, config, write=False)
     pairs, tests = comparisons(config, table.rows) if table.rows else ([], [])
     if pairs:
         atomic_write_text(os.path.join(workdir, "distances.csv"), rows_to_csv(pairs))

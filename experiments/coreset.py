@@ -130,6 +130,8 @@ def run(config: CoresetConfig, workdir: str) -> str:
     resources.check_resources(config)
     setup = pipeline.Setup(config)
     steps = config.trajectory_steps or setup.steps_per_epoch
+    if config.summarize_only:  # before any table rewrites its CSV
+        pipeline.check_workdir(workdir, config, write=False)
     table = ResultTable(workdir, _CELL, timing_columns=("seconds",))
     if not config.summarize_only:
         with claim(workdir):

@@ -170,6 +170,7 @@ def run(config: EarlyConfig, workdir: str) -> str:
             for e in epochs:
                 window = koopman_window.cached_window(
                     setup, os.path.join(workdir, f"seed{seed}", f"window_epoch{e}.npz"))
+                cell.repair_cell_metrics(setup, lambda: window, workdir, table, seed=seed, prune_epoch=e)
                 if window is None:
                     continue
                 if seed == setup.seeds[0]:
@@ -280,6 +281,7 @@ def _run(setup: pipeline.Setup, epochs: list[int], workdir: str) -> str:
                     path, f"seed {seed} epoch {e}")
             if seed == setup.seeds[0]:
                 spectra[e] = window.eigenvalues
+            cell.repair_cell_metrics(setup, lambda: window, workdir, table, seed=seed, prune_epoch=e)
             windows.add_missing(cell.window_rows(setup, window, seed, prune_epoch=e))
             if previous is not None and not distances.done(
                     model=model, prune_epoch=e, **setup.variants[0]._asdict(),

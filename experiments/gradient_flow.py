@@ -305,11 +305,11 @@ def run(config: GradientFlowConfig, workdir: str) -> str:
     """Runs (or resumes) the study in `workdir`; returns summary.md."""
     resources.check_resources(config)
     setup = pipeline.Setup(config)
+    if config.summarize_only:  # before any table rewrites its CSV
+        pipeline.check_workdir(workdir, config, write=False)
     table = ResultTable(workdir, CELL, timing_columns=("seconds",))
     curves = ResultTable(workdir, CURVE, stem="curves")
-    if config.summarize_only:
-        pipeline.check_workdir(workdir, config, write=False)
-    else:
+    if not config.summarize_only:
         with claim(workdir):
             pipeline.check_workdir(workdir, config)
             cells = [(m, c) for m in setup.methods for c in setup.compressions] + [("dense", 1.0)]

@@ -45,7 +45,7 @@ from absl import flags
 from experiments import cli, init, pipeline, report
 from experiments.config import InitConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
-from experiments.workdir import claim
+from experiments.workdir import claim, refuse_if_in_use
 from kpjax import pruning
 from kpjax.pruning import saliency
 
@@ -161,6 +161,7 @@ def _summary(config: InitConfig, results: dict[str, list[dict]], layers: list[di
 def run(config: InitConfig, workdir: str) -> str:
     """Runs (or resumes) every condition in workdir/<condition>; returns summary.md."""
     if config.summarize_only:
+        refuse_if_in_use(workdir)
         return _write_summary(config, workdir)
     with claim(workdir):
         layers = ResultTable(workdir, _LAYER_KEY, stem="layers")

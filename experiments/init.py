@@ -191,6 +191,8 @@ def run(config: InitConfig, workdir: str) -> str:
     """Runs (or resumes) pruning at initialization in `workdir`; returns summary.md."""
     resources.check_resources(config)
     setup = pipeline.Setup(config)
+    if config.summarize_only:  # before any table rewrites its CSV
+        pipeline.check_workdir(workdir, config, write=False)
     table = ResultTable(workdir, CELL, timing_columns=("seconds",))
     if not config.summarize_only:
         with claim(workdir):
@@ -205,8 +207,6 @@ def run(config: InitConfig, workdir: str) -> str:
                     one = Seed(setup, seed)
                     for method, c in cells:
                         table.add(run_cell(setup, one, method, c))
-    else:
-        pipeline.check_workdir(workdir, config, write=False)
     summary = _summary(setup, table.rows, table.timings.rows if table.timings else ())
     atomic_write_text(os.path.join(workdir, "summary.md"), summary)
     if table.rows:

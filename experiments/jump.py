@@ -58,7 +58,7 @@ class _Setup:
         self.config = config
         self.spec = resources.model_spec(config)
         self.dataset = common.load_data(config)
-        self.steps_per_epoch = data.num_batches(len(self.dataset.train_labels), config.batch_size)
+        self.steps_per_epoch = common.steps_per_epoch(self.dataset, config.batch_size)
         self.budget = config.budget or 2 * self.steps_per_epoch
         self.tx = config.train.optimizer(self.steps_per_epoch)
         self.normalize = common.normalize_fn(config, self.dataset)
@@ -251,6 +251,8 @@ def run(config: JumpConfig, workdir: str) -> str:
     """Runs (or resumes) the comparison in `workdir`; returns summary.md."""
     resources.check_resources(config)
     setup = _Setup(config)
+    if config.summarize_only:  # before any table rewrites its CSV
+        pipeline.check_workdir(workdir, config, write=False)
     curves = ResultTable(workdir, _KEY, stem="curves", timing_columns=("seconds",))
     jumps_path = os.path.join(workdir, "jumps.json")
     cycles = read_json(jumps_path, "the jump cycles") if os.path.exists(jumps_path) else []

@@ -22,6 +22,7 @@ import numpy as np
 from experiments import common, resources
 from experiments.config import PruningFields, json_ready, to_json
 from experiments.results import atomic_write_json, read_json
+from experiments.workdir import refuse_if_in_use
 from kpjax import data, flatten, metrics, models, parallel, pruning, train
 from kpjax.data import shifts
 from kpjax.pruning import structured
@@ -74,7 +75,7 @@ class Setup:
         self.compressions = list(config.compressions)
         self.seeds = list(config.seeds)
         self.dataset = common.load_data(config)
-        self.steps_per_epoch = data.num_batches(len(self.dataset.train_labels), config.batch_size)
+        self.steps_per_epoch = common.steps_per_epoch(self.dataset, config.batch_size)
         self.normalize = common.normalize_fn(config, self.dataset)
         self.augment = common.augment_fn(config, self.dataset)
         self.finetune_tx = config.finetune.optimizer(self.steps_per_epoch)
@@ -178,7 +179,10 @@ class Setup:
 
 def check_workdir(workdir: str, config: PruningFields, write: bool = True) -> None:
     """Refuses to mix results of different settings in one workdir; records
-    the settings in config.json (unless `write` is False: summarize only)."""
+    the settings in config.json (unless `write` is False: summarize only,
+    which is refused while a run holds the workdir)."""
+    if not write:
+        refuse_if_in_use(workdir)
     settings = {k: v for k, v in to_json(config).items() if k not in NOT_SETTINGS
                 and not (k in WRITTEN_WHEN_SET and v == [])}
     path = os.path.join(workdir, "config.json")

@@ -224,9 +224,12 @@ def run(config: PruneConfig, workdir: str) -> str:
     steps = config.trajectory_steps or setup.steps_per_epoch
     if config.summarize_only:
         pipeline.check_workdir(workdir, config, write=False)
+        tables = _tables(workdir)
+        for seed in setup.seeds:
+            cell.repair_cell_metrics(setup, lambda: koopman_window.cached_window(
+                setup, os.path.join(workdir, f"seed{seed}", "window.npz")), workdir, tables[0], seed=seed)
         window = koopman_window.cached_window(setup, os.path.join(workdir, f"seed{setup.seeds[0]}", "window.npz"))
-        return _write_outputs(setup, steps, workdir, *_tables(workdir),
-                              None if window is None else window.eigenvalues)
+        return _write_outputs(setup, steps, workdir, *tables, None if window is None else window.eigenvalues)
     with claim(workdir):
         pipeline.check_workdir(workdir, config)
         table, overlap, windows, shifts = _tables(workdir)
@@ -246,6 +249,7 @@ def run(config: PruneConfig, workdir: str) -> str:
         spectrum = None
         for seed in setup.seeds:
             window = seed_window(setup, seed, steps, workdir)
+            cell.repair_cell_metrics(setup, lambda: window, workdir, table, seed=seed)
             if spectrum is None:
                 spectrum = window.eigenvalues
             if not table.done(model=model, method="dense", rcond=None, compression=1.0, seed=seed):

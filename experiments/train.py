@@ -81,7 +81,7 @@ def run(config: TrainConfig, workdir: str | None) -> dict[str, Any]:
     wall_start = time.time()
     spec = resources.model_spec(config)
     dataset = common.load_data(config, seed=config.seed)
-    steps_per_epoch = data.num_batches(len(dataset.train_labels), config.batch_size)
+    steps_per_epoch = common.steps_per_epoch(dataset, config.batch_size)
     total_steps = config.steps or config.epochs * steps_per_epoch
     tx = config.train.optimizer(steps_per_epoch)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))

@@ -5,6 +5,7 @@ the life of the run; a second run on the same workdir stops at once with
 "workdir ... in use by pid N" instead of interleaving its rows with the
 first's. The kernel drops the lock when the process ends, however it ends
 (kill -9 included), so a crashed run never leaves the workdir locked.
+`refuse_if_in_use` gives a summarize-only reader the same line.
 While holding the lock, the `.tmp-*` files of an interrupted atomic write
 (`experiments.results`) are removed.
 
@@ -28,6 +29,12 @@ class WorkdirInUseError(ValueError):
     """Another process holds the workdir (a ValueError: a usage error)."""
 
 
+def _in_use(workdir: str, fd: int) -> WorkdirInUseError:
+    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    return WorkdirInUseError(f"workdir {workdir} in use by pid {holder}; wait for that run to end, "
+                             "or use another --workdir")
+
+
 @contextlib.contextmanager
 def claim(workdir: str) -> Iterator[None]:
     """Holds `workdir` exclusively for the `with` block (creating it if needed).
@@ -44,16 +51,38 @@ def claim(workdir: str) -> Iterator[None]:
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise WorkdirInUseError(
-                f"workdir {workdir} in use by pid {holder}; wait for that run to end, "
-                "or use another --workdir") from None
+            raise _in_use(workdir, fd) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         remove_stale_temporaries(workdir)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def refuse_if_in_use(workdir: str) -> None:
+    """For a reader that writes only summaries (`--summarize_only`): stops
+    with the same "in use by pid N" line while a run holds `workdir`, whose
+    result files are still growing. Probes the lock and lets it go at once;
+    creates nothing.
+
+    Raises:
+      WorkdirInUseError: another process holds it.
+    """
+    path = os.path.join(workdir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise _in_use(workdir, fd) from None
+    finally:
+        os.close(fd)  # releases the probe's lock
 
 
 def remove_stale_temporaries(workdir: str) -> list[str]:

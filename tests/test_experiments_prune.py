@@ -5,6 +5,7 @@ usage-error output and --help."""
 import csv
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import cell, early, koopman_window, prune, resources
+from experiments import cell, early, koopman_window, pipeline, prune, resources, workdir
 from experiments.config import SGD, EarlyConfig, PruneConfig
 from kpjax import flatten, pruning
 from kpjax.flatten import count_params
@@ -124,6 +125,22 @@ def test_prune_end_to_end_files_compression_and_resume(tmp_path, monkeypatch):
     assert (work / "results.csv").read_text() == whole_csv
     assert (work / "summary.md").exists() and (work / "config.json").read_bytes() == settings
 
+    # --summarize_only waits for no one: a workdir in use is refused, by the run's pid.
+    with workdir.claim(str(work)):
+        with pytest.raises(workdir.WorkdirInUseError, match=f"in use by pid {os.getpid()}"):
+            prune.run(dataclasses.replace(done, summarize_only=True), str(work))
+
+    # Damaged or missing cells/*/metrics.json are rebuilt from results.json, byte for byte,
+    # by a resumed run and by --summarize_only (from the cached windows).
+    metrics = sorted((work / "cells").glob("*/metrics.json"))
+    assert len(metrics) == len({(r["method"], r["rcond"], r["compression"], r["seed"]) for r in again})
+    whole = {p: p.read_bytes() for p in metrics}
+    for summarize in (False, True):
+        metrics[0].write_bytes(whole[metrics[0]][:40])
+        metrics[-1].unlink()
+        prune.run(dataclasses.replace(done, summarize_only=summarize), str(work))
+        assert {p: p.read_bytes() for p in metrics} == whole
+
     # A damaged window cache is one clear error naming it.
     (work / "seed1" / "window.npz").write_bytes(b"PK\x03\x04 cut")
     with pytest.raises(ValueError, match=r"seed1/window.npz \(a cached window\) is damaged"):
@@ -202,7 +219,6 @@ def test_early_recorded_once_equals_the_branch_windows_and_slides(tmp_path):
     """--window_stride: one recording of the run gives the same --prune_epochs
     windows as the branch recordings (same batches, same steps), and the
     sliding windows at those starts have their λ₁."""
-    from experiments import pipeline
     base = dict(**{**TINY, "seeds": (0,)}, window_steps=4, prune_epochs=(0, 1, 2),
                 compressions=(4,), methods=("kmp", "gmp", "grad"), finetune_epochs=0,
                 rcond=(1e-6,))
@@ -288,6 +304,12 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     assert run.returncode == 130, stderr[-2000:]
     assert "interrupted — rerun the same command to resume" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_batch_larger_than_the_training_set_is_refused():
+    with pytest.raises(ValueError, match="--batch_size 385 exceeds the 384 training examples; "
+                                         "use --batch_size <= 384"):
+        pipeline.Setup(PruneConfig(**{**TINY, "batch_size": 385}))
 
 
 def test_seed_agreement_by_hand():

@@ -52,3 +52,12 @@ def test_stale_temporaries_are_removed_on_claim(tmp_path):
     with workdir.claim(str(tmp_path)):
         pass
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".lock", "results.json"]
+
+
+def test_a_summarize_only_reader_is_refused_while_a_run_holds_the_workdir(tmp_path):
+    workdir.refuse_if_in_use(str(tmp_path / "absent"))  # nothing to refuse, nothing created
+    assert not (tmp_path / "absent").exists()
+    with workdir.claim(str(tmp_path)):
+        with pytest.raises(workdir.WorkdirInUseError, match=f"in use by pid {os.getpid()}"):
+            workdir.refuse_if_in_use(str(tmp_path))
+    workdir.refuse_if_in_use(str(tmp_path))  # free again
