@@ -29,10 +29,16 @@ class WorkdirInUseError(ValueError):
     """Another process holds the workdir (a ValueError: a usage error)."""
 
 
-def _in_use(workdir: str, fd: int) -> WorkdirInUseError:
-    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-    return WorkdirInUseError(f"workdir {workdir} in use by pid {holder}; wait for that run to end, "
-                             "or use another --workdir")
+def _lock_or_refuse(workdir: str, fd: int) -> None:
+    """Takes the exclusive lock on the open lock file `fd`, or names its holder."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        raise WorkdirInUseError(f"workdir {workdir} in use by pid {holder}; wait for that run to end, "
+                                "or use another --workdir") from None
 
 
 @contextlib.contextmanager
@@ -46,12 +52,7 @@ def claim(workdir: str) -> Iterator[None]:
     path = os.path.join(workdir, LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise _in_use(workdir, fd) from None
+        _lock_or_refuse(workdir, fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         remove_stale_temporaries(workdir)
@@ -75,12 +76,7 @@ def refuse_if_in_use(workdir: str) -> None:
     except FileNotFoundError:
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise _in_use(workdir, fd) from None
+        _lock_or_refuse(workdir, fd)
     finally:
         os.close(fd)  # releases the probe's lock
 
