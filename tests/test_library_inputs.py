@@ -191,3 +191,29 @@ def test_a_zero_or_flushed_trajectory_warns():
     for theta in (np.zeros((5, 4), np.float32), (_walk() * 1e-40).astype(np.float32)):  # subnormal
         with pytest.warns(RuntimeWarning, match="the Gram matrix is zero"):
             assert int(kpjax.fit_trajectory(theta).rank) == 0
+
+
+# --- the same rules for an NNX model's parameters (kpjax.from_nnx) ------------
+
+class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(1, 3, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(3, rngs=rngs)
+        self.head = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(nnx.relu(self.bn(self.conv(x))).mean(axis=(1, 2)))
+
+
+def test_an_nnx_models_masks_and_compressions_are_checked_alike():
+    params = kpjax.from_nnx(NNXNet(nnx.Rngs(0))).params
+    inputs = kpjax.PruneInputs(params, pruning.prunable(params))  # conv, head: 4 tensors
+    with pytest.raises(ValueError, match="impossible: it would keep none"):
+        pruning.prune("gmp", inputs, 1e9)
+    with pytest.raises(ValueError, match="fewer than one per prunable tensor \\(4\\)"):
+        pruning.prune("gmp", inputs, kpjax.count_params(params) / (6 + 2))  # 6 BN parameters + 2 kept
+    mask = pruning.prune("gmp", inputs, 2.0)
+    pruning.apply_mask(params, mask)
+    bad = {**mask, "bn": {**mask["bn"], "scale": jnp.ones((1,), bool)}}
+    with pytest.raises(ValueError, match=re.escape("leaf bn/scale has shape (1,), its parameter (3,)")):
+        pruning.apply_mask(params, bad)
