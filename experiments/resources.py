@@ -23,7 +23,7 @@ import numpy as np
 from experiments import user_model
 from experiments.config import DataConfig, PruneConfig, PruningFields
 from experiments.fields import check
-from kpjax import data, models, pruning
+from kpjax import data, flatten, models, pruning
 from kpjax.flatten import count_params
 from kpjax.pruning import structured
 
@@ -95,15 +95,12 @@ def _check_compressions(config: PruningFields, spec: models.ModelSpec) -> None:
     """Every compression is reachable with the model's prunable set."""
     params = models.variable_shapes(spec)["params"]
     select = prunable_set(config, spec, params)
-    total, prunable = count_params(params), count_params(params, select)
-    layers = sum(bool(s) for s in jax.tree_util.tree_leaves(select))
+    flat = flatten.flat_spec(params, select)
     for c in config.compressions:
+        # The library's rule: at least one kept weight per prunable tensor
+        # (below it global pruning must empty a layer and the network is cut).
         try:
-            kept = round(pruning.keep_fraction(c, total, prunable) * prunable)
+            pruning.check_keep_fraction(pruning.keep_fraction(c, count_params(params), flat.size), flat)
         except ValueError as e:
-            raise ValueError(f"--compressions: {e} (model {config.model}"
+            raise ValueError(f"--compressions: {c:g}: {e} (model {config.model}"
                              f"{'' if config.prune_classifier else ', classifier kept dense'})") from None
-        # Below one kept weight per prunable tensor the network is cut
-        # (global pruning would have to empty some layer).
-        check(kept >= layers, f"--compressions: {c:g} keeps {kept} of {prunable:,} prunable "
-              f"parameters, fewer than one per prunable tensor ({layers}) of {config.model}")

@@ -102,7 +102,7 @@ def test_masks_must_be_boolean(leaf):
     mask = _with(TRUE, ("hidden", "bias"), leaf)
     with pytest.raises(ValueError, match=f"leaf hidden/bias has dtype {leaf.dtype}, masks must be boolean"):
         pruning.apply_mask(PARAMS, mask)
-    with pytest.raises(ValueError, match="compression_ratio.*|apply_mask.*masks must be boolean"):
+    with pytest.raises(ValueError, match="apply_mask.*masks must be boolean"):
         pruning.compression_ratio(PARAMS, mask)
 
 

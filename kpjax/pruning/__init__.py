@@ -24,9 +24,8 @@ from kpjax.pruning.koopman_scores import (kgp_flat_scores, kmp_flat_scores, kmp_
                                           layer_kmp_flat_scores)
 from kpjax.pruning.masks import (apply_mask, check_keep_fraction, check_mask, compression_ratio,
                                  early_bird_index, global_flat_mask, global_mask, global_signed_flat_mask,
-                                 keep_fraction,
-                                 layerwise_flat_mask, mask_distance, mask_from_flat, mask_jaccard,
-                                 scores_from_flat)
+                                 keep_fraction, layerwise_flat_mask, mask_distance, mask_from_flat,
+                                 mask_jaccard, scores_from_flat)
 from kpjax.pruning.methods import (BATCH_INPUTS, METHODS, PruneInputs, PruningMethod, from_tree_scores, get_method,
                                    method_flat_mask, method_flat_scores, prune, register_method)
 from kpjax.pruning.optimizer import FreezePrunedState, freeze_pruned
@@ -36,7 +35,8 @@ from kpjax.pruning.slimming import bn_gamma_scores
 
 __all__ = [
     "BATCH_INPUTS", "METHODS", "FreezePrunedState", "PruneInputs", "PruningMethod", "apply_mask", "baselines",
-    "bn_gamma_scores", "check_keep_fraction", "check_mask", "compression_ratio", "early_bird_index", "freeze_pruned", "from_tree_scores",
+    "bn_gamma_scores", "check_keep_fraction", "check_mask", "compression_ratio", "early_bird_index",
+    "freeze_pruned", "from_tree_scores",
     "get_method", "global_flat_mask", "global_mask", "global_signed_flat_mask", "gradient_scores",
     "keep_fraction", "kgp_flat_scores", "kmp_flat_scores", "kmp_subspace_flat_scores",
     "koopman_scores", "layer_kmp_flat_scores", "layerwise_flat_mask", "magnitude_scores",

@@ -211,7 +211,7 @@ def compression_ratio(params: PyTree, mask: Optional[PyTree] = None) -> float:
 def mask_jaccard(a: PyTree, b: PyTree, select: PyTree) -> float:
     """|A ∩ B| / |A ∪ B| of the kept prunable parameters of two masks."""
     check_mask(a, b, "mask_jaccard(a, b)")
-    check_mask(a, a, "mask_jaccard(a, b)")
+    check_mask(a, a, "mask_jaccard(a, b)")  # a's own dtype (b was checked against a's shapes)
     inter = union = 0
     for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
         if s:
@@ -225,7 +225,7 @@ def mask_distance(a: PyTree, b: PyTree, select: PyTree) -> float:
     the fraction whose keep/prune decision differs (You et al.'s early-bird
     mask distance; 0 for equal masks, 1 for complements)."""
     check_mask(a, b, "mask_distance(a, b)")
-    check_mask(a, a, "mask_distance(a, b)")
+    check_mask(a, a, "mask_distance(a, b)")  # a's own dtype (b was checked against a's shapes)
     differ = count = 0
     for x, y, s in zip(*(jax.tree_util.tree_leaves(t) for t in (a, b, select))):
         if s:
