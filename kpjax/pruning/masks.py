@@ -101,12 +101,17 @@ def keep_fraction(compression: float, total: int, prunable_count: int) -> float:
     return f
 
 
-def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
-    """Keep the k largest scores; ties keep the lower flat index.
+def _top_k_mask(scores: jax.Array, k: int, among: Optional[jax.Array] = None) -> jax.Array:
+    """Keep the k largest scores (of those `among` allows); ties keep the
+    lower flat index.
 
     Sorting by (−score, index) with a stable sort makes the kept count exactly
-    k whatever the ties, and the choice deterministic.
+    k whatever the ties, and the choice deterministic. Entries outside
+    `among` rank below every allowed one, so with k ≤ |among| the mask is
+    nested in it.
     """
+    if among is not None:
+        scores = jnp.where(among, scores, -jnp.inf)
     order = jnp.argsort(-scores, stable=True)
     keep = jnp.zeros(scores.shape, bool)
     return keep.at[order[:k]].set(True)
@@ -132,36 +137,67 @@ def _check_finite(flat: jax.Array, spec: flatten.FlatSpec) -> None:
         raise ValueError(f"scores of {'/'.join(spec.paths[leaf])} contain NaN or Inf")
 
 
-def global_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+def _check_among(among: Optional[jax.Array], spec: flatten.FlatSpec, kept: list[int],
+                 what: str) -> Optional[jax.Array]:
+    """`among` as a bool (N,) array holding at least the kept count of each
+    part (`kept`: one count for a global mask, one per tensor otherwise)."""
+    if among is None:
+        return None
+    among = jnp.asarray(among)
+    if among.dtype != jnp.bool_ or among.shape != (spec.size,):
+        raise ValueError(f"{what}: among must be a bool ({spec.size},) array, got {among.dtype} {among.shape}")
+    ends = list(spec.offsets[1:]) + [spec.size]
+    parts = [(0, spec.size, "all prunable parameters")] if len(kept) == 1 else \
+        [(s, e, "/".join(path)) for s, e, path in zip(spec.offsets, ends, spec.paths)]
+    allowed = np.asarray(among)
+    for (s, e, name), k in zip(parts, kept):
+        if int(allowed[s:e].sum()) < k:
+            raise ValueError(f"{what}: keeping {k} of {name} needs that many allowed, only "
+                             f"{int(allowed[s:e].sum())} are (a sparsity below the current one?)")
+    return among
+
+
+def global_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float,
+                     among: Optional[jax.Array] = None) -> jax.Array:
     """One threshold over all scores: keep the round(f·N) largest |scores|.
 
     Args:
       flat: scores over the prunable parameters θ ∈ R^N (layout `spec`).
       spec: the FlatSpec of the prunable leaves.
       fraction: f in (0, 1], from `keep_fraction`.
+      among: optional bool (N,): only these may be kept (the current mask,
+        so that gradual pruning's masks are nested, m_{t+1} ⊆ m_t).
 
     Returns:
       Bool (N,), True = keep.
     """
     check_keep_fraction(fraction, spec)
     _check_finite(flat, spec)
-    return _top_k_mask(jnp.abs(flat.astype(jnp.float32)), int(round(fraction * spec.size)))
+    k = int(round(fraction * spec.size))
+    among = _check_among(among, spec, [k], "global_flat_mask")
+    return _top_k_mask(jnp.abs(flat.astype(jnp.float32)), k, among)
 
 
-def global_signed_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+def global_signed_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float,
+                            among: Optional[jax.Array] = None) -> jax.Array:
     """One threshold over signed scores: keep the round(f·N) largest (GraSP)."""
     check_keep_fraction(fraction, spec)
     _check_finite(flat, spec)
-    return _top_k_mask(flat.astype(jnp.float32), int(round(fraction * spec.size)))
+    k = int(round(fraction * spec.size))
+    among = _check_among(among, spec, [k], "global_signed_flat_mask")
+    return _top_k_mask(flat.astype(jnp.float32), k, among)
 
 
-def layerwise_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float) -> jax.Array:
+def layerwise_flat_mask(flat: jax.Array, spec: flatten.FlatSpec, fraction: float,
+                        among: Optional[jax.Array] = None) -> jax.Array:
     """One threshold per tensor: keep round(f·size) largest |scores| of each."""
     check_keep_fraction(fraction, spec)
     _check_finite(flat, spec)
     ends = list(spec.offsets[1:]) + [spec.size]
-    parts = [_top_k_mask(jnp.abs(flat[s:e].astype(jnp.float32)), int(round(fraction * (e - s))))
-             for s, e in zip(spec.offsets, ends)]
+    ks = [int(round(fraction * (e - s))) for s, e in zip(spec.offsets, ends)]
+    among = _check_among(among, spec, ks, "layerwise_flat_mask")
+    parts = [_top_k_mask(jnp.abs(flat[s:e].astype(jnp.float32)), k, None if among is None else among[s:e])
+             for s, e, k in zip(spec.offsets, ends, ks)]
     return jnp.concatenate(parts)
 
 

@@ -57,8 +57,10 @@ class PruningMethod(NamedTuple):
       score_fn: PruneInputs -> scores, a flat float vector over the prunable
         parameters (layout `flatten.flat_spec(params, select)`): scores stay
         flat from the fit to the mask.
-      flat_mask_fn: (scores, spec, keep fraction) -> flat bool mask;
-        `global_flat_mask`, `global_signed_flat_mask` or `layerwise_flat_mask`.
+      flat_mask_fn: (scores, spec, keep fraction, among=None) -> flat bool
+        mask; `global_flat_mask`, `global_signed_flat_mask` or
+        `layerwise_flat_mask` (`among`: only those entries may be kept, for
+        the nested masks of gradual pruning).
       needs: the PruneInputs fields besides params/select that score_fn
         reads; `method_flat_scores` checks them before scoring, and
         experiments read them to know what to compute (a trajectory,

@@ -93,3 +93,20 @@ def freeze_pruned(inner: optax.GradientTransformation, mask: PyTree) -> optax.Gr
         return new_updates, FreezePrunedState(inner_state)
 
     return optax.GradientTransformation(init, update)
+
+
+def reset_moments(tx: optax.GradientTransformation, opt_state: optax.OptState, where: PyTree) -> optax.OptState:
+    """The optimizer state with the entries `where` (bool pytree like the
+    params) of every params-shaped leaf set to 0 (momentum, Adam's first and
+    second moments; counts and other leaves untouched).
+
+    For a mask that changes during training: a weight that is kept again
+    (RigL's grown connections) starts without the stale momentum of the time
+    before it was pruned. `opt_state` is `tx`'s state or that of
+    `freeze_pruned(tx, mask)`.
+    """
+    if isinstance(opt_state, FreezePrunedState):
+        return FreezePrunedState(reset_moments(tx, opt_state.inner_state, where))
+    return optax.tree_utils.tree_map_params(
+        tx, lambda v, w: jnp.where(w, jnp.zeros_like(v), v), opt_state, where,
+        transform_non_params=lambda v: v)

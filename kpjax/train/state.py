@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kpjax.pruning.masks import apply_mask
-from kpjax.pruning.optimizer import freeze_pruned
+from kpjax.pruning.masks import apply_mask, check_mask
+from kpjax.pruning.optimizer import freeze_pruned, reset_moments
 
 PyTree = Any
 
@@ -88,3 +88,17 @@ def create_train_state(
         mask=mask,
         rng=jnp.array(rng),
     )
+
+
+def replace_mask(state: TrainState, mask: PyTree, tx: optax.GradientTransformation) -> TrainState:
+    """The state under a new mask, for masks that change during training
+    (gradual pruning, IMP, SET/RigL): θ ⊙ m, and the optimizer moments of the
+    entries the new mask keeps and the old one did not (grown connections)
+    reset to 0, so they start from θ = 0 with no stale momentum. `tx` is the
+    optimizer the state was created with; the jitted step takes the new
+    mask from the state, without recompiling.
+    """
+    check_mask(state.params, mask, "replace_mask(state, mask)")
+    grown = jax.tree_util.tree_map(lambda new, old: new & ~old, mask, state.mask)
+    return state._replace(params=apply_mask(state.params, mask), mask=mask,
+                          opt_state=reset_moments(tx, state.opt_state, grown))
