@@ -20,6 +20,8 @@ def test_readme_library_example_runs_verbatim():
     assert match, printed
     # Pruned weights stayed zero through fine-tuning: the compression holds.
     assert abs(float(match.group(2)) - 8.0) < 0.05 and float(match.group(1)) > 0.5
+    # The exported model, reloaded, is the same model.
+    assert re.search(r"reloaded: top-1 ([0-9.]+)", printed).group(1) == match.group(1)
 
 
 def test_readme_and_notebook_use_only_the_public_face():
@@ -31,5 +33,5 @@ def test_readme_and_notebook_use_only_the_public_face():
     imports = re.findall(r"^\s*(?:from|import) (\S+)", code, flags=re.M)
     assert "kpjax" in imports
     imports = [m.rstrip(",") for m in imports]
-    assert all(m.split(".")[0] in ("kpjax", "jax", "flax", "optax", "numpy", "matplotlib", "itertools")
+    assert all(m.split(".")[0] in ("kpjax", "jax", "flax", "optax", "numpy", "matplotlib", "itertools", "tempfile")
                and not m.startswith("kpjax.") for m in imports), imports
