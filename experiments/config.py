@@ -37,6 +37,7 @@ from experiments import user_model
 from experiments.fields import (MAX_EPOCHS, MAX_SEED, MAX_STEPS, SGD, check, check_range, freeze,
                                 integer, number, opt)
 from kpjax import data, koopman, models, pruning
+from kpjax.io import metric_writer
 
 # ---------------------------------------------------------------------------
 # What every experiment shares: model, data, batches.
@@ -460,6 +461,97 @@ class CoresetConfig(WindowFields, PruningFields, DataConfig):
                                                           models.MnistNet),
                "--model: the coreset experiment prunes MnistNet's fc1")
         check_range(self, "sample_examples", 1, 10**6)
+
+
+SCHEDULE_KINDS = ("oneshot", "gradual", "imp")  # each with a method: "gradual:kmp"
+FIXED_SPARSITY = ("rigl", "set")  # dynamic sparse training, no method
+
+
+def parse_schedule(entry: str) -> tuple[str, str]:
+    """'gradual:kmp' → ('gradual', 'kmp'); 'rigl' → ('rigl', 'rigl')."""
+    if entry in FIXED_SPARSITY:
+        return entry, entry
+    kind, _, method = entry.partition(":")
+    check(kind in SCHEDULE_KINDS and bool(method),
+          f"--schedules: {entry!r} is not one of {', '.join(k + ':<method>' for k in SCHEDULE_KINDS)}, "
+          f"{', '.join(FIXED_SPARSITY)}")
+    try:
+        pruning.get_method(method)
+    except ValueError as e:
+        raise ValueError(f"--schedules {entry}: {e}") from None
+    return kind, method
+
+
+@dataclass(frozen=True)
+class GradualConfig(PruningFields, DataConfig):
+    """Pruning during training from scratch, the same number of steps for
+    every schedule: one-shot, gradual (Zhu & Gupta), IMP with rewinding,
+    SET/RigL, with magnitude or Koopman (KMP of the last window) scores."""
+
+    schedules: tuple[str, ...] = opt(
+        ("oneshot:gmp", "gradual:gmp", "gradual:kmp", "imp:gmp", "rigl"),
+        "what is compared beside the dense run: oneshot:<method> (prune once at --prune_end), "
+        "gradual:<method> (Zhu & Gupta's cubic schedule), imp:<method> (iterative pruning with "
+        "rewinding), rigl, set; a method reading a trajectory (kmp, kgp) is fitted on the "
+        "--window_steps steps before each point", "strs")
+    sparsities: tuple[float, ...] = opt((0.8, 0.9, 0.95, 0.98), "final sparsities (pruned fraction "
+                                        "of the prunable parameters)", "floats")
+    methods: tuple[str, ...] = opt(("gmp",), "unused: --schedules names the methods", "strs")
+    compressions: tuple[float, ...] = opt((2.0,), "unused: --sparsities sets the size", "floats")
+    seeds: tuple[int, ...] = opt((0, 1, 2), "seeds: each has its own initialization and batch order",
+                                 "ints")
+    epochs: int = opt(4, "training epochs of every run (IMP's rounds share them)")
+    train: SGD = opt(SGD(), "the optimizer of every run", "sgd")
+    finetune_epochs: int = opt(0, "unused: every schedule trains --epochs in all")
+    prune_begin: float = opt(0.5, "gradual: epoch t₀ of the first pruning point")
+    prune_end: float = opt(3.0, "gradual: the last point is at or before this epoch (n = "
+                           "⌊(end − t₀)/Δt⌋ steps of Δt); one-shot prunes there")
+    prune_every: int = opt(100, "gradual: Δt, steps between pruning points")
+    window_steps: int = opt(50, "steps of the window a trajectory method is fitted on, ending at "
+                            "the point (at most Δt, so windows do not span a pruning)")
+    rcond: tuple[float, ...] = opt((koopman.DEFAULT_RCOND,), "DMD rank cutoff of the windows", "floats")
+    imp_rounds: int = opt(4, "IMP: prunings R; each removes the same fraction of the survivors")
+    imp_rewind_step: int = opt(50, "IMP: the step k the kept weights (and the whole training "
+                               "state) are rewound to; 0: the original lottery ticket")
+    rigl_every: int = opt(100, "SET/RigL: ΔT, steps between mask updates")
+    rigl_alpha: float = opt(0.3, "SET/RigL: the initial update fraction α (cosine-decayed)")
+    rigl_end: float = opt(0.75, "SET/RigL: the fraction of training after which the mask is fixed")
+    tensorboard: bool = opt(False, "write TensorBoard event files (loss, per-layer sparsity, λ₁) "
+                            "under <workdir>/tensorboard")
+
+    def __post_init__(self) -> None:
+        self.check_data()
+        freeze(self, "schedules", str)
+        freeze(self, "sparsities", number)
+        check(bool(self.schedules), "--schedules must not be empty")
+        check(len(set(self.schedules)) == len(self.schedules),
+              f"--schedules lists a value twice: {list(self.schedules)}")
+        parsed = [parse_schedule(e) for e in self.schedules]
+        methods = tuple(dict.fromkeys(m for k, m in parsed if k not in FIXED_SPARSITY)) or ("gmp",)
+        object.__setattr__(self, "methods", methods)
+        self.check_pruning()
+        check(bool(self.sparsities) and len(set(self.sparsities)) == len(self.sparsities),
+              f"--sparsities must be distinct values, got {list(self.sparsities)}")
+        check(all(0 < s < 1 for s in self.sparsities),
+              f"--sparsities must be in (0, 1) (1 prunes every weight), got {list(self.sparsities)}")
+        check_range(self, "epochs", 1, MAX_EPOCHS)
+        check(math.isfinite(self.prune_begin) and math.isfinite(self.prune_end)
+              and 0 <= self.prune_begin < self.prune_end <= self.epochs,
+              f"--prune_begin and --prune_end must satisfy 0 <= begin < end <= --epochs "
+              f"({self.epochs}), got {self.prune_begin:g}, {self.prune_end:g}")
+        check(self.prune_every >= 1, f"--prune_every (Δt) must be >= 1, got {self.prune_every}")
+        check_range(self, "prune_every", 1, MAX_STEPS)
+        check(self.window_steps >= 2, f"--window_steps must be >= 2 (a fit needs 3 snapshots), "
+              f"got {self.window_steps}")
+        check_range(self, "window_steps", 2, MAX_STEPS)
+        check(len(self.rcond) == 1, "--rcond: pruning during training uses one cutoff")
+        check_range(self, "imp_rounds", 1, 100)
+        check_range(self, "imp_rewind_step", 0, MAX_STEPS)
+        check_range(self, "rigl_every", 1, MAX_STEPS)
+        check(0 < self.rigl_alpha <= 1, f"--rigl_alpha must be in (0, 1], got {self.rigl_alpha:g}")
+        check(0 < self.rigl_end <= 1, f"--rigl_end must be in (0, 1], got {self.rigl_end:g}")
+        check(not self.tensorboard or metric_writer.available(),
+              "--tensorboard needs tensorboardX: pip install 'kpjax[tensorboard]'")
 
 
 @dataclass(frozen=True)

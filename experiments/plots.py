@@ -109,6 +109,33 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "",
     _save(fig, path)
 
 
+def accuracy_vs_sparsity(rows: Sequence[Row], path: str, title: str = "") -> None:
+    """Top-1 after training vs final sparsity, one line per (schedule,
+    method) of experiments.gradual; the dense run as a horizontal line; the
+    x-axis in −log10(1 − s), so 0.8, 0.9, 0.95, 0.98 are spread out."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    stats = group_mean_std(rows, ("schedule", "method", "sparsity"), "top1")
+    for kind, method in dict.fromkeys((r["schedule"], r["method"]) for r in rows if r["schedule"] != "dense"):
+        pts = sorted((sp, st) for (k, m, sp), st in stats.items() if (k, m) == (kind, method))
+        style = dict(_style(method), linestyle={"oneshot": ":", "gradual": "-", "imp": "--"}.get(kind, "-."))
+        if kind in ("rigl", "set"):
+            style = dict(marker="D", linestyle="-.")
+        label = kind if kind in ("rigl", "set") else f"{kind} {name(method)}"
+        _line(ax, [-np.log10(1 - sp) for sp, _ in pts], [st for _, st in pts], label, style)
+    dense = stats.get(("dense", "dense", 0.0))
+    if dense:
+        ax.axhline(100 * dense[0], color="k", lw=0.9, ls=":", label="dense")
+    ticks = sorted({r["sparsity"] for r in rows if r["schedule"] != "dense"})
+    ax.set_xticks([-np.log10(1 - t) for t in ticks], [f"{t:g}" for t in ticks])
+    ax.set_xlabel("final sparsity (pruned fraction of the prunable parameters)")
+    ax.set_ylabel("test top-1 after training (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    n = _n_seeds(rows)
+    ax.set_title(f"{title}, n = {n} seed{'s' if n > 1 else ''}" + (" (mean ± std)" if n > 1 else ""))
+    _save(fig, path)
+
+
 def _compression_axis(ax, values) -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted(set(values))
