@@ -82,14 +82,14 @@ class Plan:
         self.total = c.epochs * per_epoch
         self.begin = int(round(c.prune_begin * per_epoch))
         self.count = (int(round(c.prune_end * per_epoch)) - self.begin) // c.prune_every
-        if self.count < 1:
+        kinds = {parse_schedule(e)[0] for e in c.schedules}
+        if self.count < 1 and kinds & {"oneshot", "gradual"}:
             raise ValueError(f"--prune_every {c.prune_every} leaves no pruning point between "
                              f"--prune_begin {c.prune_begin:g} and --prune_end {c.prune_end:g} "
                              f"(steps {self.begin}–{int(round(c.prune_end * per_epoch))})")
         self.end = self.begin + self.count * c.prune_every
         rounds, k = c.imp_rounds, c.imp_rewind_step
         self.round_steps = int(round((self.total + rounds * k) / (rounds + 1)))
-        kinds = {parse_schedule(e)[0] for e in c.schedules}
         windowed = [e for e in c.schedules if parse_schedule(e)[0] not in FIXED_SPARSITY
                     and _needs_window(parse_schedule(e)[1])]
         w = c.window_steps
