@@ -516,8 +516,13 @@ class GradualConfig(PruningFields, DataConfig):
     rigl_every: int = opt(100, "SET/RigL: ΔT, steps between mask updates")
     rigl_alpha: float = opt(0.3, "SET/RigL: the initial update fraction α (cosine-decayed)")
     rigl_end: float = opt(0.75, "SET/RigL: the fraction of training after which the mask is fixed")
+    rigl_distribution: str = opt("uniform", "SET/RigL: the sparsity of each tensor, uniform (all at "
+                                 "the target) or erk (Erdős–Rényi-Kernel, Evci et al.'s default)",
+                                 choices=("uniform", "erk"))
     tensorboard: bool = opt(False, "write TensorBoard event files (loss, per-layer sparsity, λ₁) "
                             "under <workdir>/tensorboard")
+    export: bool = opt(False, "save every run's final θ ⊙ m and mask under <workdir>/exports/<cell> "
+                       "(orbax + sparsity.json: kpjax.pruning.load_pruned reads it)")
 
     def __post_init__(self) -> None:
         self.check_data()
@@ -550,6 +555,8 @@ class GradualConfig(PruningFields, DataConfig):
         check_range(self, "rigl_every", 1, MAX_STEPS)
         check(0 < self.rigl_alpha <= 1, f"--rigl_alpha must be in (0, 1], got {self.rigl_alpha:g}")
         check(0 < self.rigl_end <= 1, f"--rigl_end must be in (0, 1], got {self.rigl_end:g}")
+        check(self.rigl_distribution in ("uniform", "erk"),
+              f"--rigl_distribution must be uniform or erk, got {self.rigl_distribution!r}")
         check(not self.tensorboard or metric_writer.available(),
               "--tensorboard needs tensorboardX: pip install 'kpjax[tensorboard]'")
 

@@ -33,8 +33,10 @@ themselves. All runs are evaluated after their last step.
 Writes to --workdir: results.csv/json (one row per schedule/method/sparsity/
 seed: test top-1 and loss after training, the sparsity reached, the steps),
 points.csv/json (each pruning point: step, target and reached sparsity, the
-window's λ₁), summary.md, fig_sparsity.png; with --tensorboard, event files
-under tensorboard/. Reruns resume cell by cell.
+window's λ₁ and its separation), summary.md, fig_sparsity.png; with
+--tensorboard, event files under tensorboard/; with --export, each run's
+pruned model under exports/ (`kpjax.pruning.export_pruned`). Reruns resume
+cell by cell.
 
 May import: absl, jax, numpy, experiments, kpjax.
 """
@@ -42,6 +44,7 @@ May import: absl, jax, numpy, experiments, kpjax.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import jax
@@ -151,7 +154,8 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
     mask0 = None
     if kind in FIXED_SPARSITY:
         mask0 = dynamic.fixed_sparsity_mask(variables["params"], setup.select, sparsity,
-                                            jax.random.PRNGKey(seed * 1000 + 7))
+                                            jax.random.PRNGKey(seed * 1000 + 7),
+                                            distribution=config.rigl_distribution)
     state = setup.state(variables, seed, tx=tx, mask=mask0)
     schedule = plan.schedule(kind, sparsity)
     total = schedules.total_steps(schedule, plan.round_steps) if kind == "imp" else plan.total
@@ -220,6 +224,11 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
     result = setup.evaluate(state)
     writer.scalars(total, {"test/top1": result["top1"], "test/loss": result["loss"]})
     writer.close()
+    if config.export:
+        target = os.path.join(workdir, "exports", name)
+        shutil.rmtree(target, ignore_errors=True)  # an earlier attempt at this cell that did not finish
+        pruning.export_pruned(target, state.params, state.mask,
+                              **({"batch_stats": state.batch_stats} if state.batch_stats else {}))
     reached = pruning.sparsity_of(state.mask, setup.select)
     row = {**key, "phase": "trained", "top1": result["top1"], "top5": result["top5"],
            "test_loss": result["loss"], "reached": reached, "steps": total,
@@ -286,8 +295,10 @@ def _summary(setup: pipeline.Setup, plan: Plan, rows, point_rows, timings=()) ->
                         f"{config.imp_rewind_step}: {plan.round_steps} + {config.imp_rounds}·{rewound} = "
                         f"{plan.round_steps + config.imp_rounds * rewound} steps.")
     if kinds & set(FIXED_SPARSITY):
-        protocol.append(f"SET/RigL: every prunable tensor at the final sparsity from step 0 (random "
-                        f"mask), drop-and-grow every {config.rigl_every} steps, α = {config.rigl_alpha:g}, "
+        spread = ("every prunable tensor at the final sparsity" if config.rigl_distribution == "uniform"
+                  else "the final sparsity spread by the Erdős–Rényi-Kernel rule")
+        protocol.append(f"SET/RigL: {spread} from step 0 (random mask), drop-and-grow every "
+                        f"{config.rigl_every} steps, α = {config.rigl_alpha:g}, "
                         f"until step {update_end(config, plan)}.")
     if any(_needs_window(m) for k, m in entries if k not in FIXED_SPARSITY):
         protocol.append(f"Koopman scores: exact DMD of the {config.window_steps} steps before each "

@@ -325,3 +325,24 @@ def test_damaged_or_edited_exports_are_refused(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         export.export_pruned(tmp_path / "b", params, {**mask, "fc2": {**mask["fc2"], "bias": jnp.ones(3, bool)}})
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_erk_densities_match_the_total_and_fill_small_tensors_first():
+    shapes = [(3, 3, 1, 4), (4,), (3, 3, 4, 16), (256, 10)]
+    sizes = [36, 4, 576, 2560]
+    densities = dynamic.erk_densities(shapes, 0.9)
+    kept = sum(d * n for d, n in zip(densities, sizes))
+    assert kept == pytest.approx(0.1 * sum(sizes), rel=1e-9)
+    assert densities[1] == 1.0  # a bias: Σd/Πd = 1, dense first
+    # The rest follow ε·Σd/Πd: denser where a tensor has few weights per dimension.
+    sparse = [i for i, d in enumerate(densities) if d < 1.0]
+    ratios = {i: densities[i] / (sum(shapes[i]) / np.prod(shapes[i])) for i in sparse}
+    assert np.allclose(list(ratios.values()), next(iter(ratios.values())))
+    assert densities[0] > densities[3] > densities[2]  # Σd/Πd: 0.31, 0.10, 0.045
+    params = {f"l{i}": {"kernel": jnp.ones(s)} for i, s in enumerate(shapes)}
+    mask = dynamic.fixed_sparsity_mask(params, pruning.prunable(params), 0.9, jax.random.PRNGKey(0),
+                                       distribution="erk")
+    assert pruning.sparsity_of(mask, pruning.prunable(params)) == pytest.approx(0.9, abs=2e-3)
+    with pytest.raises(ValueError, match="distribution must be"):
+        dynamic.fixed_sparsity_mask(params, pruning.prunable(params), 0.9, jax.random.PRNGKey(0),
+                                    distribution="ERK")

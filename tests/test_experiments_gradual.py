@@ -9,6 +9,7 @@ import pytest
 
 from experiments import gradual
 from experiments.config import GradualConfig
+from kpjax import pruning
 from kpjax.io import metric_writer
 import tb_events
 
@@ -58,7 +59,7 @@ def test_every_schedule_end_to_end_and_resume(tmp_path):
     config = GradualConfig(**TINY, epochs=6, sparsities=(0.8,), prune_begin=1.0, prune_end=5.0,
                            prune_every=6, window_steps=4, imp_rounds=2, imp_rewind_step=1, rigl_every=4,
                            schedules=("oneshot:gmp", "gradual:gmp", "gradual:kmp", "imp:gmp", "rigl", "set"),
-                           tensorboard=True)
+                           tensorboard=True, export=True)
     summary = gradual.run(config, str(tmp_path))
     assert "## Test top-1 after training" in summary and (tmp_path / "fig_sparsity.png").stat().st_size > 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -89,6 +90,10 @@ def test_every_schedule_end_to_end_and_resume(tmp_path):
     assert [s for s, _ in events["sparsity/total"]] == [10, 16]
     assert {"koopman/lambda1_abs", "koopman/lambda1_separation", "test/top1"} <= set(events)
     assert any(tag.startswith("sparsity/") and tag.endswith("/kernel") for tag in events)
+    # The exported model is the trained one: its sparsity and its accuracy.
+    exported = pruning.load_pruned(tmp_path / "exports" / "gradual-kmp-s0.8-seed0")
+    assert pruning.sparsity_of(exported["mask"], pruning.prunable(exported["params"])) == \
+        pytest.approx(by[("gradual", "kmp")]["reached"], abs=1e-12)
     # A rerun resumes: nothing is trained again and the summary is the same.
     before = (tmp_path / "results.csv").read_text()
     assert gradual.run(config, str(tmp_path)).split("## Provenance")[0] == summary.split("## Provenance")[0]

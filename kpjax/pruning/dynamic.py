@@ -9,7 +9,8 @@ included) or chosen uniformly at random (SET). Grown weights start at
 exactly 0 and without stale optimizer moments (`reset_moments`); each
 tensor keeps n active weights, so the sparsity never changes. The update
 fraction decays as a cosine, f_t = (α/2)(1 + cos(π t / T_end)), 0 after
-T_end (`optax.cosine_decay_schedule`).
+T_end (`optax.cosine_decay_schedule`). The starting mask spreads the
+sparsity uniformly or by the Erdős–Rényi-Kernel rule (`erk_densities`).
 
 As in the authors' code, the weights dropped at a step may grow back at it
 (a dropped weight that is grown again keeps its value: it is no new
@@ -20,6 +21,7 @@ May import: jax, optax, kpjax.pruning.masks.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import jax
@@ -98,20 +100,55 @@ def set_grow_scores(params: PyTree, rng: jax.Array) -> PyTree:
         tree, [jax.random.uniform(k, jnp.shape(x)) for k, x in zip(keys, leaves)])
 
 
-def fixed_sparsity_mask(params: PyTree, select: PyTree, sparsity: float, rng: jax.Array,
-                        scores: Optional[PyTree] = None) -> PyTree:
-    """The starting mask of dynamic sparse training: every prunable tensor at
-    the same sparsity (the uniform distribution of Evci et al.), its kept
-    weights the largest `scores` (random when None)."""
+def erk_densities(shapes: list[tuple[int, ...]], sparsity: float, power: float = 1.0) -> list[float]:
+    """Erdős–Rényi-Kernel densities (Evci et al. 2020, after Mocanu et al.):
+    tensor l keeps the fraction ε·(Σ_i d_i / Π_i d_i)^power of its weights
+    (d_i its dimensions: a conv's h, w, n_in, n_out), ε set so that the kept
+    total is (1 − s)·Σ_l n_l; a tensor whose density would exceed 1 is dense
+    and ε is solved again over the others (the authors' loop). 1-D tensors
+    (biases) have Σd/Πd = 1, the largest possible, and go dense first."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    sizes = [int(math.prod(shape)) for shape in shapes]
+    raw = [(sum(shape) / max(math.prod(shape), 1)) ** power for shape in shapes]
+    dense: set[int] = set()
+    while True:
+        kept_target = (1.0 - sparsity) * sum(sizes) - sum(sizes[i] for i in dense)
+        divisor = sum(raw[i] * sizes[i] for i in range(len(shapes)) if i not in dense)
+        if divisor <= 0:
+            break
+        eps = kept_target / divisor
+        over = [i for i in range(len(shapes)) if i not in dense and eps * raw[i] > 1.0]
+        if not over:
+            break
+        top = max(raw[i] for i in over)
+        dense |= {i for i in over if raw[i] == top}
+    return [1.0 if i in dense else min(1.0, eps * raw[i]) for i in range(len(shapes))]
+
+
+def fixed_sparsity_mask(params: PyTree, select: PyTree, sparsity: float, rng: jax.Array,
+                        scores: Optional[PyTree] = None, distribution: str = "uniform") -> PyTree:
+    """The starting mask of dynamic sparse training: the prunable tensors at
+    sparsity s in all, each keeping its largest `scores` (random when None).
+
+    distribution: "uniform", every prunable tensor at s; "erk", the
+      Erdős–Rényi-Kernel densities of `erk_densities` (Evci et al.'s
+      default), sparser where a tensor has many weights per dimension.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if distribution not in ("uniform", "erk"):
+        raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
     scores = set_grow_scores(params, rng) if scores is None else scores
+    leaves = jax.tree_util.tree_leaves(scores)
+    chosen = [x for x, s in zip(leaves, jax.tree_util.tree_leaves(select)) if s]
+    densities = iter(erk_densities([jnp.shape(x) for x in chosen], sparsity) if distribution == "erk"
+                     else [1.0 - sparsity] * len(chosen))
     out = []
-    for x, s in zip(jax.tree_util.tree_leaves(scores), jax.tree_util.tree_leaves(select)):
+    for x, s in zip(leaves, jax.tree_util.tree_leaves(select)):
         if not s:
             out.append(jnp.ones(jnp.shape(x), bool))
             continue
-        k = max(1, int(round((1.0 - sparsity) * jnp.size(x))))
+        k = max(1, int(round(next(densities) * jnp.size(x))))
         out.append(_top_k_mask(jnp.abs(jnp.ravel(x).astype(jnp.float32)), k).reshape(jnp.shape(x)))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(scores), out)
-
