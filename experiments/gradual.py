@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import cli, koopman_window, pipeline, plots, report, resources
+from experiments import cli, early, koopman_window, pipeline, plots, report, resources
 from experiments.config import FIXED_SPARSITY, GradualConfig, parse_schedule
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
@@ -68,11 +68,6 @@ SCORING = 4  # batch-order purpose of the scoring batches (experiments.init's)
 
 def _needs_window(method: str) -> bool:
     return "snapshots" in pruning.get_method(method).needs
-
-
-def _copy(state: train.TrainState) -> train.TrainState:
-    # Train steps donate their state: a stored state needs buffers of its own.
-    return jax.tree_util.tree_map(jnp.copy, state)
 
 
 class Plan:
@@ -147,7 +142,7 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
     """Trains one run from scratch under its schedule; its result row and points."""
     started = time.time()
     config = setup.config
-    kind, method = parse_schedule(entry) if entry != "dense" else ("dense", "dense")
+    kind, method = _parse(entry)
     tx = config.train.optimizer(setup.steps_per_epoch)
     step_fn = setup.train_step(tx)
     variables = models.init_variables(setup.spec, seed)
@@ -161,12 +156,10 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
     total = schedules.total_steps(schedule, plan.round_steps) if kind == "imp" else plan.total
     windowed = kind not in FIXED_SPARSITY and kind != "dense" and _needs_window(method)
     recorder = recording.make_recording_train_step(step_fn, setup.select) if windowed else None
-    update = dynamic.update_fraction(config.rigl_alpha, max(1, int(config.rigl_end * plan.total)))
+    update = dynamic.update_fraction(config.rigl_alpha, update_end(config, plan))
     name = f"{entry.replace(':', '-')}-s{sparsity:g}-seed{seed}"
     writer = Writer(workdir, config.tensorboard, name)
-    key = {"model": setup.spec.name, "schedule": kind,
-           **(setup.variant(method) if kind not in ("dense", *FIXED_SPARSITY) else pipeline.Variant(method))._asdict(),
-           "sparsity": sparsity if kind != "dense" else 0.0, "seed": seed}
+    key = _cell_key(setup, entry, sparsity, seed)
     point_rows = []
     stream = setup.stream(seed, pipeline.PRETRAIN)
     position = 0  # the step of the run's own schedule (IMP rewinds it to k)
@@ -176,7 +169,7 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
     points = [] if schedule is None else [p for p, t in zip(schedule.points, schedule.targets) if t > 0]
     for taken in range(total):
         if schedule is not None and schedule.rewind_step == position and at_k is None:
-            at_k = _copy(state)
+            at_k = early._copy(state)
         upcoming = next((p for p in points if p > taken), None)
         x, y = next(batches)
         if windowed and upcoming is not None and upcoming - config.window_steps <= taken:
@@ -216,9 +209,10 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
         writer.scalars(step, {"sparsity/total": reached,
                               **({"koopman/lambda1_abs": abs(lam), "koopman/lambda1_distance": abs(lam - 1),
                                   "koopman/lambda1_separation": separation} if lam is not None else {}),
-                              **{f"sparsity/{k}": v for k, v in layer_sparsity(mask, setup.select).items()}})
+                              **{f"sparsity/{k}": v for k, v in layer_sparsity(state.params, mask,
+                                                                               setup.select).items()}})
         if schedule.rewind_step is not None:  # IMP: back to step k, with the new mask
-            state = train.replace_mask(_copy(at_k), mask, tx)
+            state = train.replace_mask(early._copy(at_k), mask, tx)
             position = schedule.rewind_step
             batches = stream(position)
     result = setup.evaluate(state)
@@ -239,8 +233,22 @@ def run_cell(setup: pipeline.Setup, plan: Plan, entry: str, sparsity: float, see
     return [row], point_rows
 
 
+def _parse(entry: str) -> tuple[str, str]:
+    """(schedule kind, method) of a --schedules entry, or of the dense run."""
+    return ("dense", "dense") if entry == "dense" else parse_schedule(entry)
+
+
+def _cell_key(setup: pipeline.Setup, entry: str, sparsity: float, seed: int) -> dict:
+    """The result-table key of a cell (the dense run at sparsity 0)."""
+    kind, method = _parse(entry)
+    variant = setup.variant(method) if kind not in ("dense", *FIXED_SPARSITY) else pipeline.Variant(method)
+    return {"model": setup.spec.name, "schedule": kind, **variant._asdict(),
+            "sparsity": sparsity if kind != "dense" else 0.0, "seed": seed}
+
+
 def update_end(config: GradualConfig, plan: Plan) -> int:
-    return int(config.rigl_end * plan.total)
+    """T_end of SET/RigL: the last step (exclusive) with mask updates."""
+    return max(1, int(config.rigl_end * plan.total))
 
 
 def stream_batches(setup: pipeline.Setup, seed: int, step: int) -> list:
@@ -248,10 +256,11 @@ def stream_batches(setup: pipeline.Setup, seed: int, step: int) -> list:
     return [next(stream) for _ in range(setup.config.score_batches)]
 
 
-def layer_sparsity(mask, select) -> dict[str, float]:
-    return {"/".join(path): 1.0 - float(np.mean(np.asarray(m)))
-            for (path, m), s in zip(flatten.paths_and_leaves(mask), jax.tree_util.tree_leaves(select))
-            if s}
+def layer_sparsity(params, mask, select) -> dict[str, float]:
+    """Each prunable leaf's sparsity (`pruning.sparsity_report`)."""
+    layers = pruning.sparsity_report(params, mask)["layers"]
+    return {"/".join(path): layers["/".join(path)]["sparsity"]
+            for (path, _), s in zip(flatten.paths_and_leaves(select), jax.tree_util.tree_leaves(select)) if s}
 
 
 def _dynamic_update(setup, state, tx, kind, fraction, x, y, seed, step):
@@ -336,11 +345,7 @@ def run(config: GradualConfig, workdir: str) -> str:
             todo = []
             for seed in setup.seeds:
                 for entry, s in cells:
-                    kind, method = parse_schedule(entry) if entry != "dense" else ("dense", "dense")
-                    variant = (setup.variant(method) if kind not in ("dense", *FIXED_SPARSITY)
-                               else pipeline.Variant(method))
-                    if not table.done(model=setup.spec.name, schedule=kind, **variant._asdict(),
-                                      sparsity=s, seed=seed):
+                    if not table.done(**_cell_key(setup, entry, s, seed)):
                         todo.append((seed, entry, s))
             logging.info("%d cells, %d to do; workdir %s", len(setup.seeds) * len(cells), len(todo), workdir)
             setup.job.plan(len(todo) * plan.total)
