@@ -2,7 +2,8 @@
 
 `define_flags(ConfigClass)` defines one absl flag per config field (nested
 `SGD` fields become <field>_lr, <field>_momentum, ...) with the field's
-default and help, plus --workdir; `build_config(ConfigClass, values)` turns
+default and help, plus --workdir and the launch flags of several processes
+(`experiments.processes`: started before the binary's main); `build_config(ConfigClass, values)` turns
 parsed flag values (a plain dict, `FLAGS.flag_values_dict()`) back into a
 validated config; `summary_main(ConfigClass, run)` is the `main` of a
 binary whose `run(config, workdir)` returns its summary. Flags are defined only when a binary runs as a script
@@ -15,7 +16,7 @@ app.UsageError raised while building the config or running are caught at
 `run_main`'s boundary. Tracebacks stay for genuine bugs (other exceptions),
 and `--verbosity=1` shows them for these too.
 
-May import: absl, experiments.fields, kpjax.
+May import: absl, experiments.fields, experiments.processes, kpjax.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from experiments import processes
 from experiments.fields import SGD
 from kpjax import pruning
 
@@ -82,6 +84,12 @@ def define_flags(config_cls: type, default_workdir: str | None) -> None:
             raise TypeError(f"field {name}: unknown flag kind {kind!r}")
     flags.DEFINE_string("workdir", default_workdir,
                         "output directory; a rerun with the same flags resumes from it", **own)
+    processes.define_flags(sys.argv[0])
+
+
+def own_flag_values() -> dict[str, Any]:
+    """The parsed values of the flags `define_flags` made (not absl's own)."""
+    return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(sys.argv[0])}
 
 
 def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
@@ -114,6 +122,7 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
         if len(argv) > 1:
             _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
+            processes.start(own_flag_values())  # before anything starts a JAX backend
             return main(argv)
         except KeyboardInterrupt:
             sys.stderr.write("interrupted — rerun the same command to resume\n")

@@ -329,7 +329,9 @@ def _record_once(setup: pipeline.Setup, main_run: MainRun, seed: int, epochs: li
         if t in ends:
             captured[ends[t]] = _copy(state)
 
-    path = os.path.join(workdir, f"seed{seed}", "trajectory.kpt")
+    # A scratch file (removed below); with several processes each writes its own.
+    own = "" if jax.process_count() == 1 else f".process{jax.process_index()}"
+    path = os.path.join(workdir, f"seed{seed}", f"trajectory{own}.kpt")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     recorder = recording.make_recording_train_step(main_run.step_fn, setup.select)
     desc = f"seed {seed} steps {first}–{last}"

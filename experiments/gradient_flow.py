@@ -52,7 +52,7 @@ from experiments import cli, early, koopman_window, pipeline, plots, report, res
 from experiments.config import GradientFlowConfig
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import koopman, pruning, train
+from kpjax import koopman, parallel, pruning, train
 from kpjax.flatten import count_params
 from kpjax.train import loop, recording
 
@@ -78,8 +78,9 @@ class Point:
         stream = setup.stream(seed, SCORING)(self.step)
         self.scoring = [next(stream) for _ in range(setup.config.score_batches)]
         # The measures' batches as arguments: one compilation for every cell.
-        self.images = np.stack([setup.normalize(np.asarray(x)) for x, _ in self.scoring])
-        self.labels = np.stack([np.asarray(y) for _, y in self.scoring])
+        scoring = parallel.to_host(self.scoring)  # split over the devices when data-parallel
+        self.images = np.stack([setup.normalize(x) for x, _ in scoring])
+        self.labels = np.stack([y for _, y in scoring])
         self.inputs = self._inputs(self.variables)
         self._window = None
 

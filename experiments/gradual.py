@@ -56,7 +56,7 @@ from experiments import cli, early, koopman_window, pipeline, plots, report, res
 from experiments.config import FIXED_SPARSITY, GradualConfig, parse_schedule
 from experiments.results import ResultTable, atomic_write_text, fmt_pm, group_mean_std, markdown_table
 from experiments.workdir import claim
-from kpjax import flatten, koopman, models, pruning, train
+from kpjax import flatten, koopman, models, parallel, pruning, train
 from kpjax.io import metric_writer
 from kpjax.pruning import dynamic, gradual, schedules
 from kpjax.train import recording
@@ -125,7 +125,7 @@ class Writer:
 
     def __init__(self, workdir: str, enabled: bool, name: str):
         self.writer = None
-        if enabled:
+        if enabled and parallel.is_primary():  # every process logs the same scalars
             self.writer = metric_writer.open_writer(os.path.join(workdir, "tensorboard", name))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -267,7 +267,7 @@ def _dynamic_update(setup, state, tx, kind, fraction, x, y, seed, step):
     """One SET/RigL drop-and-grow on the current batch."""
     if kind == "rigl":
         _, grads = train.loss_and_grads(setup.spec.module.apply, state.params, state.batch_stats,
-                                        setup.normalize(np.asarray(x)), y)
+                                        setup.normalize(x), y)
         scores = dynamic.rigl_grow_scores(grads)
     else:
         scores = dynamic.set_grow_scores(state.params, jax.random.PRNGKey(seed * 100_003 + step))

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import cli, common, pipeline, report, resources
+from experiments import cli, common, pipeline, plots, report, resources
 from experiments.config import JumpConfig
 from experiments.results import (ResultTable, atomic_write_json, atomic_write_text, markdown_table,
                                  mean_std, read_json, rows_to_csv)
@@ -243,8 +243,7 @@ def _plot(rows, path: str, title: str) -> None:
     ax.legend()
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def run(config: JumpConfig, workdir: str) -> str:

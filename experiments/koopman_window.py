@@ -2,7 +2,8 @@
 
 `record_window` trains T steps recording the prunable parameters Θ,
 `score_window` fits the Koopman operator to them (`kpjax.koopman.fit_dmd`
-of the Gram matrix ΘΘᵀ) and scores every method over the flat prunable
+of the Gram matrix ΘΘᵀ, formed sharded over the devices of a data-parallel
+run) and scores every method over the flat prunable
 parameters at the window's end θ(t₂), at the run's rank cutoff and at the
 extra ones of the sensitivity table; the result is a `Window`, saved to the
 workdir (`cached_window` restores it) and building each method's mask once
@@ -27,8 +28,9 @@ from absl import logging
 from experiments import common
 from experiments.pipeline import Setup, Variant, variables_of
 from experiments.results import atomic_write_bytes
-from kpjax import koopman, pruning, train
+from kpjax import koopman, parallel, pruning, train
 from kpjax.flatten import count_params
+from kpjax.koopman import sharded
 from kpjax.pruning import saliency, structured
 from kpjax.train import recording
 
@@ -156,8 +158,9 @@ def with_scoring_batches(setup: Setup, inputs: pruning.PruneInputs, batch_stats,
     ∂L/∂θ (the mean over the batches; one batch: ShrinkBench's gradient), L for
     SNIP / LP / GN and GraSP's tempered L (`saliency.GRASP_TEMPERATURE`)."""
     apply = setup.spec.module.apply
-    images = np.stack([setup.normalize(np.asarray(x)) for x, _ in batches])
-    labels = np.stack([np.asarray(y) for _, y in batches])
+    batches = parallel.to_host(batches)  # split over the devices when data-parallel
+    images = np.stack([setup.normalize(x) for x, _ in batches])
+    labels = np.stack([y for _, y in batches])
     grads = [train.loss_and_grads(apply, inputs.params, batch_stats, x, y)[1]
              for x, y in zip(images, labels)]
     if len(grads) > 1:
@@ -188,8 +191,17 @@ def record_window(setup: Setup, state: train.TrainState, step_fn, batches, steps
     state, theta = recording.record_trajectory(
         recorder, state, with_progress(batches, steps, desc, setup.job), steps, setup.select)
     scoring = [next(batches) for _ in range(scoring_batch_count(setup))]
-    return score_window(setup, state, theta, koopman.gram(theta), scoring, seed, path, desc,
+    return score_window(setup, state, theta, window_gram(setup, theta), scoring, seed, path, desc,
                         time.time() - start, **facts)
+
+
+def window_gram(setup: Setup, theta) -> np.ndarray:
+    """K = ΘΘᵀ in float64: on one device `koopman.gram`; data-parallel, with
+    Θ's columns sharded over the run's devices (`koopman.sharded`: each device
+    its N/devices columns' block, one psum), the same K to every process."""
+    if setup.mesh is None:
+        return koopman.gram(theta)
+    return sharded.sharded_gram(sharded.shard_columns(theta, setup.mesh), setup.mesh)
 
 
 def scoring_batch_count(setup: Setup) -> int:

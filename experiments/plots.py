@@ -28,7 +28,8 @@ def _style(method: str) -> dict:
     return dict(known) if known else dict(marker="o")
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
+    """`fig` as a PNG at `path`, written atomically (and closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -106,7 +107,7 @@ def accuracy_vs_compression(rows: Sequence[Row], path: str, title: str = "",
     axes[0][0].set_ylabel("top-1 accuracy (%)")
     n = _n_seeds([r for r in rows if r["method"] != "dense"])
     fig.suptitle(f"{title}, n = {n} seed{'s' if n > 1 else ''}" + (" (mean ± std)" if n > 1 else ""))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def accuracy_vs_sparsity(rows: Sequence[Row], path: str, title: str = "") -> None:
@@ -133,7 +134,7 @@ def accuracy_vs_sparsity(rows: Sequence[Row], path: str, title: str = "") -> Non
     ax.legend(fontsize=8)
     n = _n_seeds(rows)
     ax.set_title(f"{title}, n = {n} seed{'s' if n > 1 else ''}" + (" (mean ± std)" if n > 1 else ""))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _compression_axis(ax, values) -> None:
@@ -177,7 +178,7 @@ def overlap_vs(rows: Sequence[Row], x: str, path: str, xlabel: str, log2: bool =
     axes[0][0].set_ylabel("Jaccard overlap of kept parameters")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def spectrum(eigenvalues: np.ndarray, path: str, title: str = "") -> None:
@@ -209,7 +210,7 @@ def spectrum(eigenvalues: np.ndarray, path: str, title: str = "") -> None:
     zoom.set_title("the eigenvalues nearest 1", fontsize=10)
     if title:
         ax.set_title(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned", title: str = "") -> None:
@@ -240,7 +241,7 @@ def accuracy_vs_epoch(rows: Sequence[Row], path: str, phase: str = "finetuned", 
     ax.set_title(f"{title + ': ' if title else ''}{when}, n = {n} seed{'s' if n > 1 else ''}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def lambda_vs_epoch(rows: Sequence[Row], path: str, title: str = "") -> None:
@@ -256,7 +257,7 @@ def lambda_vs_epoch(rows: Sequence[Row], path: str, title: str = "") -> None:
     ax.set_xlabel("epoch of the Koopman window")
     ax.set_ylabel("|λ₁ − 1|, eigenvalue closest to 1")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def sliding_windows(rows: Sequence[Row], distance_rows: Sequence[Row], path: str,
@@ -284,7 +285,7 @@ def sliding_windows(rows: Sequence[Row], distance_rows: Sequence[Row], path: str
         ax.grid(alpha=0.3)
     n = _n_seeds(rows)
     top.set_title(f"{title + ': ' if title else ''}sliding Koopman windows, n = {n} seed{'s' if n > 1 else ''}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def spectra_by(groups: dict[Any, np.ndarray], path: str, label: str, title: str = "") -> None:
@@ -312,7 +313,7 @@ def spectra_by(groups: dict[Any, np.ndarray], path: str, label: str, title: str 
     ax.legend(fontsize=8)
     zoom.set_title("the eigenvalues nearest 1", fontsize=10)
     ax.set_title(title or "Koopman spectra", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_curves(rows: Sequence[Row], path: str, title: str = "") -> None:
@@ -340,7 +341,7 @@ def loss_curves(rows: Sequence[Row], path: str, title: str = "") -> None:
     axes[0][-1].legend(fontsize=7)
     n = _n_seeds(rows)
     fig.suptitle(f"{title + ', ' if title else ''}n = {n} seed{'s' if n > 1 else ''}", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def distance_map(d: np.ndarray, epochs: Sequence[int], path: str, title: str = "") -> None:
@@ -355,4 +356,4 @@ def distance_map(d: np.ndarray, epochs: Sequence[int], path: str, title: str = "
     fig.colorbar(image, ax=ax, label="code distance")
     if title:
         ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -65,9 +65,14 @@ def check_resources(config: DataConfig) -> None:
     available = len(jax.devices())
     check(config.devices <= available, f"--devices={config.devices}, but JAX sees {available} "
           "device(s) (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    processes = jax.process_count()
+    check(processes == 1 or config.devices in (0, available),
+          f"--devices={config.devices} with {processes} processes: every process's devices train; "
+          f"use --devices=0 (all {available})")
     used = config.devices or available
     check(config.batch_size % used == 0, f"--batch_size={config.batch_size} does not divide over "
-          f"{used} devices; choose a multiple of {used}")
+          f"{used} devices" + (f" ({processes} processes)" if processes > 1 else "")
+          + f"; choose a multiple of {used}")
     try:
         data.check_available(dataset_name(config), config.data_dir, config.download)
     except data.DataNotFoundError as e:  # an OSError; the usage errors are ValueErrors

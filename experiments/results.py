@@ -1,12 +1,14 @@
 """Result files of the experiments: atomic writes, resumable tables, summaries.
 
 Every file is written to a temporary file in the same directory and renamed
-over the target, so a killed run never leaves a half-written file. A table
+over the target, so a killed run never leaves a half-written file. With
+several processes (`experiments.processes`) every process computes the same
+rows and only process 0 writes them. A table
 is keyed by its cell columns; a rerun skips the cells already present.
 Each cell's timing rows also name the commit that computed it (`COMMIT`),
 since a resumed run's cells may come from several invocations.
 
-May import: the standard library only.
+May import: the standard library, kpjax.parallel.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from kpjax import parallel
 
 Row = dict[str, Any]
 
@@ -36,7 +40,10 @@ _UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str, content: bytes) -> None:
-    """Writes `content` to `path` via a temporary file and an atomic rename."""
+    """Writes `content` to `path` via a temporary file and an atomic rename
+    (in process 0 only: the others computed the same content)."""
+    if not parallel.is_primary():
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))

@@ -9,7 +9,11 @@ first's. The kernel drops the lock when the process ends, however it ends
 While holding the lock, the `.tmp-*` files of an interrupted atomic write
 (`experiments.results`) are removed.
 
-May import: the standard library only.
+With several processes (`experiments.processes`) the run is one job: process
+0 takes the lock and the others learn its outcome, so every process goes on
+or every process stops with process 0's line.
+
+May import: the standard library, jax, numpy, kpjax.parallel.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ import fcntl
 import glob
 import os
 from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from kpjax import parallel
 
 LOCK_NAME = ".lock"
 _TMP_PATTERNS = (".tmp-*", os.path.join("*", ".tmp-*"))
@@ -46,8 +55,41 @@ def claim(workdir: str) -> Iterator[None]:
     """Holds `workdir` exclusively for the `with` block (creating it if needed).
 
     Raises:
-      WorkdirInUseError: another process holds it.
+      WorkdirInUseError: another process holds it (with several processes:
+        another job holds it; raised in every process of this job).
     """
+    if jax.process_count() == 1:
+        with _claimed(workdir):
+            yield
+        return
+    if not parallel.is_primary():
+        _agree(None)  # process 0's outcome
+        yield
+        return
+    held = contextlib.ExitStack()
+    refusal = ""
+    try:
+        held.enter_context(_claimed(workdir))
+    except (WorkdirInUseError, OSError) as e:  # the others must not wait for a process that stopped
+        refusal = str(e)
+    _agree(refusal)
+    if refusal:
+        raise WorkdirInUseError(refusal)
+    with held:
+        yield
+
+
+def _agree(refusal: str | None) -> None:
+    """Process 0's refusal ("" for none) to every process; raises it in the others."""
+    from jax.experimental import multihost_utils
+    text = (refusal or "").encode()[:1024].ljust(1024)
+    got = bytes(multihost_utils.broadcast_one_to_all(np.frombuffer(text, np.uint8))).decode().strip()
+    if got and refusal is None:
+        raise WorkdirInUseError(got)
+
+
+@contextlib.contextmanager
+def _claimed(workdir: str) -> Iterator[None]:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

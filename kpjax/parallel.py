@@ -55,10 +55,24 @@ def replicate(tree, mesh: Mesh):
 
 
 def to_host(tree):
-    """A replicated pytree (e.g. the trained state) as NumPy arrays in this
-    process: its own copy, no transfer between processes."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))
-                                  if isinstance(x, jax.Array) else np.asarray(x), tree)
+    """A pytree as NumPy arrays in full in this process: a replicated leaf
+    (e.g. the trained state) from its own copy, without a transfer; a sharded
+    one (e.g. a batch split over several processes' devices) gathered from
+    every process (an all-gather: every process must call it)."""
+    def fetch(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree_util.tree_map(fetch, tree)
+
+
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes what every process
+    computed alike (result files); True with one process."""
+    return jax.process_index() == 0
 
 
 def sync(name: str) -> None:

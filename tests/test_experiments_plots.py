@@ -9,7 +9,7 @@ from experiments import plots
 def saved(monkeypatch):
     """The figures the plot functions would write, by path."""
     figures = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.__setitem__(path, fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.__setitem__(path, fig))
     return figures
 
 

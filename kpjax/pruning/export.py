@@ -16,7 +16,7 @@ of θ agree with the report (a damaged or edited export is refused).
     tree = kpjax.pruning.load_pruned("model_sparse")   # {"params", "mask", "batch_stats"}
     logits = module.apply({"params": tree["params"], "batch_stats": tree["batch_stats"]}, x, train=False)
 
-May import: jax, numpy, orbax, kpjax.flatten, kpjax.pruning.masks.
+May import: jax, numpy, orbax, kpjax.flatten, kpjax.parallel, kpjax.pruning.masks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import sparse
 
-from kpjax import flatten
+from kpjax import flatten, parallel
 from kpjax.pruning.masks import apply_mask, check_mask
 
 PyTree = Any
@@ -67,17 +67,26 @@ def export_pruned(directory: str | os.PathLike, params: PyTree, mask: PyTree, **
         raise ValueError("export_pruned: 'params' and 'mask' are the export's own names")
     report = sparsity_report(params, mask)
     tree = {"params": apply_mask(params, mask), "mask": mask, **collections}
-    tmp = f"{directory}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    # With several processes (jax.distributed) every process saves its part
+    # into one agreed temporary directory, and process 0 completes it.
+    several = jax.process_count() > 1
+    tmp = f"{directory}.tmp-{'job' if several else os.getpid()}"
+    primary = parallel.is_primary()
+    if primary:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    parallel.sync(f"export {directory}: begin")
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, _ARRAYS), tree)
-        with open(os.path.join(tmp, _REPORT), "w") as f:
-            json.dump(report, f, indent=1)
-        os.rename(tmp, directory)
+        if primary:
+            with open(os.path.join(tmp, _REPORT), "w") as f:
+                json.dump(report, f, indent=1)
+            os.rename(tmp, directory)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
+    parallel.sync(f"export {directory}: done")
     return directory
 
 
