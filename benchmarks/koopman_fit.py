@@ -36,6 +36,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.workloads import kmp_mask, make_trajectory
+
 _N = flags.DEFINE_integer("n", 268_346, "parameters N")
 _STEPS = flags.DEFINE_integer("steps", 391, "steps T (T+1 snapshots)")
 _SEED = flags.DEFINE_integer("seed", 0, "data seed")
@@ -43,19 +45,6 @@ _COMPRESSION = flags.DEFINE_float("compression", 8.0, "compression ratio for the
 _REPEATS = flags.DEFINE_integer("repeats", 1, "alternating runs of each; the median is reported")
 _WORKER = flags.DEFINE_enum("worker", None, ["kpjax", "reference"], "internal: run one fit")
 _OUT = flags.DEFINE_string("out", None, "internal: where a worker writes its mode")
-
-
-def make_trajectory(n: int, steps: int, seed: int) -> np.ndarray:
-    """Θ, (steps+1, n) float32: a noisy walk converging to θ*."""
-    rng = np.random.default_rng(seed)
-    theta_star = rng.standard_normal(n).astype(np.float32) * 0.1
-    theta = np.empty((steps + 1, n), np.float32)
-    theta[0] = theta_star + rng.standard_normal(n).astype(np.float32) * 0.05
-    alpha, s, rho = 0.02, 2e-3, 0.995
-    for t in range(steps):
-        noise = rng.standard_normal(n).astype(np.float32)
-        theta[t + 1] = theta[t] + alpha * (theta_star - theta[t]) + s * rho**t * noise
-    return theta
 
 
 def _rss_kib() -> int:
@@ -98,16 +87,6 @@ def worker(kind: str, out: str) -> None:
     warm = time.perf_counter() - start
     np.save(out, mode)
     print(json.dumps({"seconds": warm, "cold_seconds": cold, "peak_kib": peak, "base_kib": base}))
-
-
-def kmp_mask(mode: np.ndarray, compression: float) -> np.ndarray:
-    import jax.numpy as jnp
-
-    from kpjax import pruning
-
-    scores = {"w": jnp.asarray(np.abs(mode), jnp.float32)}
-    f = pruning.keep_fraction(compression, mode.size, mode.size)
-    return np.asarray(pruning.global_mask(scores, {"w": True}, f)["w"])
 
 
 def run_worker(kind: str, out: str) -> dict:

@@ -24,7 +24,7 @@ dominate the run; the windows are shifted by random offsets, so the noise
 is still incoherent across steps).
 
 --mode=compare: N = 268,346 (ResNet-20 sized) with fresh noise: the in-memory
-fit (`koopman_fit.make_trajectory`, Θ float32 in RAM) against the
+fit (`workloads.make_trajectory`, Θ float32 in RAM) against the
 out-of-core fit of the same Θ stored as float32, float16 and bfloat16:
 cosine of the λ≈1 modes and agreement of the KMP masks at compression 8.
 
@@ -61,8 +61,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.koopman_fit import kmp_mask, make_trajectory
-from kpjax import flatten, koopman
+from benchmarks import koopman_fit  # noqa: F401  (its flags: --n, --steps, --seed, --compression)
+from benchmarks.workloads import kmp_mask, make_trajectory
+from kpjax import flatten, koopman, parallel
 from kpjax.train import recording
 from kpjax.io import trajectory_store as ts
 
@@ -296,7 +297,7 @@ def sharded(n: int) -> None:
     if len(jax.devices()) < devices:
         raise app.UsageError(f"--devices={devices}, but JAX sees {len(jax.devices())} devices")
     rows = flags.FLAGS.steps + 1
-    mesh = sh.column_mesh(jax.devices()[:devices])
+    mesh = parallel.column_mesh(jax.devices()[:devices])
     per_device = sh.padded_columns(n, mesh) // devices * rows * 4
     gram_bytes = rows * rows * 8
     print(f"N = {n:,}, T = {flags.FLAGS.steps}: Θ {n * rows * 4 / 1e9:.2f} GB float32; {devices} "

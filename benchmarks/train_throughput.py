@@ -30,12 +30,12 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
 
 from benchmarks.timing import load_average, run_json
+from benchmarks.workloads import kpjax_throughput
 
 _MODELS = flags.DEFINE_list("models", ["mnistnet", "resnet20"],
                             "models to time")
@@ -62,36 +62,7 @@ _TORCH_WORKER = _ROOT / "benchmarks" / "torch_train_worker.py"
 
 def _kpjax_worker(model: str, batch_size: int, steps: int, warmup: int):
     """Times `steps` kpjax training steps; prints one JSON line."""
-    import jax
-    import numpy as np
-
-    from kpjax import models, train
-
-    spec = models.get_model(model)
-    variables = spec.module.init(
-        jax.random.PRNGKey(0), np.zeros((1, *spec.input_shape), np.float32),
-        train=False)
-    tx = train.make_optimizer(0.01, momentum=0.9, nesterov=False)
-    step = train.make_train_step(spec.module.apply, tx)
-    state = train.create_train_state(
-        variables["params"], tx, jax.random.PRNGKey(0),
-        batch_stats=variables.get("batch_stats"))
-    rng = np.random.default_rng(0)
-    n = warmup + steps
-    images = [jax.device_put(rng.standard_normal(
-        (batch_size, *spec.input_shape), np.float32)) for _ in range(n)]
-    labels = [jax.device_put(rng.integers(0, 10, batch_size, np.int32))
-              for _ in range(n)]
-    for i in range(n):
-        if i == warmup:
-            jax.block_until_ready(state)
-            start = time.perf_counter()
-        state, metrics = step(state, images[i], labels[i])
-    jax.block_until_ready((state, metrics))
-    elapsed = time.perf_counter() - start
-    print(json.dumps({"images_per_s": steps * batch_size / elapsed,
-                      "jax": jax.__version__,
-                      "device": jax.devices()[0].device_kind}))
+    print(json.dumps(kpjax_throughput(model, batch_size, steps, warmup)))
 
 
 def main(argv):
