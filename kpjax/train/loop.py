@@ -11,7 +11,7 @@ step lies in (state.step, until] is restored first, then the loop continues
 from there. A checkpoint whose metadata differs from the run's (another
 model, dataset, batch size or seed) is refused with a ValueError naming both.
 
-May import: jax, kpjax.io.checkpoints.
+May import: jax, kpjax.io.checkpoints, kpjax.parallel.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from kpjax import parallel
 from kpjax.io import checkpoints
 
 PyTree = Any
@@ -97,7 +98,10 @@ def restore_latest(
 
 
 def _set_aside(checkpointing: Checkpointing, step: int, error: Exception) -> None:
-    moved = checkpoints.set_aside(checkpointing.directory, step)
+    # Every process finds the same damage; one renames (the others' renames
+    # would race it), and all wait for it before trying an older step.
+    moved = checkpoints.set_aside(checkpointing.directory, step) if parallel.is_primary() else "(by process 0)"
+    parallel.sync(f"set aside {checkpointing.directory} {step}")
     _log.warning("checkpoint step %d of %s is damaged (%s); moved to %s, trying an older one",
                  step, checkpointing.directory, str(error).splitlines()[0][:200], moved)
 
