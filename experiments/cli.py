@@ -151,8 +151,29 @@ class QuietOrbax(std_logging.Filter):
                 or f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
+def orbax_teardown(unraisable) -> bool:
+    """Whether an unraisable exception is orbax's teardown after a failed
+    restore: when one array of a damaged checkpoint fails to read, orbax
+    raises (kpjax reports it in one line, `kpjax.io.checkpoints`) and closes
+    its event loop while other reads are in flight; their coroutines are
+    then destroyed and TensorStore's threads call into the closed loop,
+    each printing a traceback that says nothing more."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
 def quiet_orbax() -> None:
+    """Drops orbax's INFO log records and its teardown tracebacks (`orbax_teardown`)."""
     logging.get_absl_handler().addFilter(QuietOrbax())
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not orbax_teardown(unraisable):
+            previous(unraisable)
+    sys.unraisablehook = hook
 
 
 def summary_main(config_cls: type, run: Callable[[Any, str], str]) -> Callable[[list[str]], None]:
