@@ -105,8 +105,7 @@ def fit_rows(rows: list, n: int, steps: int) -> None:
     from kpjax import koopman
     theta = make_trajectory(n, steps, seed=0)
 
-    def gram64(x):
-        return koopman.gram(x)
+    gram64 = koopman.gram
 
     @jax.jit
     def gram32(x):

@@ -23,7 +23,6 @@ May import: absl, jax, numpy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -34,9 +33,9 @@ from typing import Any
 import numpy as np
 from absl import flags, logging
 
-# The launch flags: where this process is in the job, not what it computes;
-# they are not config fields (a config is the same in every process).
-FLAG_NAMES = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
+# The launch flags say where this process is in the job, not what it
+# computes; they are not config fields (a config is the same in every process).
+DEFAULT_TIMEOUT = 120
 # Flags that differ between processes by design.
 PER_PROCESS = ("process_id",)
 
@@ -51,7 +50,7 @@ def define_flags(module_name: str) -> None:
                          "by jax.distributed (SLURM, Open MPI, Cloud TPU)", **own)
     flags.DEFINE_integer("process_id", None, "this process's index, 0 .. --num_processes-1 "
                          "(default $JAX_PROCESS_ID)", **own)
-    flags.DEFINE_integer("distributed_timeout", 120,
+    flags.DEFINE_integer("distributed_timeout", DEFAULT_TIMEOUT,
                          "seconds to wait for every process at the start before giving up", **own)
 
 
@@ -79,7 +78,7 @@ def launch(values: Mapping[str, Any]) -> dict[str, Any]:
     processes = _env_int("JAX_NUM_PROCESSES") if processes is None else processes
     process = values.get("process_id")
     process = _env_int("JAX_PROCESS_ID") if process is None else process
-    timeout = values.get("distributed_timeout", 120)
+    timeout = values.get("distributed_timeout", DEFAULT_TIMEOUT)
     if timeout is None or timeout < 1:
         raise ValueError(f"--distributed_timeout must be >= 1 second, got {timeout}")
     if processes is None:
@@ -160,17 +159,16 @@ def check_same_flags(values: Mapping[str, Any]) -> None:
     from jax.experimental import multihost_utils
     own = {k: v for k, v in values.items() if k not in PER_PROCESS}
     text = json.dumps(own, sort_keys=True, default=str).encode()
-    digest = np.frombuffer(hashlib.sha256(text).digest()[:8], np.int64)
-    digests = np.asarray(multihost_utils.process_allgather(digest))
-    if np.all(digests == digests[0]):
-        return
-    # Name the differing flags: every process's flags to every process.
+    # Every process's flags to every process (a few hundred bytes each),
+    # padded to one length, so that the differing ones can be named.
     length = int(np.max(multihost_utils.process_allgather(np.array([len(text)], np.int64))))
     texts = multihost_utils.process_allgather(np.frombuffer(text.ljust(length, b" "), np.uint8))
     parsed = [json.loads(bytes(np.asarray(t, np.uint8)).decode()) for t in texts]
     reference = parsed[0]
     differ = {i: sorted(k for k in set(p) | set(reference) if p.get(k) != reference.get(k))
               for i, p in enumerate(parsed) if p != reference}
+    if not differ:
+        return
     raise ValueError("the processes were started with different flags: " + "; ".join(
         f"process {i} differs from process 0 in {', '.join('--' + k for k in names)}"
         for i, names in differ.items()) + "; start every process with the same flags but --process_id")

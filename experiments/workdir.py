@@ -83,7 +83,8 @@ def _agree(refusal: str | None) -> None:
     """Process 0's refusal ("" for none) to every process; raises it in the others."""
     from jax.experimental import multihost_utils
     text = (refusal or "").encode()[:1024].ljust(1024)
-    got = bytes(multihost_utils.broadcast_one_to_all(np.frombuffer(text, np.uint8))).decode().strip()
+    got = bytes(multihost_utils.broadcast_one_to_all(np.frombuffer(text, np.uint8)))
+    got = got.decode(errors="replace").strip()  # the cut at 1024 bytes may split a character
     if got and refusal is None:
         raise WorkdirInUseError(got)
 

@@ -132,7 +132,4 @@ def sharded_fixed_point_mode(snapshots: jax.Array, fit: DMDFit, mesh: Mesh,
 def gather(x: jax.Array, n: int | None = None) -> np.ndarray:
     """A sharded array in full, in every process (an all-gather across
     processes when there are several), cut to its first n entries."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)[:n]
+    return to_host(x)[:n]
