@@ -23,43 +23,60 @@ files, PyTorch import); `kpjax.flatten` (θ ∈ R^N), `kpjax.flax_model` (any
 Flax module as a function), `kpjax.metrics` (sizes, FLOPs), `kpjax.spline` (region codes and the
 spline early-bird ticket) and `kpjax.parallel` (device meshes) stand alone.
 
+Names resolve on first use (PEP 562 `__getattr__`): `from kpjax import
+koopman` imports the fit alone (JAX and NumPy), not Flax, optax and the
+data pipeline: a fresh process's first fit pays for what it uses
+(benchmarks/koopman_fit.py counts the import).
+
 May import: kpjax.
 """
 
-from kpjax import data, flatten, flax_model, io, koopman, metrics, models, parallel, pruning, spline, train
-from kpjax.flax_model import Model, from_linen, from_nnx, to_nnx, update_nnx
-from kpjax.flatten import FlatSpec, count_params, flat_spec, ravel_selected, unravel_selected
-from kpjax.koopman import (DEFAULT_RCOND, DMDFit, fit_dmd, fit_trajectory, fixed_point_mode, gram,
-                           predicted_step)
-from kpjax.models import ModelSpec, get_model
-from kpjax.pruning import (METHODS, PruneInputs, PruningMethod, apply_mask, compression_ratio,
-                           freeze_pruned, get_method, keep_fraction, mask_jaccard, prunable, prune,
-                           register_method)
-from kpjax.train import (TrainState, create_train_state, evaluate, make_eval_step, make_optimizer,
-                         make_train_step)
-from kpjax.train.any_model import (Carry, Recording, cross_entropy_loss, init_carry, inputs_of,
-                                   make_step, record, targets_of)
-from kpjax.train.recording import make_recording_train_step, record_trajectory
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # subpackages
-    "data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel", "pruning", "spline",
-    "train",
+SUBPACKAGES = ("data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel",
+               "pruning", "spline", "train")
+
+# Each public name, grouped, and the module that defines it.
+_NAMES = {
     # any Flax model (Linen or NNX) as f(θ, s, x) ↦ (y, s′); its masked training and Θ
-    "Model", "from_linen", "from_nnx", "to_nnx", "update_nnx",
-    "Carry", "Recording", "cross_entropy_loss", "init_carry", "inputs_of", "make_step", "record",
-    "targets_of",
+    "kpjax.flax_model": ("Model", "from_linen", "from_nnx", "to_nnx", "update_nnx"),
+    "kpjax.train.any_model": ("Carry", "Recording", "cross_entropy_loss", "init_carry", "inputs_of",
+                              "make_step", "record", "targets_of"),
     # θ ∈ R^N
-    "FlatSpec", "count_params", "flat_spec", "ravel_selected", "unravel_selected",
+    "kpjax.flatten": ("FlatSpec", "count_params", "flat_spec", "ravel_selected", "unravel_selected"),
     # recording and fitting
-    "make_recording_train_step", "record_trajectory",
-    "DEFAULT_RCOND", "DMDFit", "fit_dmd", "fit_trajectory", "fixed_point_mode", "gram", "predicted_step",
+    "kpjax.train.recording": ("make_recording_train_step", "record_trajectory"),
+    "kpjax.koopman": ("DEFAULT_RCOND", "DMDFit", "fit_dmd", "fit_trajectory", "fixed_point_mode",
+                      "gram", "predicted_step"),
     # scoring and masking
-    "METHODS", "PruneInputs", "PruningMethod", "get_method", "keep_fraction", "prunable", "prune",
-    "register_method", "apply_mask", "compression_ratio", "freeze_pruned", "mask_jaccard",
+    "kpjax.pruning": ("METHODS", "PruneInputs", "PruningMethod", "get_method", "keep_fraction",
+                      "prunable", "prune", "register_method", "apply_mask", "compression_ratio",
+                      "freeze_pruned", "mask_jaccard"),
     # training
-    "ModelSpec", "TrainState", "create_train_state", "evaluate", "get_model", "make_eval_step",
-    "make_optimizer", "make_train_step",
-]
+    "kpjax.models": ("ModelSpec", "get_model"),
+    "kpjax.train": ("TrainState", "create_train_state", "evaluate", "make_eval_step", "make_optimizer",
+                    "make_train_step"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__ = [*SUBPACKAGES, *_MODULE_OF]
+
+
+def __getattr__(name: str) -> Any:
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"kpjax.{name}")
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+        globals()[name] = value  # resolved once
+        return value
+    raise AttributeError(f"module 'kpjax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

@@ -8,6 +8,12 @@ predictions and predicted steps are one blocked pass Θᵀw each
 `kpjax.io.trajectory_store.TrajectoryStore` (anything with `.shape`,
 `.dtype` and column slicing).
 
+Where Θ is in host memory (NumPy, a memmap or store, a jax array on one CPU
+device: `_on_host`), the panel products are NumPy's BLAS calls: `b @ b.T`
+is a float64 SYRK, 1.4x XLA:CPU's float64 dot on the same core (BUILD_NOTES,
+"benchmarks/koopman_fit.py"), and nothing is compiled. On an accelerator
+the panels are jitted XLA products.
+
 May import: jax, numpy, kpjax.flatten.
 """
 
@@ -118,6 +124,27 @@ def _resolve_block_size(snapshots: Any, block_size: int, memory_budget: int | No
     return min(block_size, block_size_for_budget(snapshots.shape[0], memory_budget))
 
 
+def _on_host(snapshots: Any) -> bool:
+    """Θ is read from host memory: anything but a jax array placed on an
+    accelerator or over several devices (whose panels stay on the device)."""
+    if not isinstance(snapshots, jax.Array):
+        return True
+    devices = snapshots.devices()
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
+
+
+def _host_blocks(snapshots: Any, block_size: int):
+    """Yields (start, width, float64 panel) of Θ in host memory; a CPU jax
+    array is viewed as NumPy without a copy."""
+    if isinstance(snapshots, jax.Array):
+        snapshots = np.asarray(snapshots)
+    n = snapshots.shape[1]
+    block_size = max(1, min(block_size, n))
+    for start in range(0, n, block_size):
+        block = np.asarray(snapshots[:, start : start + block_size], np.float64)
+        yield start, block.shape[1], block
+
+
 @jax.jit
 def _gram_block(k: jax.Array, block: jax.Array) -> jax.Array:
     # K is symmetric: with the rows split in halves, three products
@@ -156,9 +183,15 @@ def gram(
     block_size = _resolve_block_size(snapshots, block_size, memory_budget)
     rows = snapshots.shape[0]
     with jax.enable_x64(True):
-        k = jnp.zeros((rows, rows), jnp.float64)
-        for _, _, block in _column_blocks(snapshots, block_size):
-            k = _gram_block(k, block)
+        if _on_host(snapshots):
+            k_host = np.zeros((rows, rows), np.float64)
+            for _, _, block in _host_blocks(snapshots, block_size):
+                k_host += block @ block.T  # NumPy calls SYRK for a product with its own transpose
+            k = jnp.asarray(k_host)
+        else:
+            k = jnp.zeros((rows, rows), jnp.float64)
+            for _, _, block in _column_blocks(snapshots, block_size):
+                k = _gram_block(k, block)
         diag = np.asarray(jnp.diagonal(k))
     bad = np.flatnonzero(~np.isfinite(diag))
     if bad.size:
@@ -258,7 +291,13 @@ def combine_snapshots(
         # Filled in place: a list of blocks, its concatenation and the complex
         # result would hold the N-sized output three times (4 GB at N = 25M).
         out = np.empty((snapshots.shape[1], k), np.complex128)
-        for start, width, block in _column_blocks(snapshots, block_size):
-            part = np.asarray(_combine_block(block, w_real))[:width]
-            out[start : start + width] = part[:, :k] + 1j * part[:, k:]
+        if _on_host(snapshots):
+            w_host = np.asarray(w_real)
+            for start, width, block in _host_blocks(snapshots, block_size):
+                part = block.T @ w_host
+                out[start : start + width] = part[:, :k] + 1j * part[:, k:]
+        else:
+            for start, width, block in _column_blocks(snapshots, block_size):
+                part = np.asarray(_combine_block(block, w_real))[:width]
+                out[start : start + width] = part[:, :k] + 1j * part[:, k:]
         return jnp.asarray(out[:, 0] if squeeze else out)
