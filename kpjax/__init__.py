@@ -38,7 +38,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-SUBPACKAGES = ("data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel",
+_SUBPACKAGES = ("data", "flatten", "flax_model", "io", "koopman", "metrics", "models", "parallel",
                "pruning", "spline", "train")
 
 # Each public name, grouped, and the module that defines it.
@@ -64,11 +64,11 @@ _NAMES = {
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
 
-__all__ = [*SUBPACKAGES, *_MODULE_OF]
+__all__ = [*_SUBPACKAGES, *_MODULE_OF]
 
 
 def __getattr__(name: str) -> Any:
-    if name in SUBPACKAGES:
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"kpjax.{name}")
     if name in _MODULE_OF:
         value = getattr(importlib.import_module(_MODULE_OF[name]), name)

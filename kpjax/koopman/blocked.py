@@ -134,9 +134,10 @@ def _on_host(snapshots: Any) -> bool:
 
 
 def _host_blocks(snapshots: Any, block_size: int):
-    """Yields (start, width, float64 panel) of Θ in host memory; a CPU jax
-    array is viewed as NumPy without a copy."""
-    if isinstance(snapshots, jax.Array):
+    """Yields (start, width, float64 panel) of Θ on the host; a CPU jax
+    array is viewed as NumPy without a copy, a device array moves one panel
+    at a time."""
+    if isinstance(snapshots, jax.Array) and _on_host(snapshots):
         snapshots = np.asarray(snapshots)
     n = snapshots.shape[1]
     block_size = max(1, min(block_size, n))
@@ -220,8 +221,7 @@ def banded_gram(snapshots: Any, bandwidth: int, block_size: int = DEFAULT_BLOCK_
     rows = snapshots.shape[0]
     tile = bandwidth + 1
     lower = np.zeros((rows, rows), np.float64)
-    for _, _, block in _column_blocks(snapshots, block_size):
-        b = np.asarray(block, np.float64)
+    for _, _, b in _host_blocks(snapshots, block_size):
         for r0 in range(0, rows, tile):
             r1, lo = min(rows, r0 + tile), max(0, r0 - bandwidth)
             lower[r0:r1, lo:r1] += b[r0:r1] @ b[lo:r1].T
@@ -293,11 +293,11 @@ def combine_snapshots(
         out = np.empty((snapshots.shape[1], k), np.complex128)
         if _on_host(snapshots):
             w_host = np.asarray(w_real)
-            for start, width, block in _host_blocks(snapshots, block_size):
-                part = block.T @ w_host
-                out[start : start + width] = part[:, :k] + 1j * part[:, k:]
+            blocks, product = _host_blocks(snapshots, block_size), lambda b: b.T @ w_host
         else:
-            for start, width, block in _column_blocks(snapshots, block_size):
-                part = np.asarray(_combine_block(block, w_real))[:width]
-                out[start : start + width] = part[:, :k] + 1j * part[:, k:]
+            blocks = _column_blocks(snapshots, block_size)
+            product = lambda b: np.asarray(_combine_block(b, w_real))
+        for start, width, block in blocks:
+            part = product(block)[:width]
+            out[start : start + width] = part[:, :k] + 1j * part[:, k:]
         return jnp.asarray(out[:, 0] if squeeze else out)
