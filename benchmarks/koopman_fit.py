@@ -43,6 +43,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.timing import write_json
 from benchmarks.workloads import kmp_mask, make_trajectory
 
 _N = flags.DEFINE_integer("n", 268_346, "parameters N")
@@ -50,6 +51,7 @@ _STEPS = flags.DEFINE_integer("steps", 391, "steps T (T+1 snapshots)")
 _SEED = flags.DEFINE_integer("seed", 0, "data seed")
 _COMPRESSION = flags.DEFINE_float("compression", 8.0, "compression ratio for the KMP masks")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "alternating runs of each; the median is reported")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "also write the results here (benchmarks.suite)")
 _WORKER = flags.DEFINE_enum("worker", None, ["kpjax", "reference"], "internal: run one fit")
 _OUT = flags.DEFINE_string("out", None, "internal: where a worker writes its mode")
 _CACHE = flags.DEFINE_string("compilation_cache", None, "internal: the kpjax worker's XLA cache")
@@ -156,6 +158,13 @@ def main(argv):
           f"{(k['peak_kib'] - k['base_kib']) / (r['peak_kib'] - r['base_kib']):.3f}")
     print(f"cosine(λ≈1 modes): {cos:.6f}")
     print(f"KMP mask agreement at compression {_COMPRESSION.value:g}: {100 * agree:.4f}%")
+    if _JSON_OUT.value:
+        write_json(_JSON_OUT.value, {
+            "kpjax_seconds": k["seconds"], "reference_seconds": r["seconds"],
+            "kpjax_first_empty_cache": empty_cache, "kpjax_first_warm_cache": warm_cache,
+            "reference_first": r["cold_seconds"], "kpjax_peak_mib": mib(k["peak_kib"]),
+            "reference_peak_mib": mib(r["peak_kib"]), "cosine": float(cos),
+            "mask_agreement": agree, "load_before": load_before[0], "load_after": load_after[0]})
 
 
 if __name__ == "__main__":

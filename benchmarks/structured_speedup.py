@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.timing import alternating_medians, call_timer
+from benchmarks.timing import alternating_medians, call_timer, write_json
 from kpjax import metrics, models, train
 from kpjax.pruning import structured
 
@@ -35,6 +35,7 @@ _SPEEDUPS = flags.DEFINE_list("speedups", [], "theoretical speedups to reach (ov
 _REPEATS = flags.DEFINE_integer("repeats", 5, "alternating rounds")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed calls per round")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed calls per round")
+_JSON_OUT = flags.DEFINE_string("json_out", "", "also write the rows here (benchmarks.suite)")
 
 
 def _timer(fn, *args):
@@ -91,6 +92,7 @@ def main(argv) -> None:
           f"cores: {len(os.sched_getaffinity(0))}")
     print("| kept units | theoretical speedup | workload | dense ms | shrunk ms | measured speedup |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for fraction in fractions:
         theoretical, small_spec, small = _theoretical(spec, variables, flops, scores, fraction)
         shrunk = _workloads(small_spec, small, rng)
@@ -98,7 +100,11 @@ def main(argv) -> None:
             d, s = alternating_medians((dense[name], shrunk[name]), _REPEATS.value)
             print(f"| {fraction:.3f} | {theoretical:.2f}× | {name} | {1e3 * d:.3f} | {1e3 * s:.3f} | "
                   f"{d / s:.2f}× |", flush=True)
+            rows.append({"kept": fraction, "theoretical": theoretical, "workload": name,
+                         "dense_s": d, "shrunk_s": s})
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    if _JSON_OUT.value:
+        write_json(_JSON_OUT.value, rows)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ def load_average() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
+def write_json(path: str, obj) -> None:
+    """Writes a benchmark's results for `benchmarks.suite` (whole or not at all)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def run_json(cmd: list[str], env: dict[str, str], cwd) -> dict:
     """Runs one measurement subprocess; returns the JSON of its last stdout line."""
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)

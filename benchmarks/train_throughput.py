@@ -34,7 +34,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.timing import load_average, run_json
+from benchmarks.timing import load_average, run_json, write_json
 from benchmarks.workloads import kpjax_throughput
 
 _MODELS = flags.DEFINE_list("models", ["mnistnet", "resnet20"],
@@ -53,6 +53,8 @@ _TORCH_PYTHON = flags.DEFINE_string(
     "interpreter with torch installed; empty skips PyTorch")
 _XLA_FLAGS = flags.DEFINE_string(
     "xla_flags", "", "appended to XLA_FLAGS for the kpjax runs")
+_JSON_OUT = flags.DEFINE_string(
+    "json_out", "", "also write the medians and rounds here (benchmarks.suite)")
 _WORKER = flags.DEFINE_string(
     "worker", "", "internal: run one kpjax measurement of this model")
 
@@ -115,6 +117,11 @@ def main(argv):
             print(f"| {model} | {jax_med:.1f} | - | - |")
     print(f"\nmedians of {_REPEATS.value} runs, batch {_BATCH.value}; "
           f"{load_average()}")
+    if _JSON_OUT.value:
+        write_json(_JSON_OUT.value, {model: {
+            "kpjax": statistics.median(rates["kpjax"]),
+            "torch": statistics.median(rates["torch"]) if rates["torch"] else None,
+            "rounds": rates} for model, rates in rows})
 
 
 if __name__ == "__main__":
