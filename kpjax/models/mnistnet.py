@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from kpjax.models import initializers
-from kpjax.models.valid_conv import ValidConv
+from kpjax.models.convolutions import ValidConv
 
 
 class MnistNet(nn.Module):
@@ -69,7 +69,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 def _conv(features: int, in_features: int, name: str) -> nn.Conv:
     # ValidConv: nn.Conv's parameters and forward values, a faster input
-    # gradient on XLA:CPU (conv2's: 13.6 → 6.7 ms a step; valid_conv.py).
+    # gradient on XLA:CPU (conv2's: 13.6 → 6.7 ms a step; convolutions.py).
     return ValidConv(
         features, (5, 5), padding="VALID", name=name,
         kernel_init=initializers.torch_default_kernel,

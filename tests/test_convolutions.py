@@ -1,5 +1,7 @@
-"""ValidConv: nn.Conv's parameters and forward values; its input gradient
-(im2col's transpose) against XLA's own, in reverse and forward mode."""
+"""kpjax.models.convolutions. ValidConv: nn.Conv's parameters and forward
+values; its input gradient (im2col's transpose) against XLA's own, in
+reverse and forward mode. Im2colConv: nn.Conv's parameters, values and
+gradients to float32 rounding."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from kpjax.models.valid_conv import ValidConv, valid_conv
+from kpjax.models.convolutions import Im2colConv, ValidConv, smaller_than_kernel, valid_conv
 
 
 def _conv(x, w):
@@ -70,5 +72,37 @@ def test_forward_mode_hessian_vector_products_work():
                                     {"padding": "VALID", "kernel_dilation": 2}])
 def test_other_convolutions_are_refused(kwargs):
     x, _ = _data((1, 8, 8, 1), (1,))
-    with pytest.raises(ValueError, match="VALID convolution with stride 1"):
+    with pytest.raises(ValueError, match="ValidConv is a"):
         ValidConv(2, (3, 3), **kwargs).init(jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.parametrize("shape_x, padding", [((4, 2, 2, 6), ((1, 1), (1, 1))),
+                                              ((2, 5, 4, 3), ((1, 1), (1, 1))),
+                                              ((2, 6, 6, 3), ((0, 2), (1, 0)))])
+def test_im2col_conv_equals_nn_conv(shape_x, padding):
+    x, _ = _data(shape_x, (1,))
+    ours = Im2colConv(5, (3, 3), padding=padding, use_bias=False)
+    theirs = nn.Conv(5, (3, 3), padding=padding, use_bias=False)
+    v = theirs.init(jax.random.PRNGKey(2), x)
+    assert bool(jnp.all(ours.init(jax.random.PRNGKey(2), x)["params"]["kernel"]
+                        == v["params"]["kernel"]))
+    assert _rel(ours.apply(v, x), theirs.apply(v, x)) < 1e-6
+    loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(v, x)
+    g_theirs = jax.grad(loss(theirs), argnums=(0, 1))(v, x)
+    assert _rel(g_ours[0]["params"]["kernel"], g_theirs[0]["params"]["kernel"]) < 1e-5
+    assert _rel(g_ours[1], g_theirs[1]) < 1e-5
+
+
+def test_im2col_conv_refuses_named_padding_and_strides():
+    x, _ = _data((1, 2, 2, 1), (1,))
+    with pytest.raises(ValueError, match="explicit padding pairs"):
+        Im2colConv(2, (3, 3), padding="SAME").init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="Im2colConv is a"):
+        Im2colConv(2, (3, 3), padding=((1, 1), (1, 1)), strides=2).init(jax.random.PRNGKey(0), x)
+
+
+def test_only_maps_smaller_than_the_kernel_take_im2col():
+    assert smaller_than_kernel(jnp.zeros((1, 2, 2, 1)), (3, 3))
+    assert smaller_than_kernel(jnp.zeros((1, 8, 2, 1)), (3, 3))
+    assert not smaller_than_kernel(jnp.zeros((1, 3, 3, 1)), (3, 3))
