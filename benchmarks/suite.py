@@ -38,6 +38,7 @@ from pathlib import Path
 from absl import app, flags
 
 from benchmarks.timing import load_average
+from experiments.config import PruneConfig
 
 _TORCH_PYTHON = flags.DEFINE_string(
     "torch_python", "/work/venv-torch/bin/python",
@@ -50,7 +51,7 @@ _SKIP = flags.DEFINE_list(
 
 _ROOT = Path(__file__).resolve().parents[1]
 _PARTS = ("throughput", "koopman_fit", "structured", "main_job")
-_DEFAULT_SEEDS = 3  # experiments.config.PruneConfig's default seeds (0, 1, 2)
+_DEFAULT_SEEDS = len(PruneConfig().seeds)  # the default main job's
 _MAIN_JOB_TARGET_S = 360.0  # issue 31, point 4: the 3-seed default job
 
 

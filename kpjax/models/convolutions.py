@@ -75,7 +75,25 @@ def _check_plain(conv: nn.Conv, what: str) -> None:
                          "groups; use nn.Conv otherwise")
 
 
-class ValidConv(nn.Conv):
+class _Reformulated(nn.Conv):
+    """An nn.Conv computed by `_convolve(x, kernel)`: nn.Conv's 'kernel'
+    (k_h, k_w, C_in, C_out) and 'bias' parameters, created as it does."""
+
+    def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        _check_plain(self, type(self).__name__)
+        kernel = self.param("kernel", self.kernel_init,
+                            (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
+        y = self._convolve(inputs, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return y
+
+
+class ValidConv(_Reformulated):
     """`nn.Conv` (VALID, stride 1, no dilation or groups) through `valid_conv`.
 
     The same parameters ('kernel' (k_h, k_w, C_in, C_out), 'bias') and the
@@ -84,17 +102,10 @@ class ValidConv(nn.Conv):
     differs.
     """
 
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        _check_plain(self, "ValidConv")
+    def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         if self.padding != "VALID":
             raise ValueError("ValidConv is a VALID convolution; use nn.Conv otherwise")
-        kernel = self.param("kernel", self.kernel_init,
-                            (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
-        y = valid_conv(inputs, kernel)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return y
+        return valid_conv(x, kernel)
 
 
 def im2col_conv(x: jax.Array, kernel: jax.Array,
@@ -112,22 +123,15 @@ def smaller_than_kernel(x: jax.Array, kernel_size: tuple[int, int]) -> bool:
     return x.shape[1] < kernel_size[0] or x.shape[2] < kernel_size[1]
 
 
-class Im2colConv(nn.Conv):
+class Im2colConv(_Reformulated):
     """`nn.Conv` (stride 1, explicit padding pairs, no dilation or groups) as
     im2col and one matmul (`im2col_conv`): nn.Conv's parameters, its values
     to float32 rounding."""
 
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        _check_plain(self, "Im2colConv")
+    def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         padding = self.padding
         if not (isinstance(padding, (tuple, list)) and len(padding) == 2
                 and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding)):
             raise ValueError("Im2colConv takes explicit padding pairs ((top, bottom), "
                              f"(left, right)), got {padding!r}")
-        kernel = self.param("kernel", self.kernel_init,
-                            (*self.kernel_size, inputs.shape[-1], self.features), self.param_dtype)
-        y = im2col_conv(inputs, kernel, tuple(tuple(p) for p in padding))
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return y
+        return im2col_conv(x, kernel, tuple(tuple(p) for p in padding))
